@@ -1,0 +1,1 @@
+//! Sonde API types (see docs/api.md).
