@@ -1,0 +1,39 @@
+//! The `sonde.dev/v1alpha1` API: `Tracepoint`, `Retention`, `Export` and the
+//! per-node `ProbeNode`.
+
+mod common;
+mod export;
+mod probe_node;
+mod retention;
+mod tracepoint;
+
+pub use common::{
+    ColumnType, FieldType, FilterValue, MAX_NAME_LENGTH, NAME_PATTERN, STANDARD_COLUMNS,
+    SecretKeyRef, SecretRef, StandardColumn, is_dns_label, is_valid_name, standard_column,
+};
+pub use export::{
+    DEFAULT_BATCH_SIZE, DEFAULT_BUFFER_ROWS, DEFAULT_INTERVAL, Destination, Export, ExportSpec,
+    ExportStatus, Mapping, OtlpDestination, OtlpProtocol, Signal, Tls,
+};
+pub use probe_node::{
+    AssignedSpec, Assignment, AssignmentKind, AssignmentState, AssignmentStatus, ContainerTarget,
+    PodTarget, ProbeNode, ProbeNodeSpec, ProbeNodeStatus,
+};
+pub use retention::{
+    Aggregate, AggregateFn, MAX_ROLLUPS, MAX_TABLES, Retention, RetentionLimit, RetentionSpec,
+    RetentionStatus, Rollup, TableRetention, table_matches,
+};
+pub use tracepoint::{
+    ColumnStatus, DEFAULT_MAX_SERIES, DEFAULT_STRING_LENGTH, FieldSpec, FilterOp, FilterSpec,
+    KernelProbe, KernelTracepoint, MAX_FIELDS, MAX_FILTERS, MAX_METRIC_LABELS, MAX_METRICS,
+    MAX_SERIES, MAX_STRING_LENGTH, MetricKind, MetricSpec, NodeCounts, NodeError, Phase, Probe,
+    ProbeKind, ProbeSpec, RateLimit, RawTracepoint, Sampling, Tracepoint, TracepointSpec,
+    TracepointStatus, Usdt, UserProbe,
+};
+
+/// The API group of every Sonde kind.
+pub const GROUP: &str = "sonde.dev";
+/// This API version.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` as written in manifests.
+pub const API_VERSION: &str = "sonde.dev/v1alpha1";

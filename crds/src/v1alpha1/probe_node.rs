@@ -1,0 +1,243 @@
+//! `ProbeNode`: the per-node object. Its spec, written by the operator, holds
+//! copies of every resource assigned to the node, so the node's agent never
+//! reads user resources; its status, written by that agent, reports each one.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    ExportSpec, ProbeKind, RetentionSpec, TracepointSpec, common::preserved_object_schema,
+};
+use crate::error::{ValidationError, at};
+
+/// Desired and observed state of Sonde on one node. Cluster-scoped, named
+/// after the node.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "sonde.dev",
+    version = "v1alpha1",
+    kind = "ProbeNode",
+    status = "ProbeNodeStatus",
+    shortname = "pn",
+    category = "sonde",
+    derive = "PartialEq",
+    doc = "Desired (spec, written by the operator) and observed (status, written by the node's agent) state of Sonde on one node; named after the node.",
+    printcolumn(
+        name = "Assignments",
+        type_ = "integer",
+        json_path = ".status.attached",
+        description = "Attached assignments"
+    ),
+    printcolumn(name = "Kernel", type_ = "string", json_path = ".status.kernelVersion"),
+    printcolumn(
+        name = "Heartbeat",
+        type_ = "date",
+        json_path = ".status.heartbeatTime"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeNodeSpec {
+    /// Everything this node must run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["kind".into(), "namespace".into(), "name".into()]))]
+    pub assignments: Vec<Assignment>,
+}
+
+/// One resource assigned to a node, with a copy of its spec.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Assignment {
+    /// Kind of the resource.
+    pub kind: AssignmentKind,
+    /// Namespace of the resource.
+    pub namespace: String,
+    /// Name of the resource.
+    pub name: String,
+    /// UID of the resource, to tell a re-created resource from the old one.
+    pub uid: String,
+    /// metadata.generation of the resource the copy was taken from.
+    pub generation: i64,
+    /// Copy of a Tracepoint's spec (kind Tracepoint only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserved_object_schema")]
+    pub tracepoint: Option<TracepointSpec>,
+    /// Copy of a Retention's spec (kind Retention only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserved_object_schema")]
+    pub retention: Option<RetentionSpec>,
+    /// Copy of an Export's spec (kind Export only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserved_object_schema")]
+    pub export: Option<ExportSpec>,
+    /// Selected pods running on this node (Tracepoint only). Empty: none
+    /// runs here now, so the probe stays detached (Idle).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<PodTarget>,
+}
+
+/// The spec an [`Assignment`] carries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AssignedSpec<'a> {
+    /// A Tracepoint's spec.
+    Tracepoint(&'a TracepointSpec),
+    /// A Retention's spec.
+    Retention(&'a RetentionSpec),
+    /// An Export's spec.
+    Export(&'a ExportSpec),
+}
+
+impl Assignment {
+    /// The spec, checked to be the one `kind` names and the only one set.
+    pub fn spec(&self) -> Result<AssignedSpec<'_>, ValidationError> {
+        let spec = match (self.kind, &self.tracepoint, &self.retention, &self.export) {
+            (AssignmentKind::Tracepoint, Some(spec), None, None) => AssignedSpec::Tracepoint(spec),
+            (AssignmentKind::Retention, None, Some(spec), None) => AssignedSpec::Retention(spec),
+            (AssignmentKind::Export, None, None, Some(spec)) => AssignedSpec::Export(spec),
+            _ => {
+                return Err(ValidationError::AssignmentSpec {
+                    path: at!("assignment {}/{}", self.namespace, self.name),
+                    kind: self.kind,
+                });
+            }
+        };
+        Ok(spec)
+    }
+
+    /// Validates the copied spec as if it were the resource itself.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match self.spec()? {
+            AssignedSpec::Tracepoint(spec) => spec.validate(),
+            AssignedSpec::Retention(spec) => spec.validate(),
+            AssignedSpec::Export(spec) => spec.validate(),
+        }
+    }
+}
+
+/// Kinds of assignment.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+pub enum AssignmentKind {
+    /// A Tracepoint.
+    Tracepoint,
+    /// A Retention.
+    Retention,
+    /// An Export.
+    Export,
+}
+
+impl AssignmentKind {
+    /// The kind name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tracepoint => "Tracepoint",
+            Self::Retention => "Retention",
+            Self::Export => "Export",
+        }
+    }
+}
+
+impl std::fmt::Display for AssignmentKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A selected pod on this node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTarget {
+    /// Pod name.
+    pub name: String,
+    /// Pod UID; the agent finds the pod's cgroups by it.
+    pub uid: String,
+    /// Selected containers of the pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<ContainerTarget>,
+}
+
+/// A selected container.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerTarget {
+    /// Container name.
+    pub name: String,
+    /// Runtime container ID as in the pod's status, such as
+    /// containerd://4f3c...; absent until the container has started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// What the node's agent reports.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeNodeStatus {
+    /// When the agent last wrote this status; the operator treats a node
+    /// whose heartbeat is old as failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_time: Option<Time>,
+    /// Agent version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    /// Kernel release, as uname -r prints it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_version: Option<String>,
+    /// Probe kinds this node's kernel supports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supported_probes: Vec<ProbeKind>,
+    /// Number of assignments in state Attached.
+    #[serde(default)]
+    pub attached: u32,
+    /// One entry per assignment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["kind".into(), "namespace".into(), "name".into()]))]
+    pub assignments: Vec<AssignmentStatus>,
+    /// Standard conditions: Ready.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// State of one assignment on the node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignmentStatus {
+    /// Kind of the resource.
+    pub kind: AssignmentKind,
+    /// Namespace of the resource.
+    pub namespace: String,
+    /// Name of the resource.
+    pub name: String,
+    /// Generation of the spec copy this state is for.
+    pub generation: i64,
+    /// Current state.
+    pub state: AssignmentState,
+    /// Machine-readable reason in CamelCase, such as SymbolNotFound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What is going on, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Events captured (Tracepoint) or rows exported (Export) since attach.
+    #[serde(default)]
+    pub events: u64,
+    /// Events lost on the way, all stages together (see the agent's
+    /// metrics for the split by stage).
+    #[serde(default)]
+    pub lost: u64,
+}
+
+/// States of an assignment on a node.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum AssignmentState {
+    /// Running: probes attached, retention applied or export running.
+    Attached,
+    /// Nothing to do here now: no selected pod runs on the node.
+    Idle,
+    /// Could not be applied; reason and message say why.
+    Failed,
+    /// The node cannot run it, such as a probe kind its kernel lacks.
+    Unsupported,
+}
