@@ -14,6 +14,8 @@
 
 mod error;
 pub mod manifest;
+#[cfg(any(test, feature = "testdata"))]
+pub mod testdata;
 pub mod units;
 pub mod v1alpha1;
 
