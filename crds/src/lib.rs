@@ -14,6 +14,7 @@
 
 mod error;
 pub mod manifest;
+pub mod reference;
 #[cfg(any(test, feature = "testdata"))]
 pub mod testdata;
 pub mod units;

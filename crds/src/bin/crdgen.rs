@@ -9,7 +9,15 @@ fn main() -> ExitCode {
         [] => crds::crds_yaml()
             .map(|yaml| print!("{yaml}"))
             .map_err(|e| format!("cannot render the CRDs as YAML: {e}")),
-        _ => Err("usage: crdgen    print the CRDs as YAML".to_owned()),
+        [flag, path] if flag == "--docs" => {
+            crds::reference::update_file(path.as_ref()).map_err(|e| e.to_string())
+        }
+        _ => Err(
+            "usage: crdgen               print the CRDs as YAML\n       \
+                  crdgen --docs FILE   rewrite the generated reference section of FILE \
+                  (docs/api.md)"
+                .to_owned(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

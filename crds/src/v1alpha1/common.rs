@@ -106,7 +106,12 @@ pub fn is_dns_label(name: &str) -> bool {
         && bytes[bytes.len() - 1] != b'-'
 }
 
-/// The type of a captured field, as declared in a Tracepoint.
+// Documented for rustdoc only: kube hoists an optional enum's own schema
+// over the member's, and the member's description is the useful one.
+#[cfg_attr(
+    doc,
+    doc = "The type of a captured field, as declared in a Tracepoint."
+)]
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FieldType {

@@ -12,8 +12,8 @@ use super::{
 };
 use crate::error::{ValidationError, at};
 
-/// Desired and observed state of Sonde on one node. Cluster-scoped, named
-/// after the node.
+/// What one node must run, written by the operator. The object is
+/// cluster-scoped and named after the node.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "sonde.dev",

@@ -254,7 +254,9 @@ pub struct TableRetention {
     pub limited_by: Option<RetentionLimit>,
 }
 
-/// What bounds a table's window.
+// Documented for rustdoc only: kube hoists an optional enum's own schema
+// over the member's, and the member's description is the useful one.
+#[cfg_attr(doc, doc = "What bounds a table's window.")]
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum RetentionLimit {

@@ -739,7 +739,9 @@ pub struct TracepointStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// Overall state of a Tracepoint.
+// Documented for rustdoc only: kube hoists an optional enum's own schema
+// over the member's, and the member's description is the useful one.
+#[cfg_attr(doc, doc = "Overall state of a Tracepoint.")]
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum Phase {
     /// Accepted, not yet attached on any selected node.
