@@ -145,8 +145,8 @@ pub struct Destination {
     "tls applies only to https:// endpoints"
 ))]
 pub struct OtlpDestination {
-    /// Receiver URL, such as http://otel-collector.observability:4317
-    /// (gRPC) or https://otlp.example.com:4318 (HTTP; the signal's path,
+    /// Receiver URL, such as `http://otel-collector.observability:4317`
+    /// (gRPC) or `https://otlp.example.com:4318` (HTTP; the signal's path,
     /// such as /v1/logs, is appended).
     #[schemars(length(min = 8, max = 2048))]
     #[x_kube(validation = (

@@ -241,3 +241,44 @@ pub enum AssignmentState {
     /// The node cannot run it, such as a probe kind its kernel lacks.
     Unsupported,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ASSIGNMENT: &str = r#"{
+        "kind": "Tracepoint",
+        "namespace": "shop",
+        "name": "opens",
+        "uid": "6f1c2a9e-0000-4000-8000-000000000001",
+        "generation": 3,
+        "tracepoint": {
+            "probe": {"tracepoint": {"group": "syscalls", "name": "sys_enter_openat"}},
+            "fields": [{"name": "filename", "type": "string"}],
+            "table": "opens"
+        },
+        "targets": [{"name": "web-0", "uid": "pod-uid", "containers": [{"name": "web"}]}]
+    }"#;
+
+    #[test]
+    fn assignment_yields_the_spec_its_kind_names() {
+        let assignment: Assignment = serde_json::from_str(ASSIGNMENT).expect("valid assignment");
+        assert!(matches!(assignment.spec(), Ok(AssignedSpec::Tracepoint(_))));
+        assert_eq!(assignment.validate(), Ok(()));
+        assert_eq!(assignment.targets[0].containers[0].name, "web");
+    }
+
+    #[test]
+    fn assignment_with_the_wrong_spec_is_refused() {
+        let mut assignment: Assignment =
+            serde_json::from_str(ASSIGNMENT).expect("valid assignment");
+        assignment.kind = AssignmentKind::Export;
+        assert_eq!(
+            assignment
+                .spec()
+                .expect_err("kind and spec disagree")
+                .to_string(),
+            "assignment shop/opens must hold exactly the Export spec, the member named by kind"
+        );
+    }
+}

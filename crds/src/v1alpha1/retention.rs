@@ -162,7 +162,7 @@ pub struct Aggregate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63), regex(pattern = NAME_PATTERN))]
     pub column: Option<String>,
-    /// Output column name. Absent: count, or <fn>_<column> such as p99_latency.
+    /// Output column name. Absent: count, or `<fn>_<column>` such as p99_latency.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63), regex(pattern = NAME_PATTERN))]
     pub name: Option<String>,

@@ -220,7 +220,7 @@ pub struct ProbeSpec {
     pub kretprobe: Option<KernelProbe>,
 }
 
-/// A kernel tracepoint, named as in /sys/kernel/tracing/events/<group>/<name>.
+/// A kernel tracepoint, named as in `/sys/kernel/tracing/events/<group>/<name>`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KernelTracepoint {
@@ -720,7 +720,7 @@ pub struct TracepointStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Qualified output table, <namespace>.<table>.
+    /// Qualified output table, `<namespace>.<table>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table: Option<String>,
     /// Columns of the table, standard ones first.
