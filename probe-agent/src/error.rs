@@ -41,11 +41,11 @@ pub enum Error {
     Load(#[from] aya::EbpfError),
 
     #[error("eBPF object has no {kind} named {name}")]
-    MissingInObject { kind: &'static str, name: &'static str },
+    MissingInObject { kind: &'static str, name: String },
 
     #[error("eBPF program {program}: {action} failed")]
     Program {
-        program: &'static str,
+        program: String,
         action: &'static str,
         #[source]
         source: aya::programs::ProgramError,
@@ -58,6 +58,9 @@ pub enum Error {
         #[source]
         source: aya::maps::MapError,
     },
+
+    #[error("all {max} tracepoint hook slots are in use")]
+    HookSlotsExhausted { max: u32 },
 
     #[error("all {max} probe slots are in use")]
     ProbeSlotsExhausted { max: u32 },

@@ -5,11 +5,14 @@
 //! captured and lost. [`standalone`] runs it from manifest files, without a
 //! cluster.
 
+pub mod capture;
 pub mod clock;
+pub mod config;
 pub mod error;
 pub mod loader;
 pub mod preflight;
 pub mod ring;
+pub mod standalone;
 pub mod tracefs;
 
 pub use error::{Error, Result};

@@ -1,25 +1,27 @@
 //! The loaded eBPF object: its programs, configuration maps and counters.
 //!
-//! One object is loaded per agent. The generic tracepoint program is attached
-//! once per hook; which probe a firing belongs to is found in-kernel from the
-//! tracepoint's event id, so attaching a new probe only writes maps.
+//! One object is loaded per agent. It holds [`MAX_HOOKS`] copies of the
+//! generic tracepoint program, one per hook slot: a kernel tracepoint gets a
+//! free slot, whose copy is loaded on first use and attached there. What the
+//! copy captures is the slot's entry in the configuration map.
 
 use std::collections::HashMap as StdHashMap;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf},
     programs::{TracePoint, trace_point::TracePointLinkId},
     util::nr_cpus,
 };
 use probe_common::{
-    MAX_PROBES, ProbeCounters, RAW_ARGS, TargetKey, TargetMode, TracepointConfig, maps, programs,
+    MAX_HOOKS, MAX_PROBES, NO_PROBE, ProbeCounters, RAW_ARGS, TRACEPOINT_PROGRAM_PREFIX, TargetKey,
+    TargetMode, TracepointConfig, maps,
 };
 
 use crate::{
     error::{Error, Result},
     ring::RingReader,
-    tracefs::{TracepointFormat, Tracefs},
+    tracefs::{Tracefs, TracepointFormat},
 };
 
 /// The eBPF object, compiled from `probe-ebpf` by the build script.
@@ -73,14 +75,16 @@ impl Targets {
             Self::Pids(p) => (p, &[]),
             Self::Cgroups(c) => (&[], c),
         };
-        pids.iter().map(|&p| u64::from(p)).chain(cgroups.iter().copied())
+        pids.iter()
+            .map(|&p| u64::from(p))
+            .chain(cgroups.iter().copied())
     }
 }
 
 /// A tracepoint probe as attached: what it is and where it records.
 #[derive(Debug)]
 struct AttachedTracepoint {
-    event_id: u32,
+    hook: u32,
     link: TracePointLinkId,
     targets: Targets,
 }
@@ -91,16 +95,19 @@ pub struct ProbeSet {
     ebpf: Ebpf,
     tracefs: Tracefs,
     options: LoadOptions,
-    tracepoints: HashMap<MapData, u32, TracepointConfig>,
+    tracepoints: Array<MapData, TracepointConfig>,
     counters: PerCpuArray<MapData, ProbeCounters>,
     targets: HashMap<MapData, TargetKey, u8>,
     ring: Option<RingReader>,
     attached: StdHashMap<ProbeId, AttachedTracepoint>,
     free_slots: Vec<u32>,
+    free_hooks: Vec<u32>,
+    /// Hook slots whose program copy is loaded in the kernel.
+    loaded_hooks: Vec<bool>,
 }
 
 impl ProbeSet {
-    /// Loads the object and the tracepoint program (not yet attached anywhere).
+    /// Loads the object's maps; programs are loaded when a hook first needs them.
     pub fn load(tracefs: Tracefs, options: LoadOptions) -> Result<Self> {
         let page = page_size();
         if !options.ring_bytes.is_power_of_two() || options.ring_bytes < page {
@@ -111,13 +118,24 @@ impl ProbeSet {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::EVENTS, options.ring_bytes)
             .load(OBJECT)?;
-        let program: &mut TracePoint = program_mut(&mut ebpf, programs::TRACEPOINT)?;
-        program.load().map_err(|source| Error::Program {
-            program: programs::TRACEPOINT,
-            action: "load",
-            source,
-        })?;
-        let tracepoints = take_map(&mut ebpf, maps::TRACEPOINTS)?;
+        let mut tracepoints: Array<MapData, TracepointConfig> =
+            take_map(&mut ebpf, maps::TRACEPOINTS)?;
+        let unused = TracepointConfig {
+            probe_id: NO_PROBE,
+            target_mode: TargetMode::All as u32,
+            args_offset: 0,
+            args_count: 0,
+            wakeup_watermark: u64::MAX,
+        };
+        for hook in 0..MAX_HOOKS {
+            tracepoints
+                .set(hook, unused, 0)
+                .map_err(|source| Error::Map {
+                    map: maps::TRACEPOINTS,
+                    action: "initialise",
+                    source,
+                })?;
+        }
         let counters = take_map(&mut ebpf, maps::COUNTERS)?;
         let targets = take_map(&mut ebpf, maps::TARGETS)?;
         let ring = RingReader::new(take_map::<RingBuf<MapData>>(&mut ebpf, maps::EVENTS)?);
@@ -132,6 +150,8 @@ impl ProbeSet {
             attached: StdHashMap::new(),
             // Popped from the end: slot 0 is handed out first.
             free_slots: (0..MAX_PROBES).rev().collect(),
+            free_hooks: (0..MAX_HOOKS).rev().collect(),
+            loaded_hooks: vec![false; MAX_HOOKS as usize],
         })
     }
 
@@ -162,11 +182,22 @@ impl ProbeSet {
     ) -> Result<(ProbeId, TracepointFormat)> {
         let format = self.tracefs.format(group, name)?;
         let (args_offset, args_count) = raw_args_window(&format);
-        let slot = self.free_slots.pop().ok_or(Error::ProbeSlotsExhausted { max: MAX_PROBES })?;
+        if self.free_hooks.is_empty() {
+            return Err(Error::HookSlotsExhausted { max: MAX_HOOKS });
+        }
+        let slot = self
+            .free_slots
+            .pop()
+            .ok_or(Error::ProbeSlotsExhausted { max: MAX_PROBES })?;
+        let hook = self
+            .free_hooks
+            .pop()
+            .ok_or(Error::HookSlotsExhausted { max: MAX_HOOKS })?;
         let probe = ProbeId(slot);
-        let result = self.install(probe, group, name, &format, args_offset, args_count, targets);
+        let result = self.install(probe, hook, group, name, args_offset, args_count, targets);
         if result.is_err() {
             self.free_slots.push(slot);
+            self.free_hooks.push(hook);
         }
         result.map(|()| (probe, format))
     }
@@ -175,9 +206,9 @@ impl ProbeSet {
     fn install(
         &mut self,
         probe: ProbeId,
+        hook: u32,
         group: &str,
         name: &str,
-        format: &TracepointFormat,
         args_offset: u32,
         args_count: u32,
         targets: Targets,
@@ -193,20 +224,23 @@ impl ProbeSet {
             args_count,
             wakeup_watermark: self.options.wakeup_watermark,
         };
-        self.tracepoints
-            .insert(format.id, config, 0)
-            .map_err(|source| Error::Map {
-                map: maps::TRACEPOINTS,
-                action: "insert",
+        self.set_hook(hook, config)?;
+        let program_name = hook_program(hook);
+        let program: &mut TracePoint = program_mut(&mut self.ebpf, &program_name)?;
+        if !self.loaded_hooks[hook as usize] {
+            program.load().map_err(|source| Error::Program {
+                program: program_name.clone(),
+                action: "load",
                 source,
             })?;
-        let program: &mut TracePoint = program_mut(&mut self.ebpf, programs::TRACEPOINT)?;
+            self.loaded_hooks[hook as usize] = true;
+        }
         let link = match program.attach(group, name) {
             Ok(link) => link,
             Err(source) => {
-                let _ = self.tracepoints.remove(&format.id);
+                self.clear_hook(hook)?;
                 return Err(Error::Program {
-                    program: programs::TRACEPOINT,
+                    program: program_name,
                     action: "attach",
                     source,
                 });
@@ -215,12 +249,35 @@ impl ProbeSet {
         self.attached.insert(
             probe,
             AttachedTracepoint {
-                event_id: format.id,
+                hook,
                 link,
                 targets,
             },
         );
         Ok(())
+    }
+
+    fn set_hook(&mut self, hook: u32, config: TracepointConfig) -> Result<()> {
+        self.tracepoints
+            .set(hook, config, 0)
+            .map_err(|source| Error::Map {
+                map: maps::TRACEPOINTS,
+                action: "update",
+                source,
+            })
+    }
+
+    fn clear_hook(&mut self, hook: u32) -> Result<()> {
+        self.set_hook(
+            hook,
+            TracepointConfig {
+                probe_id: NO_PROBE,
+                target_mode: TargetMode::All as u32,
+                args_offset: 0,
+                args_count: 0,
+                wakeup_watermark: u64::MAX,
+            },
+        )
     }
 
     /// Adds a process or cgroup to an attached probe's target set.
@@ -251,15 +308,17 @@ impl ProbeSet {
             return Ok(());
         };
         // Config first, so nothing is emitted for the slot once it is reused.
-        let _ = self.tracepoints.remove(&attached.event_id);
-        let program: &mut TracePoint = program_mut(&mut self.ebpf, programs::TRACEPOINT)?;
+        self.clear_hook(attached.hook)?;
+        let program_name = hook_program(attached.hook);
+        let program: &mut TracePoint = program_mut(&mut self.ebpf, &program_name)?;
         program
             .detach(attached.link)
             .map_err(|source| Error::Program {
-                program: programs::TRACEPOINT,
+                program: program_name,
                 action: "detach",
                 source,
             })?;
+        self.free_hooks.push(attached.hook);
         for id in attached.targets.ids() {
             let _ = self.targets.remove(&TargetKey {
                 probe_id: probe.0,
@@ -273,17 +332,22 @@ impl ProbeSet {
 
     /// In-kernel counters of a probe, summed over CPUs.
     pub fn counters(&self, probe: ProbeId) -> Result<ProbeCounters> {
-        let per_cpu = self.counters.get(&probe.0, 0).map_err(|source| Error::Map {
-            map: maps::COUNTERS,
-            action: "read",
-            source,
-        })?;
-        Ok(per_cpu.iter().fold(ProbeCounters::default(), |sum, c| ProbeCounters {
-            matched: sum.matched + c.matched,
-            emitted: sum.emitted + c.emitted,
-            ringbuf_full: sum.ringbuf_full + c.ringbuf_full,
-            read_failed: sum.read_failed + c.read_failed,
-        }))
+        let per_cpu = self
+            .counters
+            .get(&probe.0, 0)
+            .map_err(|source| Error::Map {
+                map: maps::COUNTERS,
+                action: "read",
+                source,
+            })?;
+        Ok(per_cpu
+            .iter()
+            .fold(ProbeCounters::default(), |sum, c| ProbeCounters {
+                matched: sum.matched + c.matched,
+                emitted: sum.emitted + c.emitted,
+                ringbuf_full: sum.ringbuf_full + c.ringbuf_full,
+                read_failed: sum.read_failed + c.read_failed,
+            }))
     }
 
     fn reset_counters(&mut self, probe: ProbeId) -> Result<()> {
@@ -291,12 +355,13 @@ impl ProbeSet {
             path: path.into(),
             source,
         })?;
-        let zeros = PerCpuValues::try_from(vec![ProbeCounters::default(); cpus]).map_err(
-            |source| Error::Io {
-                path: "/sys/devices/system/cpu/possible".into(),
-                source,
-            },
-        )?;
+        let zeros =
+            PerCpuValues::try_from(vec![ProbeCounters::default(); cpus]).map_err(|source| {
+                Error::Io {
+                    path: "/sys/devices/system/cpu/possible".into(),
+                    source,
+                }
+            })?;
         self.counters
             .set(probe.0, zeros, 0)
             .map_err(|source| Error::Map {
@@ -323,16 +388,22 @@ fn raw_args_window(format: &TracepointFormat) -> (u32, u32) {
     (first.offset, words.min(RAW_ARGS as u32))
 }
 
-fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P>
+fn hook_program(hook: u32) -> String {
+    format!("{TRACEPOINT_PROGRAM_PREFIX}{hook}")
+}
+
+fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let program = ebpf.program_mut(name).ok_or(Error::MissingInObject {
-        kind: "program",
-        name,
-    })?;
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| Error::MissingInObject {
+            kind: "program",
+            name: name.to_owned(),
+        })?;
     program.try_into().map_err(|source| Error::Program {
-        program: name,
+        program: name.to_owned(),
         action: "type check",
         source,
     })
@@ -342,7 +413,10 @@ fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M>
 where
     M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(Error::MissingInObject { kind: "map", name })?;
+    let map = ebpf.take_map(name).ok_or_else(|| Error::MissingInObject {
+        kind: "map",
+        name: name.to_owned(),
+    })?;
     M::try_from(map).map_err(|source| Error::Map {
         map: name,
         action: "type check",

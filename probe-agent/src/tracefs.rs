@@ -223,12 +223,16 @@ print fmt: \"dfd: 0x%08lx\", ((unsigned long)(REC->dfd))
             TracepointFormat::parse("ID: 1\nfield:int x;\toffset:zero;\tsize:4;"),
             Err((2, "unrecognised field line"))
         );
-        assert_eq!(TracepointFormat::parse("ID: x"), Err((1, "ID is not a number")));
+        assert_eq!(
+            TracepointFormat::parse("ID: x"),
+            Err((1, "ID is not a number"))
+        );
     }
 
     #[test]
     fn missing_tracefs_names_the_path() {
-        let err = Tracefs::locate(Some(Path::new("/nonexistent/tracing"))).unwrap_err();
+        let err =
+            Tracefs::locate(Some(Path::new("/nonexistent/tracing"))).expect_err("not mounted");
         assert_eq!(
             err.to_string(),
             "tracefs is not mounted at /nonexistent/tracing: mount it with `mount -t tracefs nodev /sys/kernel/tracing` or pass --tracefs"

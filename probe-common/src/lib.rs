@@ -11,6 +11,13 @@
 /// one slot in the configuration and counter maps.
 pub const MAX_PROBES: u32 = 256;
 
+/// Number of tracepoint hooks one agent can attach at once; the eBPF object
+/// has one copy of the tracepoint program per hook slot.
+pub const MAX_HOOKS: u32 = 64;
+
+/// `probe_id` of an unused hook slot.
+pub const NO_PROBE: u32 = u32::MAX;
+
 /// Number of raw argument words a [`SyscallRecord`] carries.
 pub const RAW_ARGS: usize = 6;
 
@@ -24,7 +31,7 @@ pub const MAX_TARGETS: u32 = 16384;
 pub mod maps {
     /// Ring buffer every program writes records to.
     pub const EVENTS: &str = "EVENTS";
-    /// `HashMap<u32 tracepoint event id, TracepointConfig>`.
+    /// `Array<TracepointConfig>` indexed by hook slot.
     pub const TRACEPOINTS: &str = "TRACEPOINTS";
     /// `PerCpuArray<ProbeCounters>` indexed by probe slot.
     pub const COUNTERS: &str = "COUNTERS";
@@ -32,12 +39,9 @@ pub mod maps {
     pub const TARGETS: &str = "TARGETS";
 }
 
-/// Names of the programs in the eBPF object.
-pub mod programs {
-    /// Generic program for any kernel tracepoint; it finds its configuration
-    /// by the tracepoint's event id, so one loaded program serves every hook.
-    pub const TRACEPOINT: &str = "sonde_tracepoint";
-}
+/// Name prefix of the tracepoint programs: `sonde_tp_<slot>` serves hook
+/// slot `<slot>`, `0..MAX_HOOKS`.
+pub const TRACEPOINT_PROGRAM_PREFIX: &str = "sonde_tp_";
 
 /// Who a probe captures events from.
 #[repr(u32)]
@@ -51,11 +55,12 @@ pub enum TargetMode {
     Cgroups = 2,
 }
 
-/// Configuration of one attached tracepoint, keyed by its event id.
+/// Configuration of one tracepoint hook slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TracepointConfig {
-    /// Slot of the probe in the counter map and in emitted records.
+    /// Slot of the probe in the counter map and in emitted records, or
+    /// [`NO_PROBE`] when the hook slot is unused.
     pub probe_id: u32,
     /// A [`TargetMode`] value.
     pub target_mode: u32,

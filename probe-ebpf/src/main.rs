@@ -19,12 +19,12 @@ use aya_ebpf::{
         generated::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
     },
     macros::{map, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use probe_common::{
-    MAX_PROBES, MAX_TARGETS, ProbeCounters, RAW_ARGS, RecordHeader, RecordKind, SyscallRecord,
-    TargetKey, TargetMode, TracepointConfig,
+    MAX_HOOKS, MAX_PROBES, MAX_TARGETS, NO_PROBE, ProbeCounters, RAW_ARGS, RecordHeader,
+    RecordKind, SyscallRecord, TargetKey, TargetMode, TracepointConfig,
 };
 
 /// Default ring size; the agent sets the real one at load time.
@@ -34,7 +34,7 @@ const DEFAULT_RING_BYTES: u32 = 1 << 22;
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
 #[map]
-static TRACEPOINTS: HashMap<u32, TracepointConfig> = HashMap::with_max_entries(MAX_PROBES, 0);
+static TRACEPOINTS: Array<TracepointConfig> = Array::with_max_entries(MAX_HOOKS, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<ProbeCounters> = PerCpuArray::with_max_entries(MAX_PROBES, 0);
@@ -42,23 +42,92 @@ static COUNTERS: PerCpuArray<ProbeCounters> = PerCpuArray::with_max_entries(MAX_
 #[map]
 static TARGETS: HashMap<TargetKey, u8> = HashMap::with_max_entries(MAX_TARGETS, 0);
 
-#[tracepoint]
-pub fn sonde_tracepoint(ctx: TracePointContext) -> u32 {
-    match try_tracepoint(&ctx) {
-        Ok(()) | Err(()) => 0,
-    }
+/// One program per hook slot. The kernel hands tracepoint programs a record
+/// whose common header is overwritten with a `pt_regs` pointer, so a program
+/// cannot tell which tracepoint fired; instead each hook gets its own copy,
+/// which knows its slot. The agent loads a copy only when it uses the slot.
+macro_rules! hook {
+    ($name:ident, $slot:literal) => {
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            match try_tracepoint(&ctx, $slot) {
+                Ok(()) | Err(()) => 0,
+            }
+        }
+    };
 }
 
-fn try_tracepoint(ctx: &TracePointContext) -> Result<(), ()> {
-    // Every tracepoint record starts with `unsigned short common_type`, the
-    // event id: it tells which of the hooks this program is attached to fired.
-    let event_id: u16 = unsafe { ctx.read_at(0) }.map_err(|_| ())?;
-    let Some(config) = TRACEPOINTS.get_ptr(u32::from(event_id)) else {
+hook!(sonde_tp_0, 0);
+hook!(sonde_tp_1, 1);
+hook!(sonde_tp_2, 2);
+hook!(sonde_tp_3, 3);
+hook!(sonde_tp_4, 4);
+hook!(sonde_tp_5, 5);
+hook!(sonde_tp_6, 6);
+hook!(sonde_tp_7, 7);
+hook!(sonde_tp_8, 8);
+hook!(sonde_tp_9, 9);
+hook!(sonde_tp_10, 10);
+hook!(sonde_tp_11, 11);
+hook!(sonde_tp_12, 12);
+hook!(sonde_tp_13, 13);
+hook!(sonde_tp_14, 14);
+hook!(sonde_tp_15, 15);
+hook!(sonde_tp_16, 16);
+hook!(sonde_tp_17, 17);
+hook!(sonde_tp_18, 18);
+hook!(sonde_tp_19, 19);
+hook!(sonde_tp_20, 20);
+hook!(sonde_tp_21, 21);
+hook!(sonde_tp_22, 22);
+hook!(sonde_tp_23, 23);
+hook!(sonde_tp_24, 24);
+hook!(sonde_tp_25, 25);
+hook!(sonde_tp_26, 26);
+hook!(sonde_tp_27, 27);
+hook!(sonde_tp_28, 28);
+hook!(sonde_tp_29, 29);
+hook!(sonde_tp_30, 30);
+hook!(sonde_tp_31, 31);
+hook!(sonde_tp_32, 32);
+hook!(sonde_tp_33, 33);
+hook!(sonde_tp_34, 34);
+hook!(sonde_tp_35, 35);
+hook!(sonde_tp_36, 36);
+hook!(sonde_tp_37, 37);
+hook!(sonde_tp_38, 38);
+hook!(sonde_tp_39, 39);
+hook!(sonde_tp_40, 40);
+hook!(sonde_tp_41, 41);
+hook!(sonde_tp_42, 42);
+hook!(sonde_tp_43, 43);
+hook!(sonde_tp_44, 44);
+hook!(sonde_tp_45, 45);
+hook!(sonde_tp_46, 46);
+hook!(sonde_tp_47, 47);
+hook!(sonde_tp_48, 48);
+hook!(sonde_tp_49, 49);
+hook!(sonde_tp_50, 50);
+hook!(sonde_tp_51, 51);
+hook!(sonde_tp_52, 52);
+hook!(sonde_tp_53, 53);
+hook!(sonde_tp_54, 54);
+hook!(sonde_tp_55, 55);
+hook!(sonde_tp_56, 56);
+hook!(sonde_tp_57, 57);
+hook!(sonde_tp_58, 58);
+hook!(sonde_tp_59, 59);
+hook!(sonde_tp_60, 60);
+hook!(sonde_tp_61, 61);
+hook!(sonde_tp_62, 62);
+hook!(sonde_tp_63, 63);
+
+#[inline(always)]
+fn try_tracepoint(ctx: &TracePointContext, slot: u32) -> Result<(), ()> {
+    let config = TRACEPOINTS.get(slot).ok_or(())?;
+    if config.probe_id == NO_PROBE {
         return Ok(());
-    };
-    // SAFETY: the pointer comes from a successful map lookup; the value is
-    // only replaced whole by the agent, and a torn read is harmless here.
-    let config = unsafe { &*config };
+    }
 
     let pid_tgid = bpf_get_current_pid_tgid();
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };

@@ -1,0 +1,61 @@
+//! Makes an exact number of syscalls, so tests and benchmarks can compare
+//! what Sonde captured (and counted as lost) with what really happened.
+//!
+//! `sonde-loadgen getppid 100000` calls getppid(2) 100000 times;
+//! `sonde-loadgen openat 1000 /tmp/x` opens (and closes) a path 1000 times.
+//! With `--wait-stdin` it first waits for a line on stdin, which lets the
+//! caller attach probes to its pid before the load starts. It prints the
+//! elapsed nanoseconds per call on exit.
+
+use std::{io::BufRead, time::Instant};
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Syscall {
+    Getppid,
+    Openat,
+}
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Makes an exact number of syscalls")]
+struct Args {
+    /// The syscall to make.
+    syscall: Syscall,
+    /// How many times.
+    count: u64,
+    /// Path for openat.
+    #[arg(default_value = "/dev/null")]
+    path: std::path::PathBuf,
+    /// Wait for a line on stdin before starting.
+    #[arg(long)]
+    wait_stdin: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.wait_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+    }
+    let start = Instant::now();
+    match args.syscall {
+        Syscall::Getppid => {
+            for _ in 0..args.count {
+                std::hint::black_box(nix::unistd::getppid());
+            }
+        }
+        Syscall::Openat => {
+            for _ in 0..args.count {
+                // Opening may fail (e.g. a missing path): the syscall still happened.
+                drop(std::fs::File::open(&args.path));
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    println!(
+        "{:.1} ns/call",
+        elapsed.as_nanos() as f64 / args.count.max(1) as f64
+    );
+    Ok(())
+}

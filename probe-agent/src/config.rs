@@ -1,0 +1,112 @@
+//! The agent's command line; every flag is also an environment variable.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+/// Sonde's node agent: captures with eBPF what Sonde resources ask for.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "probe-agent", version, about)]
+pub struct Config {
+    /// Run without a cluster, from the resource YAML files in --manifests.
+    #[arg(long, env = "SONDE_STANDALONE", requires = "manifests")]
+    pub standalone: bool,
+
+    /// Folder of Tracepoint/Retention/Export YAML files (standalone mode).
+    #[arg(long, env = "SONDE_MANIFESTS", value_name = "DIR")]
+    pub manifests: Option<PathBuf>,
+
+    /// This node's name, as the cluster knows it (the downward API sets it).
+    #[arg(long, env = "NODE_NAME", default_value_t = default_node_name())]
+    pub node_name: String,
+
+    /// Where tracefs is mounted; found in /proc/mounts' usual places if unset.
+    #[arg(long, env = "SONDE_TRACEFS", value_name = "DIR")]
+    pub tracefs: Option<PathBuf>,
+
+    /// Ring buffer size in bytes (a power of two, at least one page).
+    #[arg(long, env = "SONDE_RING_BYTES", default_value_t = 8 << 20)]
+    pub ring_bytes: u32,
+
+    /// Ring fill level, in bytes, from which a record wakes the reader early.
+    #[arg(long, env = "SONDE_WAKEUP_BYTES", default_value_t = 2 << 20)]
+    pub wakeup_bytes: u64,
+
+    /// How often the ring buffer is drained when no wake-up comes first.
+    #[arg(long, env = "SONDE_DRAIN_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
+    pub drain_interval: Duration,
+
+    /// How often a summary of what was captured and lost is logged.
+    #[arg(long, env = "SONDE_REPORT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub report_interval: Duration,
+}
+
+fn default_node_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Parses `250ms`, `10s`, `2m`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} needs a unit: ms, s or m"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a number"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(number),
+        "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number * 60),
+        _ => {
+            return Err(format!(
+                "{text:?} has unknown unit {unit:?}: use ms, s or m"
+            ));
+        }
+    };
+    if duration.is_zero() {
+        return Err(format!("{text:?} must be greater than zero"));
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("50ms"), Ok(Duration::from_millis(50)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(
+            parse_duration("10")
+                .expect_err("no unit")
+                .contains("needs a unit")
+        );
+        assert!(
+            parse_duration("10h")
+                .expect_err("bad unit")
+                .contains("unknown unit")
+        );
+        assert!(
+            parse_duration("0s")
+                .expect_err("zero")
+                .contains("greater than zero")
+        );
+    }
+
+    #[test]
+    fn standalone_needs_manifests() {
+        let err =
+            Config::try_parse_from(["probe-agent", "--standalone"]).expect_err("needs --manifests");
+        assert!(err.to_string().contains("--manifests"), "{err}");
+        let config =
+            Config::try_parse_from(["probe-agent", "--standalone", "--manifests", "examples"])
+                .expect("valid flags");
+        assert_eq!(config.drain_interval, Duration::from_millis(50));
+    }
+}

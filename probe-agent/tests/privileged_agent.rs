@@ -1,0 +1,160 @@
+//! The `probe-agent` binary, run as users run it: standalone on a folder of
+//! manifests, stopped with Ctrl-C (SIGINT), and refused without privileges.
+
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_probe-agent");
+const LOADGEN: &str = env!("CARGO_BIN_EXE_sonde-loadgen");
+
+const GETPPID_TRACEPOINT: &str = "\
+apiVersion: sonde.dev/v1alpha1
+kind: Tracepoint
+metadata:
+  name: parent-lookups
+  namespace: default
+spec:
+  probe:
+    tracepoint:
+      group: syscalls
+      name: sys_enter_getppid
+  table: parent_lookups
+";
+
+fn loaded_program_ids() -> Vec<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .collect()
+}
+
+/// Extracts `programs=[1, 2]` from the agent's start-up line.
+fn program_ids(line: &str) -> Vec<u32> {
+    let start = line
+        .find("programs=[")
+        .expect("start-up line lists programs")
+        + 10;
+    let end = start + line[start..].find(']').expect("closing bracket");
+    line[start..end]
+        .split(',')
+        .filter_map(|id| id.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn ctrl_c_detaches_and_unloads_every_program() {
+    let manifests = tempfile::tempdir().expect("temp dir");
+    std::fs::write(manifests.path().join("tp.yaml"), GETPPID_TRACEPOINT).expect("write manifest");
+    let mut agent = Command::new(AGENT)
+        .args(["--standalone", "--manifests"])
+        .arg(manifests.path())
+        .args(["--report-interval", "1s"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start probe-agent");
+    let (lines_tx, lines) = mpsc::channel();
+    let stderr = agent.stderr.take().expect("stderr is piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("agent: {line}");
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_line = |what: &str| loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("agent did not log {what:?} in time"));
+        if line.contains(what) {
+            return line;
+        }
+    };
+
+    next_line("attached");
+    let ids = program_ids(&next_line("standalone agent running"));
+    assert_eq!(ids.len(), 1, "one hook, one program");
+    assert!(loaded_program_ids().contains(&ids[0]));
+
+    let status = Command::new(LOADGEN)
+        .args(["getppid", "1000"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run sonde-loadgen");
+    assert!(status.success());
+
+    kill(Pid::from_raw(agent.id() as i32), Signal::SIGINT).expect("send SIGINT");
+    // The final report follows the signal; it counts at least our calls.
+    let report = next_line("tracepoint=default/parent-lookups");
+    let captured: u64 = report
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("captured="))
+        .and_then(|n| n.parse().ok())
+        .expect("report has captured=N");
+    assert!(captured >= 1000, "{report}");
+    next_line("stopped; every program detached");
+    let status = agent.wait().expect("agent exits");
+    assert!(status.success(), "agent exit status {status}");
+    let still_loaded: Vec<_> = loaded_program_ids()
+        .into_iter()
+        .filter(|id| ids.contains(id))
+        .collect();
+    assert!(
+        still_loaded.is_empty(),
+        "programs {still_loaded:?} outlived the agent"
+    );
+}
+
+fn one_line_failure(command: &mut Command) -> String {
+    let output = command.output().expect("run probe-agent");
+    assert!(!output.status.success(), "agent must fail");
+    let stderr = String::from_utf8(output.stderr).expect("utf-8 stderr");
+    let lines: Vec<_> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "exactly one line, got: {stderr}");
+    lines[0].to_owned()
+}
+
+#[test]
+fn without_privileges_the_agent_names_what_is_missing() {
+    let manifests = tempfile::tempdir().expect("temp dir");
+    // uid/gid 65534 is `nobody`: no capabilities at all.
+    let line = one_line_failure(
+        Command::new(AGENT)
+            .args(["--standalone", "--manifests"])
+            .arg(manifests.path())
+            .uid(65534)
+            .gid(65534),
+    );
+    assert_eq!(
+        line,
+        "probe-agent: missing privilege: loading eBPF programs needs root, or CAP_BPF and \
+         CAP_PERFMON; this process lacks CAP_BPF and CAP_PERFMON"
+    );
+}
+
+#[test]
+fn without_tracefs_the_agent_names_the_mount() {
+    let manifests = tempfile::tempdir().expect("temp dir");
+    let line = one_line_failure(
+        Command::new(AGENT)
+            .args(["--standalone", "--manifests"])
+            .arg(manifests.path())
+            .args(["--tracefs", "/nonexistent/tracing"]),
+    );
+    assert_eq!(
+        line,
+        "probe-agent: tracefs is not mounted at /nonexistent/tracing: mount it with \
+         `mount -t tracefs nodev /sys/kernel/tracing` or pass --tracefs"
+    );
+}
