@@ -115,7 +115,10 @@ pub fn python() -> Result<PathBuf, HarnessError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "in a test a failed unwrap is a failed assertion")]
+#[allow(
+    clippy::unwrap_used,
+    reason = "in a test a failed unwrap is a failed assertion"
+)]
 mod tests {
     use super::*;
 

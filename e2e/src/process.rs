@@ -218,7 +218,10 @@ where
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "in a test a failed unwrap is a failed assertion")]
+#[allow(
+    clippy::unwrap_used,
+    reason = "in a test a failed unwrap is a failed assertion"
+)]
 mod tests {
     use super::*;
 

@@ -222,6 +222,52 @@ async fn cluster_runs_custom_resources_pods_and_garbage_collection() -> anyhow::
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_objects_of_preinstalled_kinds_are_collected_promptly() -> anyhow::Result<()> {
+    let cluster = Cluster::builder()
+        .name("preinstalled")
+        .manifests(WIDGET_CRD)
+        .start()
+        .await?;
+    let client = cluster.client();
+    let gvk = GroupVersionKind::gvk("e2e.sonde.dev", "v1", "Widget");
+    let widgets: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "default", &ApiResource::from_gvk(&gvk));
+    let owner: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "e2e.sonde.dev/v1",
+        "kind": "Widget",
+        "metadata": { "name": "owner" },
+        "spec": { "size": 1 },
+    }))?;
+    let owner = widgets.create(&PostParams::default(), &owner).await?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client, "default");
+    let owned: ConfigMap = serde_json::from_value(json!({
+        "metadata": {
+            "name": "owned",
+            "ownerReferences": [{
+                "apiVersion": "e2e.sonde.dev/v1",
+                "kind": "Widget",
+                "name": "owner",
+                "uid": owner.metadata.uid.clone().unwrap(),
+            }],
+        },
+    }))?;
+    config_maps.create(&PostParams::default(), &owned).await?;
+    widgets.delete("owner", &Default::default()).await?;
+    let start = Instant::now();
+    while config_maps.get_opt("owned").await?.is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "owned ConfigMap of a preinstalled kind not collected within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("collected {:?} after its owner's deletion", start.elapsed());
+    drop(cluster);
+    assert_nothing_left("preinstalled");
+    Ok(())
+}
+
 /// A tiny HTTP server answering every request with the same metrics text.
 struct MetricsTarget {
     addr: String,
@@ -379,6 +425,7 @@ async fn missing_binaries_are_named_with_the_install_command() -> anyhow::Result
         .start()
         .await
         .unwrap_err();
+    eprintln!("{err}");
     let e = harness_error(&err);
     assert!(matches!(
         e,
@@ -427,6 +474,7 @@ async fn a_port_in_use_is_named_and_nothing_is_left_running() -> anyhow::Result<
         .start()
         .await
         .unwrap_err();
+    eprintln!("{err}");
     assert!(
         matches!(
             harness_error(&err),
@@ -473,6 +521,7 @@ async fn an_apiserver_that_fails_to_start_is_named_and_cleaned_up() -> anyhow::R
         .start()
         .await
         .unwrap_err();
+    eprintln!("{err}");
     let e = harness_error(&err);
     assert!(
         matches!(
@@ -506,10 +555,11 @@ async fn an_apiserver_that_fails_to_start_is_named_and_cleaned_up() -> anyhow::R
     let err = Cluster::builder()
         .name("no-etcd")
         .etcd_servers(format!("http://127.0.0.1:{nobody}"))
-        .ready_timeout(Duration::from_secs(15))
+        .ready_timeout(Duration::from_secs(8))
         .start()
         .await
         .unwrap_err();
+    eprintln!("{err}");
     let e = harness_error(&err);
     assert_eq!(e.component(), Component::KubeApiserver, "{err:#}");
     assert!(err.to_string().starts_with("kube-apiserver "), "{err}");
