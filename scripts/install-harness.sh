@@ -9,7 +9,7 @@
 # file). Everything lands in $SONDE_CACHE (default /var/cache/sonde) in folders
 # keyed by version, with Go's module and build caches there too, so a rerun
 # takes about a second and a version bump rebuilds only what changed.
-# The first run builds Kubernetes from source: allow 15-30 minutes on 2 cores.
+# The first run builds Kubernetes from source: about 10 minutes on 2 cores.
 #
 # Environment: SONDE_CACHE, SONDE_GO_JOBS (parallel Go compile jobs, default 2).
 set -euo pipefail
@@ -57,6 +57,7 @@ go_build_into() { # <component> <module dir> <output dir> <go build args...>
     shift 3
     need_cmd go "the harness builds $name from source with Go"
     mkdir -p "$out"
+    rm -rf "$out"/.build.* # left by an interrupted run
     local tmp
     tmp=$(mktemp -d "$out/.build.XXXXXX")
     log "$name: building (several minutes on the first run; log: $SONDE_CACHE/logs/$name.log)"

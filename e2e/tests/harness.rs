@@ -22,7 +22,7 @@ use e2e::{
     spawned_processes,
 };
 use futures::{StreamExt as _, TryStreamExt as _};
-use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kube::{
     Api,
     api::{ApiResource, DynamicObject, GroupVersionKind, ObjectMeta, PostParams},
@@ -174,6 +174,40 @@ async fn cluster_runs_custom_resources_pods_and_garbage_collection() -> anyhow::
     );
     assert!(!proc.cgroup.exists(), "{} remains", proc.cgroup.display());
     assert!(!proc.cgroup.parent().unwrap().exists());
+
+    // A workload that exits is reported with its exit code; its output is kept.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let short = e2e::pod(
+        "short",
+        "node-a",
+        &["sh", "-c", "echo hello from short; exit 3"],
+    );
+    pods.create(&PostParams::default(), &short).await?;
+    let start = Instant::now();
+    let finished = loop {
+        let pod = pods.get("short").await?;
+        if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed") {
+            break pod;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "pod short never Failed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let terminated = finished.status.unwrap().container_statuses.unwrap()[0]
+        .state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
+    assert_eq!(terminated.exit_code, 3);
+    assert_eq!(
+        cluster.pod_log("default", "short", "main")?.trim(),
+        "hello from short"
+    );
+    cluster.delete_pod("default", "short").await?;
+    assert!(cluster.pod_processes("default", "short").is_empty());
 
     // Deleting the owner garbage-collects what it owns (kube-controller-manager).
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
