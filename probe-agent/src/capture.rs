@@ -1,154 +1,236 @@
-//! What the agent has attached and what each attachment captured.
+//! What the agent captured: one table per attached probe, and the counts
+//! that make captured + lost add up to what the kernel matched.
 //!
-//! [`CaptureStats`] is the ring buffer's sink: per-probe counters in flat
-//! arrays indexed by probe slot, so recording an event is an index and an
-//! add, with no lookup or allocation.
+//! [`Capture`] is the ring buffer's sink. Tables sit in a flat array indexed
+//! by probe slot, so routing a record is an index, with no lookup.
 
+use arrow_array::RecordBatch;
 use probe_common::{MAX_PROBES, ProbeCounters};
 
-use crate::ring::{DecodeError, RecordSink, SyscallEvent};
+use crate::{
+    clock::WallClock,
+    plan::RecordSchema,
+    ring::{DecodeError, RawEvent, RecordSink},
+    table::Table,
+};
 
-/// User-space counts per probe slot.
-pub struct CaptureStats {
-    received: Vec<u64>,
-    last: Vec<Option<SyscallEvent>>,
+/// A probe's table and the records it received.
+struct Slot {
+    table: Table,
+    received: u64,
     decode_errors: u64,
-    /// Records naming a slot that is not attached (detached while in flight).
-    orphaned: u64,
 }
 
-impl Default for CaptureStats {
-    fn default() -> Self {
+/// The tables of all attached probes.
+pub struct Capture {
+    slots: Vec<Option<Slot>>,
+    clock: WallClock,
+    node: String,
+    /// Records that could not be decoded or named no attached probe.
+    unattributed_errors: u64,
+}
+
+impl Capture {
+    pub fn new(node: &str) -> Self {
         Self {
-            received: vec![0; MAX_PROBES as usize],
-            last: vec![None; MAX_PROBES as usize],
-            decode_errors: 0,
-            orphaned: 0,
+            slots: (0..MAX_PROBES).map(|_| None).collect(),
+            clock: WallClock::now(),
+            node: node.to_owned(),
+            unattributed_errors: 0,
         }
     }
-}
 
-impl CaptureStats {
+    /// Starts a fresh table for a probe slot.
+    pub fn open(&mut self, probe: u32, schema: RecordSchema) {
+        if let Some(slot) = self.slots.get_mut(probe as usize) {
+            *slot = Some(Slot {
+                table: Table::new(schema, &self.node),
+                received: 0,
+                decode_errors: 0,
+            });
+        }
+    }
+
+    /// Forgets a probe slot's table.
+    pub fn close(&mut self, probe: u32) {
+        if let Some(slot) = self.slots.get_mut(probe as usize) {
+            *slot = None;
+        }
+    }
+
+    pub fn table(&mut self, probe: u32) -> Option<&mut Table> {
+        self.slot_mut(probe).map(|s| &mut s.table)
+    }
+
+    /// Records received for a probe (decoded or not).
     pub fn received(&self, probe: u32) -> u64 {
-        self.received.get(probe as usize).copied().unwrap_or(0)
+        self.slot(probe).map_or(0, |s| s.received)
     }
 
-    /// The most recent event of a probe, for a human-readable sample.
-    pub fn last(&self, probe: u32) -> Option<&SyscallEvent> {
-        self.last.get(probe as usize).and_then(Option::as_ref)
+    pub fn decode_errors(&self, probe: u32) -> u64 {
+        self.slot(probe).map_or(0, |s| s.decode_errors)
     }
 
-    pub fn decode_errors(&self) -> u64 {
-        self.decode_errors
+    pub fn unattributed_errors(&self) -> u64 {
+        self.unattributed_errors
     }
 
-    pub fn orphaned(&self) -> u64 {
-        self.orphaned
+    /// Every row of a probe's table.
+    pub fn batches(&mut self, probe: u32) -> Vec<RecordBatch> {
+        self.table(probe).map(Table::batches).unwrap_or_default()
     }
 
-    /// Forgets a probe slot's counts, when the slot is freed or reused.
-    pub fn reset(&mut self, probe: u32) {
-        if let Some(r) = self.received.get_mut(probe as usize) {
-            *r = 0;
-        }
-        if let Some(l) = self.last.get_mut(probe as usize) {
-            *l = None;
-        }
+    fn slot(&self, probe: u32) -> Option<&Slot> {
+        self.slots.get(probe as usize).and_then(Option::as_ref)
+    }
+
+    fn slot_mut(&mut self, probe: u32) -> Option<&mut Slot> {
+        self.slots.get_mut(probe as usize).and_then(Option::as_mut)
     }
 }
 
-impl RecordSink for CaptureStats {
-    fn syscall(&mut self, event: &SyscallEvent) {
-        let slot = event.probe_id as usize;
-        match self.received.get_mut(slot) {
-            Some(count) => {
-                *count += 1;
-                self.last[slot] = Some(*event);
+impl RecordSink for Capture {
+    fn event(&mut self, event: &RawEvent<'_>) {
+        let clock = self.clock;
+        match self
+            .slots
+            .get_mut(event.probe_id as usize)
+            .and_then(Option::as_mut)
+        {
+            Some(slot) => {
+                slot.received += 1;
+                if slot.table.append(event, &clock).is_err() {
+                    slot.decode_errors += 1;
+                }
             }
-            None => self.orphaned += 1,
+            None => self.unattributed_errors += 1,
         }
     }
 
     fn decode_error(&mut self, _error: DecodeError) {
-        self.decode_errors += 1;
+        self.unattributed_errors += 1;
     }
 }
 
-/// A probe's totals: what the kernel counted and what user space received.
+/// A probe's totals: every event the kernel matched, by where it ended.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeTotals {
     /// Events that matched the probe's targets in the kernel.
     pub matched: u64,
-    /// Records received and decoded in user space.
+    /// Rows in the table.
     pub captured: u64,
-    /// Records the kernel could not reserve room for.
-    pub lost_ring_full: u64,
-    /// Records dropped because an argument could not be read.
-    pub lost_read_failed: u64,
+    /// Rejected by a filter (by request: not a loss).
+    pub filtered: u64,
+    /// Dropped by 1-in-N sampling (by request: not a loss).
+    pub sampled_out: u64,
+    /// Lost: over the rate limit.
+    pub rate_limited: u64,
+    /// Lost: the ring buffer had no room.
+    pub ringbuf_full: u64,
+    /// Lost: a return without its entry.
+    pub missing_entry: u64,
+    /// Lost: the record could not be decoded.
+    pub decode_errors: u64,
+    /// Fields left empty because they could not be read (rows still captured).
+    pub read_errors: u64,
 }
 
 impl ProbeTotals {
-    pub fn new(kernel: ProbeCounters, captured: u64) -> Self {
+    pub fn new(kernel: ProbeCounters, received: u64, decode_errors: u64) -> Self {
         Self {
             matched: kernel.matched,
-            captured,
-            lost_ring_full: kernel.ringbuf_full,
-            lost_read_failed: kernel.read_failed,
+            captured: received - decode_errors.min(received),
+            filtered: kernel.filtered,
+            sampled_out: kernel.sampled_out,
+            rate_limited: kernel.rate_limited,
+            ringbuf_full: kernel.ringbuf_full,
+            missing_entry: kernel.missing_entry,
+            decode_errors,
+            read_errors: kernel.read_errors,
         }
     }
 
+    /// Events lost against the user's wishes.
     pub fn lost(&self) -> u64 {
-        self.lost_ring_full + self.lost_read_failed
+        self.rate_limited + self.ringbuf_full + self.missing_entry + self.decode_errors
     }
 
-    /// Records emitted but not yet drained from the ring.
+    /// Records emitted but not drained from the ring yet.
     pub fn in_flight(&self) -> u64 {
-        self.matched.saturating_sub(self.captured + self.lost())
+        self.matched
+            .saturating_sub(self.captured + self.lost() + self.filtered + self.sampled_out)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::{ColumnLayout, ColumnPlan};
 
-    fn event(probe_id: u32) -> SyscallEvent {
-        SyscallEvent {
-            probe_id,
-            ktime_ns: 1,
-            pid: 2,
-            tid: 2,
-            cgroup_id: 3,
-            comm: [0; 16],
-            args: [0; 6],
+    fn record(probe_id: u32, value: u64) -> Vec<u8> {
+        let mut bytes = vec![0u8; 56];
+        bytes[0..4].copy_from_slice(&probe_common::RECORD_KIND_EVENT.to_ne_bytes());
+        bytes[4..8].copy_from_slice(&probe_id.to_ne_bytes());
+        bytes[16..24].copy_from_slice(&((42u64 << 32) | 43).to_ne_bytes());
+        bytes[32..35].copy_from_slice(b"cat");
+        bytes[48..56].copy_from_slice(&value.to_ne_bytes());
+        bytes
+    }
+
+    fn schema() -> RecordSchema {
+        RecordSchema {
+            columns: vec![ColumnPlan {
+                name: "n".into(),
+                offset: 48,
+                layout: ColumnLayout::Int(crds::FieldType::I32),
+            }],
+            record_len: 56,
         }
     }
 
     #[test]
-    fn counts_per_probe_and_keeps_the_last_event() {
-        let mut stats = CaptureStats::default();
-        stats.syscall(&event(3));
-        stats.syscall(&event(3));
-        stats.syscall(&event(MAX_PROBES + 1));
-        stats.decode_error(DecodeError::UnknownKind { kind: 9 });
-        assert_eq!(stats.received(3), 2);
-        assert_eq!(stats.received(4), 0);
-        assert_eq!(stats.last(3).map(|e| e.probe_id), Some(3));
-        assert_eq!((stats.orphaned(), stats.decode_errors()), (1, 1));
-        stats.reset(3);
-        assert_eq!(stats.received(3), 0);
-        assert!(stats.last(3).is_none());
+    fn routes_records_to_their_probe_table() {
+        let mut capture = Capture::new("node-a");
+        capture.open(3, schema());
+        for value in [1u64, (-5i32) as u32 as u64] {
+            let bytes = record(3, value);
+            capture.event(&crate::ring::decode(&bytes).expect("valid"));
+        }
+        let short = record(3, 0);
+        capture.event(&crate::ring::decode(&short[..50]).expect("header is valid"));
+        let orphan = record(4, 0);
+        capture.event(&crate::ring::decode(&orphan).expect("valid"));
+        assert_eq!(capture.received(3), 3);
+        assert_eq!(capture.decode_errors(3), 1);
+        assert_eq!(capture.unattributed_errors(), 1);
+        let batches = capture.batches(3);
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        assert_eq!(rows, 2);
+        let values = batches[0]
+            .column_by_name("n")
+            .expect("column n")
+            .as_any()
+            .downcast_ref::<arrow_array::Int32Array>()
+            .expect("i32 column");
+        assert_eq!(values.values(), &[1, -5]);
     }
 
     #[test]
     fn totals_balance() {
         let kernel = ProbeCounters {
-            matched: 10,
-            emitted: 7,
-            ringbuf_full: 2,
-            read_failed: 1,
+            matched: 20,
+            filtered: 5,
+            sampled_out: 3,
+            rate_limited: 2,
+            ringbuf_full: 1,
+            emitted: 9,
+            read_errors: 4,
+            missing_entry: 0,
+            sample_seq: 0,
         };
-        let totals = ProbeTotals::new(kernel, 6);
-        assert_eq!(totals.lost(), 3);
+        let totals = ProbeTotals::new(kernel, 8, 1);
+        assert_eq!(totals.captured, 7);
+        assert_eq!(totals.lost(), 4);
         assert_eq!(totals.in_flight(), 1);
     }
 }

@@ -16,6 +16,24 @@ pub struct Config {
     #[arg(long, env = "SONDE_MANIFESTS", value_name = "DIR")]
     pub manifests: Option<PathBuf>,
 
+    /// Standalone: capture only from these process ids (comma-separated)
+    /// instead of the whole host.
+    #[arg(
+        long,
+        env = "SONDE_TARGET_PIDS",
+        value_delimiter = ',',
+        conflicts_with = "target_cgroups"
+    )]
+    pub target_pids: Vec<u32>,
+
+    /// Standalone: capture only from these cgroup v2 ids (comma-separated).
+    #[arg(long, env = "SONDE_TARGET_CGROUPS", value_delimiter = ',')]
+    pub target_cgroups: Vec<u64>,
+
+    /// Standalone: how often the manifests folder is checked for changes.
+    #[arg(long, env = "SONDE_RESCAN_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub rescan_interval: Duration,
+
     /// This node's name, as the cluster knows it (the downward API sets it).
     #[arg(long, env = "NODE_NAME", default_value_t = default_node_name())]
     pub node_name: String,
@@ -39,6 +57,20 @@ pub struct Config {
     /// How often a summary of what was captured and lost is logged.
     #[arg(long, env = "SONDE_REPORT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub report_interval: Duration,
+}
+
+impl Config {
+    /// Whom standalone Tracepoints capture from.
+    pub fn targets(&self) -> crate::loader::Targets {
+        use crate::loader::Targets;
+        if !self.target_pids.is_empty() {
+            Targets::Pids(self.target_pids.clone())
+        } else if !self.target_cgroups.is_empty() {
+            Targets::Cgroups(self.target_cgroups.clone())
+        } else {
+            Targets::All
+        }
+    }
 }
 
 fn default_node_name() -> String {

@@ -59,8 +59,8 @@ pub enum Error {
         source: aya::maps::MapError,
     },
 
-    #[error("all {max} tracepoint hook slots are in use")]
-    HookSlotsExhausted { max: u32 },
+    #[error("all {max} {kind} hook slots are in use")]
+    HookSlotsExhausted { kind: &'static str, max: u32 },
 
     #[error("all {max} probe slots are in use")]
     ProbeSlotsExhausted { max: u32 },

@@ -8,11 +8,15 @@
 pub mod capture;
 pub mod clock;
 pub mod config;
+pub mod elf;
+pub mod engine;
 pub mod error;
 pub mod loader;
+pub mod plan;
 pub mod preflight;
 pub mod ring;
 pub mod standalone;
+pub mod table;
 pub mod tracefs;
 
 pub use error::{Error, Result};

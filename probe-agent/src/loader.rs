@@ -1,27 +1,35 @@
 //! The loaded eBPF object: its programs, configuration maps and counters.
 //!
-//! One object is loaded per agent. It holds [`MAX_HOOKS`] copies of the
-//! generic tracepoint program, one per hook slot: a kernel tracepoint gets a
-//! free slot, whose copy is loaded on first use and attached there. What the
-//! copy captures is the slot's entry in the configuration map.
+//! One object is loaded per agent. Kernel tracepoints, raw tracepoints and
+//! kprobes get a hook slot each, served by that slot's copy of the program
+//! (loaded on first use); uprobes and USDT probes share one program and find
+//! their probe in the attach cookie. What a probe captures is its entry in
+//! the `PROBES` map, so attaching only writes maps and links.
 
-use std::collections::HashMap as StdHashMap;
+use std::collections::{HashMap as StdHashMap, HashSet};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, RingBuf},
-    programs::{TracePoint, trace_point::TracePointLinkId},
+    programs::{
+        KProbe, RawTracePoint, TracePoint, UProbe,
+        kprobe::KProbeLinkId,
+        raw_trace_point::RawTracePointLinkId,
+        trace_point::TracePointLinkId,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+    },
     util::nr_cpus,
 };
 use probe_common::{
-    MAX_HOOKS, MAX_PROBES, NO_PROBE, ProbeCounters, RAW_ARGS, TRACEPOINT_PROGRAM_PREFIX, TargetKey,
-    TargetMode, TracepointConfig, maps,
+    KPROBE_HOOKS, MAX_HOOKS, MAX_PROBES, NO_PROBE, ProbeConfig, ProbeCounters,
+    RAW_TRACEPOINT_HOOKS, RateWindow, TRACEPOINT_HOOKS, TargetKey, TargetMode, maps, programs,
 };
 
 use crate::{
     error::{Error, Result},
+    plan::HookTarget,
     ring::RingReader,
-    tracefs::{Tracefs, TracepointFormat},
+    tracefs::Tracefs,
 };
 
 /// The eBPF object, compiled from `probe-ebpf` by the build script.
@@ -45,7 +53,7 @@ impl Default for LoadOptions {
     }
 }
 
-/// Identifies an attached probe: its slot in the counter map and in records.
+/// Identifies an attached probe: its slot in the maps and in records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProbeId(pub u32);
 
@@ -61,7 +69,7 @@ pub enum Targets {
 }
 
 impl Targets {
-    fn mode(&self) -> TargetMode {
+    pub fn mode(&self) -> TargetMode {
         match self {
             Self::All => TargetMode::All,
             Self::Pids(_) => TargetMode::Pids,
@@ -69,23 +77,31 @@ impl Targets {
         }
     }
 
-    fn ids(&self) -> impl Iterator<Item = u64> + '_ {
-        let (pids, cgroups): (&[u32], &[u64]) = match self {
-            Self::All => (&[], &[]),
-            Self::Pids(p) => (p, &[]),
-            Self::Cgroups(c) => (&[], c),
-        };
-        pids.iter()
-            .map(|&p| u64::from(p))
-            .chain(cgroups.iter().copied())
+    fn ids(&self) -> Vec<u64> {
+        match self {
+            Self::All => Vec::new(),
+            Self::Pids(p) => p.iter().map(|&p| u64::from(p)).collect(),
+            Self::Cgroups(c) => c.clone(),
+        }
     }
 }
 
-/// A tracepoint probe as attached: what it is and where it records.
+/// A kernel link of an attached probe.
 #[derive(Debug)]
-struct AttachedTracepoint {
-    hook: u32,
-    link: TracePointLinkId,
+enum Link {
+    Tracepoint(String, TracePointLinkId),
+    RawTracepoint(String, RawTracePointLinkId),
+    Kprobe(String, KProbeLinkId),
+    Uprobe(&'static str, UProbeLinkId),
+}
+
+#[derive(Debug)]
+struct Attached {
+    /// Hook slots this probe occupies in `HOOKS`.
+    hooks: Vec<u32>,
+    /// Kprobe pair index to give back, if any.
+    kprobe_pair: Option<u32>,
+    links: Vec<Link>,
     targets: Targets,
 }
 
@@ -95,15 +111,18 @@ pub struct ProbeSet {
     ebpf: Ebpf,
     tracefs: Tracefs,
     options: LoadOptions,
-    tracepoints: Array<MapData, TracepointConfig>,
+    hooks: Array<MapData, u32>,
+    probes: Array<MapData, ProbeConfig>,
     counters: PerCpuArray<MapData, ProbeCounters>,
+    rates: Array<MapData, RateWindow>,
     targets: HashMap<MapData, TargetKey, u8>,
     ring: Option<RingReader>,
-    attached: StdHashMap<ProbeId, AttachedTracepoint>,
-    free_slots: Vec<u32>,
-    free_hooks: Vec<u32>,
-    /// Hook slots whose program copy is loaded in the kernel.
-    loaded_hooks: Vec<bool>,
+    attached: StdHashMap<ProbeId, Attached>,
+    loaded: HashSet<String>,
+    free_probes: Vec<u32>,
+    free_tracepoint_hooks: Vec<u32>,
+    free_raw_hooks: Vec<u32>,
+    free_kprobe_pairs: Vec<u32>,
 }
 
 impl ProbeSet {
@@ -118,40 +137,36 @@ impl ProbeSet {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::EVENTS, options.ring_bytes)
             .load(OBJECT)?;
-        let mut tracepoints: Array<MapData, TracepointConfig> =
-            take_map(&mut ebpf, maps::TRACEPOINTS)?;
-        let unused = TracepointConfig {
-            probe_id: NO_PROBE,
-            target_mode: TargetMode::All as u32,
-            args_offset: 0,
-            args_count: 0,
-            wakeup_watermark: u64::MAX,
-        };
+        let mut hooks: Array<MapData, u32> = take_map(&mut ebpf, maps::HOOKS)?;
         for hook in 0..MAX_HOOKS {
-            tracepoints
-                .set(hook, unused, 0)
-                .map_err(|source| Error::Map {
-                    map: maps::TRACEPOINTS,
-                    action: "initialise",
-                    source,
-                })?;
+            hooks.set(hook, NO_PROBE, 0).map_err(|source| Error::Map {
+                map: maps::HOOKS,
+                action: "initialise",
+                source,
+            })?;
         }
+        let probes = take_map(&mut ebpf, maps::PROBES)?;
         let counters = take_map(&mut ebpf, maps::COUNTERS)?;
+        let rates = take_map(&mut ebpf, maps::RATES)?;
         let targets = take_map(&mut ebpf, maps::TARGETS)?;
         let ring = RingReader::new(take_map::<RingBuf<MapData>>(&mut ebpf, maps::EVENTS)?);
+        // Free lists are popped from the end: the lowest slots go first.
         Ok(Self {
             ebpf,
             tracefs,
             options,
-            tracepoints,
+            hooks,
+            probes,
             counters,
+            rates,
             targets,
             ring: Some(ring),
             attached: StdHashMap::new(),
-            // Popped from the end: slot 0 is handed out first.
-            free_slots: (0..MAX_PROBES).rev().collect(),
-            free_hooks: (0..MAX_HOOKS).rev().collect(),
-            loaded_hooks: vec![false; MAX_HOOKS as usize],
+            loaded: HashSet::new(),
+            free_probes: (0..MAX_PROBES).rev().collect(),
+            free_tracepoint_hooks: (0..TRACEPOINT_HOOKS).rev().collect(),
+            free_raw_hooks: (0..RAW_TRACEPOINT_HOOKS).rev().collect(),
+            free_kprobe_pairs: (0..KPROBE_HOOKS).rev().collect(),
         })
     }
 
@@ -164,6 +179,10 @@ impl ProbeSet {
         &self.tracefs
     }
 
+    pub fn options(&self) -> &LoadOptions {
+        &self.options
+    }
+
     /// Kernel ids of the loaded programs (to check they are gone after drop).
     pub fn program_ids(&self) -> Vec<u32> {
         self.ebpf
@@ -172,120 +191,220 @@ impl ProbeSet {
             .collect()
     }
 
-    /// Attaches the generic program to kernel tracepoint `group/name`, copying
-    /// up to [`RAW_ARGS`] argument words that follow the common header.
+    /// Attaches a kernel tracepoint that records only the standard columns.
     pub fn attach_tracepoint(
         &mut self,
         group: &str,
         name: &str,
         targets: Targets,
-    ) -> Result<(ProbeId, TracepointFormat)> {
-        let format = self.tracefs.format(group, name)?;
-        let (args_offset, args_count) = raw_args_window(&format);
-        if self.free_hooks.is_empty() {
-            return Err(Error::HookSlotsExhausted { max: MAX_HOOKS });
-        }
-        let slot = self
-            .free_slots
-            .pop()
-            .ok_or(Error::ProbeSlotsExhausted { max: MAX_PROBES })?;
-        let hook = self
-            .free_hooks
-            .pop()
-            .ok_or(Error::HookSlotsExhausted { max: MAX_HOOKS })?;
-        let probe = ProbeId(slot);
-        let result = self.install(probe, hook, group, name, args_offset, args_count, targets);
-        if result.is_err() {
-            self.free_slots.push(slot);
-            self.free_hooks.push(hook);
-        }
-        result.map(|()| (probe, format))
+    ) -> Result<ProbeId> {
+        // Checked first so that a missing tracepoint is named as such.
+        self.tracefs.format(group, name)?;
+        let config = ProbeConfig {
+            wakeup_watermark: self.options.wakeup_watermark,
+            ..ProbeConfig::EMPTY
+        };
+        self.attach(
+            &HookTarget::Tracepoint {
+                group: group.to_owned(),
+                name: name.to_owned(),
+            },
+            config,
+            targets,
+        )
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Attaches a compiled probe. On error nothing of it stays attached.
+    pub fn attach(
+        &mut self,
+        hook: &HookTarget,
+        mut config: ProbeConfig,
+        targets: Targets,
+    ) -> Result<ProbeId> {
+        config.target_mode = targets.mode() as u32;
+        let slot = self
+            .free_probes
+            .pop()
+            .ok_or(Error::ProbeSlotsExhausted { max: MAX_PROBES })?;
+        let probe = ProbeId(slot);
+        let mut attached = Attached {
+            hooks: Vec::new(),
+            kprobe_pair: None,
+            links: Vec::new(),
+            targets,
+        };
+        match self.install(probe, hook, config, &mut attached) {
+            Ok(()) => {
+                self.attached.insert(probe, attached);
+                Ok(probe)
+            }
+            Err(e) => {
+                // Undo whatever part was done; the first error is the one to report.
+                let _ = self.uninstall(probe, attached);
+                Err(e)
+            }
+        }
+    }
+
     fn install(
         &mut self,
         probe: ProbeId,
-        hook: u32,
-        group: &str,
-        name: &str,
-        args_offset: u32,
-        args_count: u32,
-        targets: Targets,
+        hook: &HookTarget,
+        config: ProbeConfig,
+        attached: &mut Attached,
     ) -> Result<()> {
         self.reset_counters(probe)?;
-        for id in targets.ids() {
-            self.insert_target(probe, targets.mode(), id)?;
-        }
-        let config = TracepointConfig {
-            probe_id: probe.0,
-            target_mode: targets.mode() as u32,
-            args_offset,
-            args_count,
-            wakeup_watermark: self.options.wakeup_watermark,
-        };
-        self.set_hook(hook, config)?;
-        let program_name = hook_program(hook);
-        let program: &mut TracePoint = program_mut(&mut self.ebpf, &program_name)?;
-        if !self.loaded_hooks[hook as usize] {
-            program.load().map_err(|source| Error::Program {
-                program: program_name.clone(),
-                action: "load",
+        self.rates
+            .set(probe.0, RateWindow::default(), 0)
+            .map_err(|source| Error::Map {
+                map: maps::RATES,
+                action: "reset",
                 source,
             })?;
-            self.loaded_hooks[hook as usize] = true;
+        for id in attached.targets.ids() {
+            self.insert_target(probe, attached.targets.mode(), id)?;
         }
-        let link = match program.attach(group, name) {
-            Ok(link) => link,
-            Err(source) => {
-                self.clear_hook(hook)?;
-                return Err(Error::Program {
-                    program: program_name,
-                    action: "attach",
-                    source,
-                });
+        self.probes
+            .set(probe.0, config, 0)
+            .map_err(|source| Error::Map {
+                map: maps::PROBES,
+                action: "update",
+                source,
+            })?;
+        match hook {
+            HookTarget::Tracepoint { group, name } => {
+                let slot = self
+                    .free_tracepoint_hooks
+                    .pop()
+                    .ok_or(Error::HookSlotsExhausted {
+                        kind: "tracepoint",
+                        max: TRACEPOINT_HOOKS,
+                    })?;
+                attached.hooks.push(slot);
+                self.set_hook(slot, probe.0)?;
+                let program_name = format!("{}{slot}", programs::TRACEPOINT_PREFIX);
+                let program: &mut TracePoint = self.loaded_program(&program_name)?;
+                let link = program
+                    .attach(group, name)
+                    .map_err(|source| program_error(&program_name, "attach", source))?;
+                attached.links.push(Link::Tracepoint(program_name, link));
             }
-        };
-        self.attached.insert(
-            probe,
-            AttachedTracepoint {
-                hook,
-                link,
-                targets,
-            },
-        );
+            HookTarget::RawTracepoint { name } => {
+                let index = self.free_raw_hooks.pop().ok_or(Error::HookSlotsExhausted {
+                    kind: "raw tracepoint",
+                    max: RAW_TRACEPOINT_HOOKS,
+                })?;
+                let slot = TRACEPOINT_HOOKS + index;
+                attached.hooks.push(slot);
+                self.set_hook(slot, probe.0)?;
+                let program_name = format!("{}{index}", programs::RAW_TRACEPOINT_PREFIX);
+                let program: &mut RawTracePoint = self.loaded_program(&program_name)?;
+                let link = program
+                    .attach(name)
+                    .map_err(|source| program_error(&program_name, "attach", source))?;
+                attached.links.push(Link::RawTracepoint(program_name, link));
+            }
+            HookTarget::Kprobe {
+                function,
+                offset,
+                ret,
+            } => {
+                let pair = self
+                    .free_kprobe_pairs
+                    .pop()
+                    .ok_or(Error::HookSlotsExhausted {
+                        kind: "kprobe",
+                        max: KPROBE_HOOKS,
+                    })?;
+                attached.kprobe_pair = Some(pair);
+                let first = TRACEPOINT_HOOKS + RAW_TRACEPOINT_HOOKS;
+                // A plain kprobe uses the pair's first slot; a kretprobe the
+                // second, which the entry program fills and the return reads.
+                let slot = if *ret {
+                    first + KPROBE_HOOKS + pair
+                } else {
+                    first + pair
+                };
+                attached.hooks.push(slot);
+                self.set_hook(slot, probe.0)?;
+                let entry = format!("{}{pair}", programs::KPROBE_PREFIX);
+                let program: &mut KProbe = self.loaded_program(&entry)?;
+                let link = program
+                    .attach(function, *offset)
+                    .map_err(|source| program_error(&entry, "attach", source))?;
+                attached.links.push(Link::Kprobe(entry, link));
+                if *ret {
+                    let exit = format!("{}{pair}", programs::KRETPROBE_PREFIX);
+                    let program: &mut KProbe = self.loaded_program(&exit)?;
+                    let link = program
+                        .attach(function, 0)
+                        .map_err(|source| program_error(&exit, "attach", source))?;
+                    attached.links.push(Link::Kprobe(exit, link));
+                }
+            }
+            HookTarget::Uprobe {
+                binary,
+                offset,
+                ret,
+            } => {
+                // The entry program always attaches: for a return probe it
+                // records the entry (time, arguments) the return half needs.
+                let mut names = vec![programs::UPROBE];
+                if *ret {
+                    names.push(programs::URETPROBE);
+                }
+                for name in names {
+                    let program: &mut UProbe = self.loaded_program(name)?;
+                    let point = UProbeAttachPoint {
+                        location: UProbeAttachLocation::AbsoluteOffset(*offset),
+                        cookie: Some(u64::from(probe.0)),
+                    };
+                    let link = program
+                        .attach(point, binary, UProbeScope::AllProcesses)
+                        .map_err(|source| program_error(name, "attach", source))?;
+                    attached.links.push(Link::Uprobe(name, link));
+                }
+            }
+        }
         Ok(())
     }
 
-    fn set_hook(&mut self, hook: u32, config: TracepointConfig) -> Result<()> {
-        self.tracepoints
-            .set(hook, config, 0)
-            .map_err(|source| Error::Map {
-                map: maps::TRACEPOINTS,
-                action: "update",
-                source,
-            })
+    /// The program `name`, loaded into the kernel on first use.
+    fn loaded_program<P>(&mut self, name: &str) -> Result<&mut P>
+    where
+        P: LoadProgram,
+        for<'p> &'p mut P:
+            TryFrom<&'p mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    {
+        if !self.loaded.contains(name) {
+            let program: &mut P = program_mut(&mut self.ebpf, name)?;
+            program
+                .load_program()
+                .map_err(|source| program_error(name, "load", source))?;
+            self.loaded.insert(name.to_owned());
+        }
+        program_mut(&mut self.ebpf, name)
     }
 
-    fn clear_hook(&mut self, hook: u32) -> Result<()> {
-        self.set_hook(
-            hook,
-            TracepointConfig {
-                probe_id: NO_PROBE,
-                target_mode: TargetMode::All as u32,
-                args_offset: 0,
-                args_count: 0,
-                wakeup_watermark: u64::MAX,
-            },
-        )
+    fn set_hook(&mut self, slot: u32, probe: u32) -> Result<()> {
+        self.hooks.set(slot, probe, 0).map_err(|source| Error::Map {
+            map: maps::HOOKS,
+            action: "update",
+            source,
+        })
     }
 
     /// Adds a process or cgroup to an attached probe's target set.
     pub fn add_target(&mut self, probe: ProbeId, id: u64) -> Result<()> {
-        let mode = match self.attached.get(&probe).map(|a| &a.targets) {
-            Some(t) => t.mode(),
-            None => return Ok(()),
+        let Some(attached) = self.attached.get_mut(&probe) else {
+            return Ok(());
         };
+        let mode = attached.targets.mode();
+        match &mut attached.targets {
+            Targets::All => return Ok(()),
+            Targets::Pids(p) => p.push(id as u32),
+            Targets::Cgroups(c) => c.push(id),
+        }
         self.insert_target(probe, mode, id)
     }
 
@@ -302,32 +421,59 @@ impl ProbeSet {
         })
     }
 
-    /// Detaches a probe and frees its slot. Unknown ids are ignored.
+    /// Detaches a probe and frees its slots. Unknown ids are ignored.
     pub fn detach(&mut self, probe: ProbeId) -> Result<()> {
-        let Some(attached) = self.attached.remove(&probe) else {
-            return Ok(());
-        };
-        // Config first, so nothing is emitted for the slot once it is reused.
-        self.clear_hook(attached.hook)?;
-        let program_name = hook_program(attached.hook);
-        let program: &mut TracePoint = program_mut(&mut self.ebpf, &program_name)?;
-        program
-            .detach(attached.link)
-            .map_err(|source| Error::Program {
-                program: program_name,
-                action: "detach",
-                source,
-            })?;
-        self.free_hooks.push(attached.hook);
+        match self.attached.remove(&probe) {
+            Some(attached) => self.uninstall(probe, attached),
+            None => Ok(()),
+        }
+    }
+
+    fn uninstall(&mut self, probe: ProbeId, attached: Attached) -> Result<()> {
+        let mut first_error = None;
+        // Hooks first, so nothing is emitted for the slot once it is reused.
+        let raw_first = TRACEPOINT_HOOKS;
+        let kprobe_first = TRACEPOINT_HOOKS + RAW_TRACEPOINT_HOOKS;
+        for &slot in &attached.hooks {
+            if let Err(e) = self.set_hook(slot, NO_PROBE) {
+                first_error.get_or_insert(e);
+            }
+            if slot < raw_first {
+                self.free_tracepoint_hooks.push(slot);
+            } else if slot < kprobe_first {
+                self.free_raw_hooks.push(slot - raw_first);
+            }
+        }
+        if let Some(pair) = attached.kprobe_pair {
+            self.free_kprobe_pairs.push(pair);
+        }
+        for link in attached.links {
+            let result = match link {
+                Link::Tracepoint(name, id) => program_mut::<TracePoint>(&mut self.ebpf, &name)
+                    .and_then(|p| p.detach(id).map_err(|s| program_error(&name, "detach", s))),
+                Link::RawTracepoint(name, id) => {
+                    program_mut::<RawTracePoint>(&mut self.ebpf, &name)
+                        .and_then(|p| p.detach(id).map_err(|s| program_error(&name, "detach", s)))
+                }
+                Link::Kprobe(name, id) => program_mut::<KProbe>(&mut self.ebpf, &name)
+                    .and_then(|p| p.detach(id).map_err(|s| program_error(&name, "detach", s))),
+                Link::Uprobe(name, id) => program_mut::<UProbe>(&mut self.ebpf, name)
+                    .and_then(|p| p.detach(id).map_err(|s| program_error(name, "detach", s))),
+            };
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        let mode = attached.targets.mode() as u32;
         for id in attached.targets.ids() {
             let _ = self.targets.remove(&TargetKey {
                 probe_id: probe.0,
-                mode: attached.targets.mode() as u32,
+                mode,
                 id,
             });
         }
-        self.free_slots.push(probe.0);
-        Ok(())
+        self.free_probes.push(probe.0);
+        first_error.map_or(Ok(()), Err)
     }
 
     /// In-kernel counters of a probe, summed over CPUs.
@@ -344,9 +490,14 @@ impl ProbeSet {
             .iter()
             .fold(ProbeCounters::default(), |sum, c| ProbeCounters {
                 matched: sum.matched + c.matched,
-                emitted: sum.emitted + c.emitted,
+                filtered: sum.filtered + c.filtered,
+                sampled_out: sum.sampled_out + c.sampled_out,
+                rate_limited: sum.rate_limited + c.rate_limited,
                 ringbuf_full: sum.ringbuf_full + c.ringbuf_full,
-                read_failed: sum.read_failed + c.read_failed,
+                emitted: sum.emitted + c.emitted,
+                read_errors: sum.read_errors + c.read_errors,
+                missing_entry: sum.missing_entry + c.missing_entry,
+                sample_seq: 0,
             }))
     }
 
@@ -372,24 +523,29 @@ impl ProbeSet {
     }
 }
 
-/// Where the raw argument words start and how many fit: everything after the
-/// common header (and after `__syscall_nr` for syscall tracepoints).
-fn raw_args_window(format: &TracepointFormat) -> (u32, u32) {
-    let mut own = format.own_fields().filter(|f| f.name != "__syscall_nr");
-    let Some(first) = own.next() else {
-        return (0, 0);
-    };
-    let end = format
-        .own_fields()
-        .map(|f| f.offset + f.size)
-        .max()
-        .unwrap_or(first.offset);
-    let words = (end.saturating_sub(first.offset)).div_ceil(8);
-    (first.offset, words.min(RAW_ARGS as u32))
+/// Loading differs per program type only in name; this gives them one.
+pub trait LoadProgram {
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError>;
 }
 
-fn hook_program(hook: u32) -> String {
-    format!("{TRACEPOINT_PROGRAM_PREFIX}{hook}")
+macro_rules! load_program {
+    ($($t:ty),*) => {
+        $(impl LoadProgram for $t {
+            fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+                self.load()
+            }
+        })*
+    };
+}
+
+load_program!(TracePoint, RawTracePoint, KProbe, UProbe);
+
+fn program_error(name: &str, action: &'static str, source: aya::programs::ProgramError) -> Error {
+    Error::Program {
+        program: name.to_owned(),
+        action,
+        source,
+    }
 }
 
 fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>
@@ -431,39 +587,4 @@ fn page_size() -> u32 {
         .flatten()
         .and_then(|p| u32::try_from(p).ok())
         .unwrap_or(4096)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn raw_args_follow_the_syscall_number() {
-        let text = "ID: 1\n\
-            field:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
-            field:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\
-            field:int dfd;\toffset:16;\tsize:8;\tsigned:0;\n\
-            field:const char * filename;\toffset:24;\tsize:8;\tsigned:0;\n";
-        let format = TracepointFormat::parse(text).expect("valid format");
-        assert_eq!(raw_args_window(&format), (16, 2));
-    }
-
-    #[test]
-    fn raw_args_are_capped() {
-        let mut text = String::from("ID: 1\n");
-        for i in 0..10 {
-            text.push_str(&format!(
-                "field:u64 a{i};\toffset:{};\tsize:8;\tsigned:0;\n",
-                8 + i * 8
-            ));
-        }
-        let format = TracepointFormat::parse(&text).expect("valid format");
-        assert_eq!(raw_args_window(&format), (8, RAW_ARGS as u32));
-    }
-
-    #[test]
-    fn no_own_fields_means_no_words() {
-        let format = TracepointFormat::parse("ID: 1\n").expect("valid format");
-        assert_eq!(raw_args_window(&format), (0, 0));
-    }
 }

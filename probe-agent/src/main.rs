@@ -6,8 +6,11 @@ use std::{io::IsTerminal, process::ExitCode};
 use clap::Parser;
 use probe_agent::{
     config::Config,
+    engine::Engine,
+    loader::LoadOptions,
+    plan::HostPaths,
     preflight,
-    standalone::{Standalone, chain},
+    standalone::{Intervals, Standalone, chain},
     tracefs::Tracefs,
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -49,42 +52,57 @@ fn run(config: Config) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async {
-        let mut agent = Standalone::start(&config, tracefs, &dir).map_err(|e| chain(&e))?;
+        // Registered before anything is attached, so a Ctrl-C at any point
+        // from here on stops the agent cleanly instead of killing it.
+        let shutdown = shutdown_signal().map_err(|e| format!("cannot handle signals: {e}"))?;
+        let engine = Engine::load(
+            tracefs,
+            LoadOptions {
+                ring_bytes: config.ring_bytes,
+                wakeup_watermark: config.wakeup_bytes,
+            },
+            &config.node_name,
+            Box::new(HostPaths),
+        )
+        .map_err(|e| chain(&e))?;
+        let mut agent = Standalone::start(engine, &dir, config.targets());
+        let attached = agent.applied().filter(|a| a.probe.is_some()).count();
         info!(
             node = %config.node_name,
             manifests = %dir.display(),
-            attached = agent.attachments().len(),
+            attached,
             programs = ?agent.program_ids(),
-            "standalone agent running; a summary per Tracepoint every {:?}; \
-             inspect programs with `bpftool prog show`; Ctrl-C stops and detaches",
+            "standalone agent running; watching the folder for changes; a summary per \
+             Tracepoint every {:?}; inspect programs with `bpftool prog show`; Ctrl-C stops \
+             and detaches",
             config.report_interval
         );
         agent
             .run(
-                config.drain_interval,
-                config.report_interval,
-                shutdown_signal(),
+                Intervals {
+                    drain: config.drain_interval,
+                    rescan: config.rescan_interval,
+                    report: config.report_interval,
+                },
+                shutdown,
             )
-            .await;
+            .await
+            .map_err(|e| format!("cannot watch the ring buffer: {e}"))?;
         drop(agent);
         info!("stopped; every program detached and unloaded");
         Ok(())
     })
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        // Without signal handlers the process still dies on the signal, which
-        // the kernel cleans up after; wait forever rather than exit early.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-    }
+/// A future that resolves on SIGINT or SIGTERM; the handlers are installed
+/// when this is called.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }

@@ -1,9 +1,13 @@
 //! Standalone mode: the agent without a cluster. Resources come from the YAML
-//! files in a folder (the same files users `kubectl apply`) and Tracepoints
-//! capture host-wide.
+//! files in a folder (the same files users `kubectl apply`), and the folder
+//! is watched: adding, changing or deleting a file attaches, reconfigures or
+//! detaches without a restart. Tracepoints capture host-wide, or only from
+//! the pids or cgroups given on the command line.
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
+    os::fd::{AsRawFd, RawFd},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -11,239 +15,381 @@ use std::{
 use crds::{
     Tracepoint,
     manifest::{self, Resource},
-    v1alpha1::Probe,
+    v1alpha1::TracepointSpec,
 };
+use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{error, info, warn};
 
 use crate::{
-    capture::{CaptureStats, ProbeTotals},
-    config::Config,
-    error::Result,
-    loader::{LoadOptions, ProbeId, ProbeSet, Targets},
-    ring::AsyncRingReader,
-    tracefs::Tracefs,
+    capture::ProbeTotals,
+    engine::{AttachedProbe, Engine},
+    loader::{ProbeId, Targets},
 };
 
-/// A Tracepoint that is attached, and where its rows go.
-#[derive(Debug)]
-pub struct Attachment {
-    /// `namespace/name` of the resource.
-    pub resource: String,
-    /// Manifest file it came from.
-    pub file: PathBuf,
-    /// `group/name` of the kernel hook.
-    pub hook: String,
-    pub table: String,
-    pub probe: ProbeId,
+/// State of one Tracepoint from the manifests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TracepointState {
+    Attached,
+    /// The spec is wrong or names something this node does not have.
+    Failed(String),
+    /// The node's kernel lacks the probe kind.
+    Unsupported(String),
 }
 
-/// The standalone agent: loaded programs, what is attached, what it captured.
+/// A Tracepoint as the standalone agent applied it.
+#[derive(Debug)]
+pub struct Applied {
+    /// `namespace/name`.
+    pub resource: String,
+    pub file: PathBuf,
+    pub table: String,
+    pub spec: TracepointSpec,
+    pub state: TracepointState,
+    pub probe: Option<AttachedProbe>,
+}
+
+/// The standalone agent: the engine and what the manifests asked of it.
 pub struct Standalone {
-    probes: ProbeSet,
-    ring: AsyncRingReader,
-    stats: CaptureStats,
-    attachments: Vec<Attachment>,
+    engine: Engine,
+    dir: PathBuf,
+    targets: Targets,
+    applied: BTreeMap<String, Applied>,
+    /// Contents of the files last read, to notice changes cheaply.
+    seen: BTreeMap<PathBuf, String>,
 }
 
 impl Standalone {
-    /// Loads the eBPF object and attaches every valid Tracepoint in `dir`.
-    /// Invalid or unsupported resources are logged with their file and
-    /// skipped: the others keep running.
-    pub fn start(config: &Config, tracefs: Tracefs, dir: &Path) -> Result<Self> {
-        let mut probes = ProbeSet::load(
-            tracefs,
-            LoadOptions {
-                ring_bytes: config.ring_bytes,
-                wakeup_watermark: config.wakeup_bytes,
-            },
-        )?;
-        let ring = probes
-            .take_ring()
-            .ok_or(crate::Error::MissingInObject {
-                kind: "map",
-                name: probe_common::maps::EVENTS.to_owned(),
-            })?
-            .into_async()
-            .map_err(|source| crate::Error::Io {
-                path: PathBuf::from("ring buffer"),
-                source,
-            })?;
+    /// Applies every resource in `dir`. Invalid or unsupported resources are
+    /// logged with their file and kept in [`Self::applied`] with the reason:
+    /// the others keep running.
+    pub fn start(engine: Engine, dir: &Path, targets: Targets) -> Self {
         let mut agent = Self {
-            probes,
-            ring,
-            stats: CaptureStats::default(),
-            attachments: Vec::new(),
+            engine,
+            dir: dir.to_path_buf(),
+            targets,
+            applied: BTreeMap::new(),
+            seen: BTreeMap::new(),
         };
-        agent.apply_folder(dir);
-        Ok(agent)
+        agent.rescan();
+        agent
     }
 
-    pub fn attachments(&self) -> &[Attachment] {
-        &self.attachments
+    pub fn applied(&self) -> impl Iterator<Item = &Applied> {
+        self.applied.values()
+    }
+
+    pub fn engine(&mut self) -> &mut Engine {
+        &mut self.engine
     }
 
     pub fn program_ids(&self) -> Vec<u32> {
-        self.probes.program_ids()
+        self.engine.program_ids()
     }
 
-    fn apply_folder(&mut self, dir: &Path) {
-        let files = match manifest_files(dir) {
+    /// Rereads the folder and applies what changed. Returns true if anything did.
+    pub fn rescan(&mut self) -> bool {
+        let files = match manifest_files(&self.dir) {
             Ok(files) => files,
             Err(e) => {
-                error!(folder = %dir.display(), "cannot read manifests: {e}");
-                return;
+                error!(folder = %self.dir.display(), "cannot read manifests: {e}");
+                return false;
             }
         };
+        let mut contents = BTreeMap::new();
         for file in files {
-            // Each resource is validated on its own, so one bad resource does
-            // not keep the rest of its file from running.
-            let parsed = std::fs::read_to_string(&file)
-                .map_err(|e| e.to_string())
-                .and_then(|text| manifest::parse(&file, &text).map_err(|e| chain(&e)));
-            match parsed {
-                Ok(resources) => {
-                    for resource in resources {
-                        self.apply(&file, resource);
-                    }
+            match std::fs::read_to_string(&file) {
+                Ok(text) => {
+                    contents.insert(file, text);
                 }
-                Err(e) => error!(file = %file.display(), "skipped: {e}"),
+                // A file deleted between listing and reading is simply gone.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => error!(file = %file.display(), "cannot read: {e}"),
             }
         }
-    }
-
-    fn apply(&mut self, file: &Path, resource: Resource) {
-        match resource {
-            Resource::Tracepoint(tp) => {
-                if let Err(message) = self.attach(file, &tp) {
-                    error!(file = %file.display(), tracepoint = %key(&tp), "not attached: {message}");
-                }
-            }
-            other => info!(
-                file = %file.display(),
-                kind = other.kind(),
-                "read; this agent does not apply {} resources yet", other.kind()
-            ),
+        if contents == self.seen {
+            return false;
         }
-    }
-
-    fn attach(&mut self, file: &Path, tp: &Tracepoint) -> Result<(), String> {
-        tp.spec.validate().map_err(|e| e.to_string())?;
-        let probe = tp.spec.probe.kind().map_err(|e| e.to_string())?;
-        let Probe::Tracepoint(hook) = probe else {
-            return Err(format!(
-                "probe kind {} is not supported by this agent yet",
-                probe.kind().as_str()
-            ));
-        };
-        let (id, _) = self
-            .probes
-            .attach_tracepoint(&hook.group, &hook.name, Targets::All)
-            .map_err(|e| chain(&e))?;
-        self.stats.reset(id.0);
-        let spec = &tp.spec;
-        let not_applied: Vec<&str> = [
-            (!spec.fields.is_empty(), "fields"),
-            (!spec.filters.is_empty(), "filters"),
-            (spec.sampling.is_some(), "sampling"),
-            (spec.rate_limit.is_some(), "rateLimit"),
-            (!spec.metrics.is_empty(), "metrics"),
-            (spec.ttl.is_some(), "ttl"),
-        ]
-        .into_iter()
-        .filter_map(|(set, name)| set.then_some(name))
-        .collect();
-        if !not_applied.is_empty() {
-            // Say so rather than let a user believe a filter is in force.
-            warn!(
-                tracepoint = %key(tp),
-                "attached with raw arguments only; not applied by this agent yet: {}",
-                not_applied.join(", ")
-            );
-        }
-        let attachment = Attachment {
-            resource: key(tp),
-            file: file.to_path_buf(),
-            hook: format!("{}/{}", hook.group, hook.name),
-            table: tp.spec.table.clone(),
-            probe: id,
-        };
-        info!(
-            tracepoint = %attachment.resource,
-            hook = %attachment.hook,
-            table = %attachment.table,
-            "attached"
-        );
-        self.attachments.push(attachment);
-        Ok(())
-    }
-
-    /// Drains the ring until `shutdown` resolves, logging a summary every
-    /// `report_interval`. Then drains once more and logs the final totals.
-    pub async fn run(
-        &mut self,
-        drain_interval: Duration,
-        report_interval: Duration,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) {
-        tokio::pin!(shutdown);
-        let mut next_report = Instant::now() + report_interval;
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                _ = self.ring.drain_next(drain_interval, &mut self.stats) => {}
-            }
-            if Instant::now() >= next_report {
-                self.report();
-                next_report += report_interval;
-            }
-        }
-        self.ring.drain_now(&mut self.stats);
-        self.report();
-    }
-
-    /// Totals of one attachment.
-    pub fn totals(&self, attachment: &Attachment) -> Result<ProbeTotals> {
-        let kernel = self.probes.counters(attachment.probe)?;
-        Ok(ProbeTotals::new(
-            kernel,
-            self.stats.received(attachment.probe.0),
-        ))
-    }
-
-    fn report(&self) {
-        for a in &self.attachments {
-            let totals = match self.totals(a) {
-                Ok(t) => t,
+        let mut desired: BTreeMap<String, (PathBuf, Tracepoint)> = BTreeMap::new();
+        for (file, text) in &contents {
+            let resources = match manifest::parse(file, text) {
+                Ok(resources) => resources,
                 Err(e) => {
-                    warn!(tracepoint = %a.resource, "cannot read counters: {}", chain(&e));
+                    error!(file = %file.display(), "skipped: {}", chain(&e));
                     continue;
                 }
             };
-            let mut sample = String::new();
-            if let Some(last) = self.stats.last(a.probe.0) {
-                let _ = write!(
-                    sample,
-                    "last: pid {} comm {} args {:x?}",
-                    last.pid,
-                    String::from_utf8_lossy(last.comm()),
-                    last.args
-                );
+            for resource in resources {
+                match resource {
+                    Resource::Tracepoint(tp) => {
+                        let key = key(&tp);
+                        if let Some((other, _)) = desired.get(&key) {
+                            warn!(
+                                tracepoint = %key,
+                                file = %file.display(),
+                                "also defined in {}; the later file wins",
+                                other.display()
+                            );
+                        }
+                        desired.insert(key, (file.clone(), tp));
+                    }
+                    other => {
+                        if !self.seen.contains_key(file) {
+                            info!(
+                                file = %file.display(),
+                                kind = other.kind(),
+                                name = other.name(),
+                                "read; this agent does not apply {} resources yet",
+                                other.kind()
+                            );
+                        }
+                    }
+                }
             }
+        }
+        self.seen = contents;
+
+        let gone: Vec<String> = self
+            .applied
+            .keys()
+            .filter(|k| !desired.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(applied) = self.applied.remove(&key) {
+                self.release(&applied);
+                info!(tracepoint = %key, "removed; detached");
+            }
+        }
+        for (key, (file, tp)) in desired {
+            let unchanged = self
+                .applied
+                .get(&key)
+                .is_some_and(|a| a.spec == tp.spec && a.file == file);
+            if unchanged {
+                continue;
+            }
+            if let Some(previous) = self.applied.remove(&key) {
+                self.release(&previous);
+                info!(tracepoint = %key, "changed; reattaching");
+            }
+            let applied = self.apply(key.clone(), file, tp);
+            self.applied.insert(key, applied);
+        }
+        true
+    }
+
+    fn release(&mut self, applied: &Applied) {
+        if let Some(probe) = &applied.probe
+            && let Err(e) = self.engine.detach(probe.id)
+        {
+            warn!(tracepoint = %applied.resource, "detach failed: {}", chain(&e));
+        }
+    }
+
+    fn apply(&mut self, resource: String, file: PathBuf, tp: Tracepoint) -> Applied {
+        let mut applied = Applied {
+            resource,
+            file,
+            table: tp.spec.table.clone(),
+            spec: tp.spec,
+            state: TracepointState::Attached,
+            probe: None,
+        };
+        match self.engine.attach(&applied.spec, self.targets.clone()) {
+            Ok(probe) => {
+                info!(
+                    tracepoint = %applied.resource,
+                    hook = %probe.hook,
+                    table = %applied.table,
+                    columns = probe.schema.columns.len() + 6,
+                    "attached"
+                );
+                applied.probe = Some(probe);
+            }
+            Err(e) => {
+                let message = chain(&e);
+                error!(
+                    tracepoint = %applied.resource,
+                    file = %applied.file.display(),
+                    "not attached: {message}"
+                );
+                applied.state = if e.is_unsupported() {
+                    TracepointState::Unsupported(message)
+                } else {
+                    TracepointState::Failed(message)
+                };
+            }
+        }
+        applied
+    }
+
+    /// Totals of an attached Tracepoint, by `namespace/name`.
+    pub fn totals(&self, resource: &str) -> Option<ProbeTotals> {
+        let probe = self.applied.get(resource)?.probe.as_ref()?;
+        self.engine.totals(probe.id).ok()
+    }
+
+    /// The probe id of an attached Tracepoint, by `namespace/name`.
+    pub fn probe(&self, resource: &str) -> Option<ProbeId> {
+        Some(self.applied.get(resource)?.probe.as_ref()?.id)
+    }
+
+    /// Drains the ring until `shutdown` resolves: on a timer, early on a
+    /// watermark wake-up. Rescans the folder every `rescan_interval` and logs
+    /// a summary every `report_interval`. Then drains once more and reports.
+    pub async fn run(
+        &mut self,
+        intervals: Intervals,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        // SAFETY: the fd belongs to the engine's ring buffer, which outlives
+        // `wakeups`: both live in this call, the engine in `self`.
+        #[allow(unsafe_code)]
+        let wakeups = unsafe {
+            AsyncFd::register_with_interest(RingFd(self.engine.as_raw_fd()), Interest::READABLE)
+        }?;
+        tokio::pin!(shutdown);
+        let now = Instant::now();
+        let mut next_report = now + intervals.report;
+        let mut next_rescan = now + intervals.rescan;
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                ready = wakeups.readable() => {
+                    if let Ok(mut guard) = ready {
+                        guard.clear_ready();
+                    }
+                }
+                () = tokio::time::sleep(intervals.drain) => {}
+            }
+            self.engine.drain();
+            let now = Instant::now();
+            if now >= next_rescan {
+                self.rescan();
+                next_rescan = now + intervals.rescan;
+            }
+            if now >= next_report {
+                self.report();
+                next_report = now + intervals.report;
+            }
+        }
+        self.engine.drain();
+        self.report();
+        Ok(())
+    }
+
+    fn report(&mut self) {
+        let keys: Vec<String> = self.applied.keys().cloned().collect();
+        for key in keys {
+            let Some(applied) = self.applied.get(&key) else {
+                continue;
+            };
+            let Some(probe) = applied.probe.clone() else {
+                continue;
+            };
+            let totals = match self.engine.totals(probe.id) {
+                Ok(t) => t,
+                Err(e) => {
+                    warn!(tracepoint = %key, "cannot read counters: {}", chain(&e));
+                    continue;
+                }
+            };
+            let table = applied.table.clone();
+            let sample = self.last_row(probe.id);
             info!(
-                tracepoint = %a.resource,
-                table = %a.table,
+                tracepoint = %key,
+                table = %table,
                 captured = totals.captured,
-                lost_ring_full = totals.lost_ring_full,
-                lost_read_failed = totals.lost_read_failed,
+                filtered = totals.filtered,
+                sampled_out = totals.sampled_out,
+                lost_rate_limited = totals.rate_limited,
+                lost_ring_full = totals.ringbuf_full,
+                lost_decode = totals.decode_errors,
+                lost_missing_entry = totals.missing_entry,
                 "{sample}"
             );
         }
-        if self.stats.decode_errors() > 0 {
+        let orphans = self.engine.unattributed_errors();
+        if orphans > 0 {
             warn!(
-                decode_errors = self.stats.decode_errors(),
-                "records could not be decoded"
+                records = orphans,
+                "records could not be attributed to a probe"
             );
         }
+    }
+
+    /// The last captured row, formatted for the log.
+    fn last_row(&mut self, probe: ProbeId) -> String {
+        let batches = self.engine.batches(probe);
+        let Some(batch) = batches.iter().rev().find(|b| b.num_rows() > 0) else {
+            return "no rows yet".to_owned();
+        };
+        let row = batch.num_rows() - 1;
+        let mut line = String::from("last:");
+        for (field, column) in batch.schema().fields().iter().zip(batch.columns()).skip(2) {
+            let value = arrow_cast_display(column.as_ref(), row);
+            let _ = write!(line, " {}={value}", field.name());
+        }
+        line
+    }
+}
+
+fn arrow_cast_display(column: &dyn arrow_array::Array, row: usize) -> String {
+    use arrow_array::cast::AsArray;
+    use arrow_schema::DataType;
+    match column.data_type() {
+        DataType::Utf8 => format!("{:?}", column.as_string::<i32>().value(row)),
+        DataType::UInt8 => column
+            .as_primitive::<arrow_array::types::UInt8Type>()
+            .value(row)
+            .to_string(),
+        DataType::UInt16 => column
+            .as_primitive::<arrow_array::types::UInt16Type>()
+            .value(row)
+            .to_string(),
+        DataType::UInt32 => column
+            .as_primitive::<arrow_array::types::UInt32Type>()
+            .value(row)
+            .to_string(),
+        DataType::UInt64 => column
+            .as_primitive::<arrow_array::types::UInt64Type>()
+            .value(row)
+            .to_string(),
+        DataType::Int8 => column
+            .as_primitive::<arrow_array::types::Int8Type>()
+            .value(row)
+            .to_string(),
+        DataType::Int16 => column
+            .as_primitive::<arrow_array::types::Int16Type>()
+            .value(row)
+            .to_string(),
+        DataType::Int32 => column
+            .as_primitive::<arrow_array::types::Int32Type>()
+            .value(row)
+            .to_string(),
+        DataType::Int64 => column
+            .as_primitive::<arrow_array::types::Int64Type>()
+            .value(row)
+            .to_string(),
+        DataType::Boolean => column.as_boolean().value(row).to_string(),
+        other => format!("<{other}>"),
+    }
+}
+
+/// How often the standalone loop does each of its jobs.
+#[derive(Clone, Copy, Debug)]
+pub struct Intervals {
+    pub drain: Duration,
+    pub rescan: Duration,
+    pub report: Duration,
+}
+
+/// The ring's fd, borrowed from the engine for readiness notifications.
+struct RingFd(RawFd);
+
+impl AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
     }
 }
 
@@ -272,7 +418,10 @@ fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 fn key(tp: &Tracepoint) -> String {
     format!(
         "{}/{}",
-        tp.metadata.namespace.as_deref().unwrap_or("default"),
+        tp.metadata
+            .namespace
+            .as_deref()
+            .unwrap_or(manifest::DEFAULT_NAMESPACE),
         tp.metadata.name.as_deref().unwrap_or("<unnamed>")
     )
 }

@@ -1,47 +1,82 @@
 //! `#[repr(C)]` types shared by Sonde's eBPF programs and the agent that
 //! configures them and decodes what they emit.
 //!
-//! Everything here is plain data with a fixed layout: the eBPF side writes it
-//! into ring-buffer records and reads it from configuration maps, the agent
-//! does the reverse. Layout changes must be made on both sides at once, which
-//! is why the types live in one crate.
+//! Everything here is plain data with a fixed layout: the eBPF side reads it
+//! from configuration maps and writes records, the agent does the reverse.
+//! Layout changes must be made on both sides at once, which is why the types
+//! live in one crate.
+//!
+//! A record is a [`RecordHeader`] followed by the probe's payload: each field
+//! at the offset its [`FieldConfig::dest`] names, integers as 8 bytes
+//! (sign- or zero-extended to the declared width), strings NUL-terminated in
+//! an area of `max_len + 1` bytes.
 #![no_std]
 
-/// Number of probe slots: each attached probe (a Tracepoint on one hook) owns
-/// one slot in the configuration and counter maps.
+/// Number of probe slots: each attached probe owns one slot in the probe
+/// configuration and counter maps, and its records carry the slot number.
 pub const MAX_PROBES: u32 = 256;
 
-/// Number of tracepoint hooks one agent can attach at once; the eBPF object
-/// has one copy of the tracepoint program per hook slot.
-pub const MAX_HOOKS: u32 = 64;
+/// Hook slots of kernel tracepoints; the object holds one copy of the
+/// tracepoint program per slot (`sonde_tp_<slot>`).
+pub const TRACEPOINT_HOOKS: u32 = 64;
+/// Hook slots of raw tracepoints (`sonde_raw_<n>`, slot `TRACEPOINT_HOOKS + n`).
+pub const RAW_TRACEPOINT_HOOKS: u32 = 16;
+/// Hook slots of kprobes and kretprobes (`sonde_kp_<n>` / `sonde_krp_<n>`,
+/// slot `TRACEPOINT_HOOKS + RAW_TRACEPOINT_HOOKS + n`).
+pub const KPROBE_HOOKS: u32 = 8;
+/// All hook slots.
+pub const MAX_HOOKS: u32 = TRACEPOINT_HOOKS + RAW_TRACEPOINT_HOOKS + 2 * KPROBE_HOOKS;
 
-/// `probe_id` of an unused hook slot.
+/// Value of a hook slot that serves no probe.
 pub const NO_PROBE: u32 = u32::MAX;
 
-/// Number of raw argument words a [`SyscallRecord`] carries.
-pub const RAW_ARGS: usize = 6;
+/// Fields one probe can capture.
+pub const MAX_FIELDS: usize = 16;
+/// Filters one probe can evaluate.
+pub const MAX_FILTERS: usize = 8;
+/// Longest string a field keeps, without its NUL.
+pub const MAX_STRING: u32 = 256;
+/// Largest record, header included.
+pub const MAX_RECORD: u32 = 4096;
+/// 8-byte words of a string filter operand: `MAX_STRING` bytes and a NUL.
+pub const FILTER_WORDS: usize = (MAX_STRING as usize + 8) / 8;
 
 /// Length of the kernel's task command name (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
 
-/// Maximum number of entries in the shared target set (pids or cgroup ids).
+/// Maximum number of entries in the target set (pids or cgroup ids).
 pub const MAX_TARGETS: u32 = 16384;
+
+/// Entry states kept for return probes (latency, arguments at entry); the
+/// map is LRU, so entries whose return never comes are evicted.
+pub const MAX_ENTRIES_IN_FLIGHT: u32 = 16384;
 
 /// Map names, shared so the agent looks up exactly what the programs define.
 pub mod maps {
     /// Ring buffer every program writes records to.
     pub const EVENTS: &str = "EVENTS";
-    /// `Array<TracepointConfig>` indexed by hook slot.
-    pub const TRACEPOINTS: &str = "TRACEPOINTS";
+    /// `Array<u32>`: probe slot served by each hook slot, or `NO_PROBE`.
+    pub const HOOKS: &str = "HOOKS";
+    /// `Array<ProbeConfig>` indexed by probe slot.
+    pub const PROBES: &str = "PROBES";
     /// `PerCpuArray<ProbeCounters>` indexed by probe slot.
     pub const COUNTERS: &str = "COUNTERS";
+    /// `Array<RateWindow>` indexed by probe slot.
+    pub const RATES: &str = "RATES";
     /// `HashMap<TargetKey, u8>`: pids or cgroup ids a probe is limited to.
     pub const TARGETS: &str = "TARGETS";
 }
 
-/// Name prefix of the tracepoint programs: `sonde_tp_<slot>` serves hook
-/// slot `<slot>`, `0..MAX_HOOKS`.
-pub const TRACEPOINT_PROGRAM_PREFIX: &str = "sonde_tp_";
+/// Program names, or name prefixes for the per-hook copies.
+pub mod programs {
+    pub const TRACEPOINT_PREFIX: &str = "sonde_tp_";
+    pub const RAW_TRACEPOINT_PREFIX: &str = "sonde_raw_";
+    pub const KPROBE_PREFIX: &str = "sonde_kp_";
+    pub const KRETPROBE_PREFIX: &str = "sonde_krp_";
+    /// Uprobes (and USDT probes) find their probe slot in the attach cookie.
+    pub const UPROBE: &str = "sonde_uprobe";
+    pub const URETPROBE: &str = "sonde_uretprobe";
+}
 
 /// Who a probe captures events from.
 #[repr(u32)]
@@ -55,22 +90,160 @@ pub enum TargetMode {
     Cgroups = 2,
 }
 
-/// Configuration of one tracepoint hook slot.
+/// Where a field's value comes from. Offsets are into the program's context:
+/// the tracepoint record, the raw tracepoint's argument array, or `pt_regs`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldSource {
+    /// `size` bytes at `offset`, an integer.
+    Int = 1,
+    /// A pointer at `offset` to a NUL-terminated string in user memory.
+    UserString = 2,
+    /// A pointer at `offset` to a NUL-terminated string in kernel memory.
+    KernelString = 3,
+    /// A `__data_loc` word at `offset`: the string is in the record itself.
+    DataLoc = 4,
+    /// A `char[N]` array in the record at `offset`.
+    InlineString = 5,
+    /// Nanoseconds since the matching entry (return probes).
+    Latency = 6,
+    /// The register at `offset` as it was at entry (return probes).
+    EntryRegister = 7,
+    /// `size` bytes of user memory at (register at `offset`) + `displacement`.
+    UserMemory = 8,
+    /// The constant `displacement`.
+    Constant = 9,
+}
+
+/// How one field is captured and where it goes in the record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TracepointConfig {
-    /// Slot of the probe in the counter map and in emitted records, or
-    /// [`NO_PROBE`] when the hook slot is unused.
-    pub probe_id: u32,
+pub struct FieldConfig {
+    /// A [`FieldSource`] value; 0 ends the list.
+    pub source: u8,
+    /// Bytes to read for integers (1, 2, 4 or 8).
+    pub size: u8,
+    /// Declared width in bytes the value is cut or extended to.
+    pub width: u8,
+    /// 1 if the declared type is signed.
+    pub signed: u8,
+    /// Offset in the context (see [`FieldSource`]).
+    pub offset: u16,
+    /// Longest string kept, without its NUL.
+    pub max_len: u16,
+    /// Offset of the value in the record.
+    pub dest: u16,
+    pub _pad: [u8; 6],
+    /// For `UserMemory` and `Constant`.
+    pub displacement: i64,
+}
+
+impl FieldConfig {
+    pub const EMPTY: Self = Self {
+        source: 0,
+        size: 0,
+        width: 0,
+        signed: 0,
+        offset: 0,
+        max_len: 0,
+        dest: 0,
+        _pad: [0; 6],
+        displacement: 0,
+    };
+}
+
+/// Filter operators, evaluated on the record being built.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterOp {
+    Eq = 1,
+    Ne = 2,
+    Lt = 3,
+    Le = 4,
+    Gt = 5,
+    Ge = 6,
+    /// `a <= value <= b`.
+    Range = 7,
+    /// `(value & a) != 0`.
+    Mask = 8,
+    /// The string starts with the operand.
+    Prefix = 9,
+}
+
+/// One condition on a value in the record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FilterConfig {
+    /// A [`FilterOp`] value; 0 ends the list.
+    pub op: u8,
+    /// 1: compare as signed integers; 2: compare strings.
+    pub kind: u8,
+    pub _pad: [u8; 2],
+    /// Offset of the tested value in the record.
+    pub offset: u32,
+    /// String compare length in bytes (the NUL included for `Eq`/`Ne`).
+    pub len: u32,
+    pub _pad2: u32,
+    /// Operand, or range minimum, or mask.
+    pub a: u64,
+    /// Range maximum.
+    pub b: u64,
+    /// String operand, NUL-padded.
+    pub words: [u64; FILTER_WORDS],
+}
+
+/// `FilterConfig::kind` values.
+pub mod filter_kind {
+    pub const UNSIGNED: u8 = 0;
+    pub const SIGNED: u8 = 1;
+    pub const STRING: u8 = 2;
+}
+
+impl FilterConfig {
+    pub const EMPTY: Self = Self {
+        op: 0,
+        kind: 0,
+        _pad: [0; 2],
+        offset: 0,
+        len: 0,
+        _pad2: 0,
+        a: 0,
+        b: 0,
+        words: [0; FILTER_WORDS],
+    };
+}
+
+/// Everything a probe does with an event, indexed by probe slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeConfig {
     /// A [`TargetMode`] value.
     pub target_mode: u32,
-    /// Offset in the tracepoint record of the first raw argument word.
-    pub args_offset: u32,
-    /// How many 8-byte words to copy from `args_offset` (at most [`RAW_ARGS`]).
-    pub args_count: u32,
-    /// Ring-buffer fill level, in bytes, from which a submit wakes the reader;
-    /// below it records are submitted without a wakeup.
+    /// Record length: header and payload.
+    pub record_len: u32,
+    /// Keep one event in this many (0 or 1: all).
+    pub sample_one_in: u32,
+    /// 1 for the entry half of a return probe: save state, emit nothing.
+    pub save_entry: u32,
+    /// Events per second per node (0: unlimited).
+    pub rate_per_sec: u64,
+    /// Ring fill level (bytes) from which a record wakes the reader.
     pub wakeup_watermark: u64,
+    pub fields: [FieldConfig; MAX_FIELDS],
+    pub filters: [FilterConfig; MAX_FILTERS],
+}
+
+impl ProbeConfig {
+    pub const EMPTY: Self = Self {
+        target_mode: TargetMode::All as u32,
+        record_len: RECORD_HEADER_LEN,
+        sample_one_in: 0,
+        save_entry: 0,
+        rate_per_sec: 0,
+        wakeup_watermark: u64::MAX,
+        fields: [FieldConfig::EMPTY; MAX_FIELDS],
+        filters: [FilterConfig::EMPTY; MAX_FILTERS],
+    };
 }
 
 /// Key of the target set.
@@ -84,32 +257,65 @@ pub struct TargetKey {
     pub id: u64,
 }
 
-/// Per-probe, per-CPU counters. Summed over CPUs by the agent at read time.
+/// A rate limit's current one-second window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateWindow {
+    pub start_ns: u64,
+    pub count: u64,
+}
+
+/// Key of a return probe's saved entry state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EntryKey {
+    pub probe_id: u32,
+    pub tid: u32,
+}
+
+/// What a return probe needs from the entry: the time and the argument
+/// registers (`pt_regs` up to `orig_rax`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryState {
+    pub ktime_ns: u64,
+    pub regs: [u64; ENTRY_REGS],
+}
+
+/// 8-byte registers of `pt_regs` saved at entry (r15 through orig_rax on
+/// x86-64), enough for every argument register.
+pub const ENTRY_REGS: usize = 16;
+
+/// Per-probe, per-CPU counters, summed over CPUs by the agent. Every matched
+/// event is counted in exactly one of the outcome counters:
+/// `matched == filtered + sampled_out + rate_limited + ringbuf_full + emitted`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeCounters {
     /// Events that reached the probe and matched its target set.
     pub matched: u64,
+    /// Events a filter rejected.
+    pub filtered: u64,
+    /// Events dropped by 1-in-N sampling.
+    pub sampled_out: u64,
+    /// Events over the per-node rate limit.
+    pub rate_limited: u64,
+    /// Records lost because the ring buffer had no room.
+    pub ringbuf_full: u64,
     /// Records written to the ring buffer.
     pub emitted: u64,
-    /// Records lost because the ring buffer had no room (reserve failed).
-    pub ringbuf_full: u64,
-    /// Records lost because the kernel refused to read an argument.
-    pub read_failed: u64,
+    /// Fields that could not be read and were left empty (not a loss).
+    pub read_errors: u64,
+    /// Return events with no saved entry (entry before attach, or evicted).
+    pub missing_entry: u64,
+    /// Sampling sequence (not a count of anything).
+    pub sample_seq: u64,
 }
 
-/// Kind of a ring-buffer record, the first field of every record.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecordKind {
-    Syscall = 1,
-}
-
-/// Fields every record starts with.
+/// Record header. `kind` is always [`RECORD_KIND_EVENT`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordHeader {
-    /// A [`RecordKind`] value.
     pub kind: u32,
     pub probe_id: u32,
     /// `CLOCK_MONOTONIC` nanoseconds (`bpf_ktime_get_ns`).
@@ -121,41 +327,51 @@ pub struct RecordHeader {
     pub comm: [u8; COMM_LEN],
 }
 
-/// A fixed-size record from a tracepoint: the header and raw argument words.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SyscallRecord {
-    pub header: RecordHeader,
-    pub args: [u64; RAW_ARGS],
+pub const RECORD_KIND_EVENT: u32 = 2;
+pub const RECORD_HEADER_LEN: u32 = 48;
+
+/// Offsets of the standard values in a record, for filters on them.
+pub mod header_offsets {
+    pub const TID: u32 = 16;
+    pub const PID: u32 = 20;
+    pub const CGROUP_ID: u32 = 24;
+    pub const COMM: u32 = 32;
 }
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY (for every impl below): the types are `#[repr(C)]`, `Copy`, contain
-    // only integers, and have no padding the kernel could leave uninitialised
-    // in a way that matters: any bit pattern is a valid value.
+    // SAFETY (for every impl below): the types are `#[repr(C)]`, `Copy`, made
+    // of integers only with explicit padding members, so any bit pattern is a
+    // valid value.
     #[allow(unsafe_code)]
-    unsafe impl aya::Pod for super::TracepointConfig {}
+    unsafe impl aya::Pod for super::ProbeConfig {}
     #[allow(unsafe_code)]
     unsafe impl aya::Pod for super::TargetKey {}
     #[allow(unsafe_code)]
     unsafe impl aya::Pod for super::ProbeCounters {}
+    #[allow(unsafe_code)]
+    unsafe impl aya::Pod for super::RateWindow {}
 }
 
 #[cfg(test)]
 mod tests {
-    use core::mem::size_of;
+    use core::mem::{offset_of, size_of};
 
     use super::*;
 
     #[test]
-    fn layouts_have_no_hidden_padding() {
-        // The eBPF verifier rejects stack reads of uninitialised padding and
-        // the decoder relies on these sizes: pin them.
-        assert_eq!(size_of::<RecordHeader>(), 48);
-        assert_eq!(size_of::<SyscallRecord>(), 48 + 8 * RAW_ARGS);
-        assert_eq!(size_of::<TracepointConfig>(), 24);
+    fn layouts_are_pinned() {
+        // The eBPF verifier rejects reads of uninitialised padding and the
+        // decoder relies on these offsets: pin them.
+        assert_eq!(size_of::<RecordHeader>() as u32, RECORD_HEADER_LEN);
+        assert_eq!(offset_of!(RecordHeader, pid_tgid) as u32, header_offsets::TID);
+        assert_eq!(offset_of!(RecordHeader, cgroup_id) as u32, header_offsets::CGROUP_ID);
+        assert_eq!(offset_of!(RecordHeader, comm) as u32, header_offsets::COMM);
+        assert_eq!(size_of::<FieldConfig>(), 24);
+        assert_eq!(size_of::<FilterConfig>(), 32 + 8 * FILTER_WORDS);
         assert_eq!(size_of::<TargetKey>(), 16);
-        assert_eq!(size_of::<ProbeCounters>(), 32);
+        assert_eq!(size_of::<EntryKey>(), 8);
+        assert_eq!(size_of::<ProbeCounters>(), 72);
+        assert_eq!(FILTER_WORDS * 8, MAX_STRING as usize + 8);
     }
 }

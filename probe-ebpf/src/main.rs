@@ -1,8 +1,13 @@
 //! Sonde's eBPF programs.
 //!
-//! The programs are generic: which hooks they serve, whom they capture and
-//! what they copy is configuration that the agent writes into maps, so a new
-//! Tracepoint resource never needs a compiler on the node.
+//! The programs are generic: which hooks they serve, whom they capture, what
+//! they copy and which events they keep is configuration the agent writes
+//! into maps, so a new Tracepoint resource never needs a compiler on the node.
+//!
+//! Every program does the same thing with a firing: find its probe, check
+//! the target set, build the record in a per-CPU scratch buffer (header and
+//! configured fields), apply the filters, sampling and rate limit, and write
+//! the record to the ring buffer. Every outcome is counted per probe and CPU.
 //!
 //! Records are submitted without waking the reader (`BPF_RB_NO_WAKEUP`): the
 //! agent drains on a timer, and a submit wakes it only once the ring holds
@@ -12,182 +17,360 @@
 #![no_main]
 #![allow(unsafe_code)]
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_ns},
+        generated::{
+            bpf_get_attach_cookie, bpf_get_current_cgroup_id, bpf_ktime_get_ns,
+            bpf_probe_read_kernel, bpf_probe_read_kernel_str, bpf_probe_read_user,
+            bpf_probe_read_user_str,
+        },
     },
-    macros::{map, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    macros::{map, raw_tracepoint, tracepoint, uprobe, uretprobe},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
 };
 use probe_common::{
-    MAX_HOOKS, MAX_PROBES, MAX_TARGETS, NO_PROBE, ProbeCounters, RAW_ARGS, RecordHeader,
-    RecordKind, SyscallRecord, TargetKey, TargetMode, TracepointConfig,
+    ENTRY_REGS, EntryKey, EntryState, FILTER_WORDS, FieldSource, FilterOp, MAX_ENTRIES_IN_FLIGHT,
+    MAX_FIELDS, MAX_FILTERS, MAX_HOOKS, MAX_PROBES, MAX_TARGETS, NO_PROBE, ProbeConfig,
+    ProbeCounters, RECORD_HEADER_LEN, RECORD_KIND_EVENT, RateWindow, TargetKey, TargetMode,
+    filter_kind,
 };
 
 /// Default ring size; the agent sets the real one at load time.
 const DEFAULT_RING_BYTES: u32 = 1 << 22;
 
+/// Offsets into the scratch buffer are masked with this; the buffer is twice
+/// as large, so a masked offset plus any value written stays inside it.
+const OFFSET_MASK: u32 = 4095;
+const SCRATCH_LEN: usize = 8192;
+
+#[repr(C)]
+pub struct Scratch {
+    bytes: [u8; SCRATCH_LEN],
+}
+
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
 #[map]
-static TRACEPOINTS: Array<TracepointConfig> = Array::with_max_entries(MAX_HOOKS, 0);
+static HOOKS: Array<u32> = Array::with_max_entries(MAX_HOOKS, 0);
+
+#[map]
+static PROBES: Array<ProbeConfig> = Array::with_max_entries(MAX_PROBES, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<ProbeCounters> = PerCpuArray::with_max_entries(MAX_PROBES, 0);
 
 #[map]
+static RATES: Array<RateWindow> = Array::with_max_entries(MAX_PROBES, 0);
+
+#[map]
 static TARGETS: HashMap<TargetKey, u8> = HashMap::with_max_entries(MAX_TARGETS, 0);
 
-/// One program per hook slot. The kernel hands tracepoint programs a record
-/// whose common header is overwritten with a `pt_regs` pointer, so a program
-/// cannot tell which tracepoint fired; instead each hook gets its own copy,
-/// which knows its slot. The agent loads a copy only when it uses the slot.
-macro_rules! hook {
+#[map]
+static ENTRIES: LruHashMap<EntryKey, EntryState> =
+    LruHashMap::with_max_entries(MAX_ENTRIES_IN_FLIGHT, 0);
+
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Which half of a probe a program is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Half {
+    /// A plain probe: capture at this point.
+    Single,
+    /// Entry of a return probe: remember time and registers.
+    Entry,
+    /// Return of a return probe: capture with the remembered entry.
+    Return,
+}
+
+/// Kernel tracepoints, raw tracepoints and kprobes have no attach cookie
+/// here, so each hook gets its own copy of the program, which knows its
+/// slot; the agent loads a copy only when it uses the slot.
+macro_rules! tracepoint_hook {
     ($name:ident, $slot:literal) => {
         #[tracepoint]
         pub fn $name(ctx: TracePointContext) -> u32 {
-            match try_tracepoint(&ctx, $slot) {
-                Ok(()) | Err(()) => 0,
-            }
+            on_hook(ctx.as_ptr(), $slot, Half::Single);
+            0
         }
     };
 }
 
-hook!(sonde_tp_0, 0);
-hook!(sonde_tp_1, 1);
-hook!(sonde_tp_2, 2);
-hook!(sonde_tp_3, 3);
-hook!(sonde_tp_4, 4);
-hook!(sonde_tp_5, 5);
-hook!(sonde_tp_6, 6);
-hook!(sonde_tp_7, 7);
-hook!(sonde_tp_8, 8);
-hook!(sonde_tp_9, 9);
-hook!(sonde_tp_10, 10);
-hook!(sonde_tp_11, 11);
-hook!(sonde_tp_12, 12);
-hook!(sonde_tp_13, 13);
-hook!(sonde_tp_14, 14);
-hook!(sonde_tp_15, 15);
-hook!(sonde_tp_16, 16);
-hook!(sonde_tp_17, 17);
-hook!(sonde_tp_18, 18);
-hook!(sonde_tp_19, 19);
-hook!(sonde_tp_20, 20);
-hook!(sonde_tp_21, 21);
-hook!(sonde_tp_22, 22);
-hook!(sonde_tp_23, 23);
-hook!(sonde_tp_24, 24);
-hook!(sonde_tp_25, 25);
-hook!(sonde_tp_26, 26);
-hook!(sonde_tp_27, 27);
-hook!(sonde_tp_28, 28);
-hook!(sonde_tp_29, 29);
-hook!(sonde_tp_30, 30);
-hook!(sonde_tp_31, 31);
-hook!(sonde_tp_32, 32);
-hook!(sonde_tp_33, 33);
-hook!(sonde_tp_34, 34);
-hook!(sonde_tp_35, 35);
-hook!(sonde_tp_36, 36);
-hook!(sonde_tp_37, 37);
-hook!(sonde_tp_38, 38);
-hook!(sonde_tp_39, 39);
-hook!(sonde_tp_40, 40);
-hook!(sonde_tp_41, 41);
-hook!(sonde_tp_42, 42);
-hook!(sonde_tp_43, 43);
-hook!(sonde_tp_44, 44);
-hook!(sonde_tp_45, 45);
-hook!(sonde_tp_46, 46);
-hook!(sonde_tp_47, 47);
-hook!(sonde_tp_48, 48);
-hook!(sonde_tp_49, 49);
-hook!(sonde_tp_50, 50);
-hook!(sonde_tp_51, 51);
-hook!(sonde_tp_52, 52);
-hook!(sonde_tp_53, 53);
-hook!(sonde_tp_54, 54);
-hook!(sonde_tp_55, 55);
-hook!(sonde_tp_56, 56);
-hook!(sonde_tp_57, 57);
-hook!(sonde_tp_58, 58);
-hook!(sonde_tp_59, 59);
-hook!(sonde_tp_60, 60);
-hook!(sonde_tp_61, 61);
-hook!(sonde_tp_62, 62);
-hook!(sonde_tp_63, 63);
+macro_rules! raw_tracepoint_hook {
+    ($name:ident, $slot:literal) => {
+        #[raw_tracepoint]
+        pub fn $name(ctx: RawTracePointContext) -> u32 {
+            on_hook(ctx.as_ptr(), $slot, Half::Single);
+            0
+        }
+    };
+}
+
+macro_rules! kprobe_hook {
+    ($name:ident, $ret:ident, $slot:literal, $ret_slot:literal) => {
+        #[aya_ebpf::macros::kprobe]
+        pub fn $name(ctx: ProbeContext) -> u32 {
+            // A kprobe slot serves a plain kprobe, or the entry of a kretprobe
+            // whose return half sits in the paired slot.
+            on_hook(ctx.as_ptr(), $slot, Half::Single);
+            on_hook(ctx.as_ptr(), $ret_slot, Half::Entry);
+            0
+        }
+
+        #[aya_ebpf::macros::kretprobe]
+        pub fn $ret(ctx: RetProbeContext) -> u32 {
+            on_hook(ctx.as_ptr(), $ret_slot, Half::Return);
+            0
+        }
+    };
+}
+
+tracepoint_hook!(sonde_tp_0, 0);
+tracepoint_hook!(sonde_tp_1, 1);
+tracepoint_hook!(sonde_tp_2, 2);
+tracepoint_hook!(sonde_tp_3, 3);
+tracepoint_hook!(sonde_tp_4, 4);
+tracepoint_hook!(sonde_tp_5, 5);
+tracepoint_hook!(sonde_tp_6, 6);
+tracepoint_hook!(sonde_tp_7, 7);
+tracepoint_hook!(sonde_tp_8, 8);
+tracepoint_hook!(sonde_tp_9, 9);
+tracepoint_hook!(sonde_tp_10, 10);
+tracepoint_hook!(sonde_tp_11, 11);
+tracepoint_hook!(sonde_tp_12, 12);
+tracepoint_hook!(sonde_tp_13, 13);
+tracepoint_hook!(sonde_tp_14, 14);
+tracepoint_hook!(sonde_tp_15, 15);
+tracepoint_hook!(sonde_tp_16, 16);
+tracepoint_hook!(sonde_tp_17, 17);
+tracepoint_hook!(sonde_tp_18, 18);
+tracepoint_hook!(sonde_tp_19, 19);
+tracepoint_hook!(sonde_tp_20, 20);
+tracepoint_hook!(sonde_tp_21, 21);
+tracepoint_hook!(sonde_tp_22, 22);
+tracepoint_hook!(sonde_tp_23, 23);
+tracepoint_hook!(sonde_tp_24, 24);
+tracepoint_hook!(sonde_tp_25, 25);
+tracepoint_hook!(sonde_tp_26, 26);
+tracepoint_hook!(sonde_tp_27, 27);
+tracepoint_hook!(sonde_tp_28, 28);
+tracepoint_hook!(sonde_tp_29, 29);
+tracepoint_hook!(sonde_tp_30, 30);
+tracepoint_hook!(sonde_tp_31, 31);
+tracepoint_hook!(sonde_tp_32, 32);
+tracepoint_hook!(sonde_tp_33, 33);
+tracepoint_hook!(sonde_tp_34, 34);
+tracepoint_hook!(sonde_tp_35, 35);
+tracepoint_hook!(sonde_tp_36, 36);
+tracepoint_hook!(sonde_tp_37, 37);
+tracepoint_hook!(sonde_tp_38, 38);
+tracepoint_hook!(sonde_tp_39, 39);
+tracepoint_hook!(sonde_tp_40, 40);
+tracepoint_hook!(sonde_tp_41, 41);
+tracepoint_hook!(sonde_tp_42, 42);
+tracepoint_hook!(sonde_tp_43, 43);
+tracepoint_hook!(sonde_tp_44, 44);
+tracepoint_hook!(sonde_tp_45, 45);
+tracepoint_hook!(sonde_tp_46, 46);
+tracepoint_hook!(sonde_tp_47, 47);
+tracepoint_hook!(sonde_tp_48, 48);
+tracepoint_hook!(sonde_tp_49, 49);
+tracepoint_hook!(sonde_tp_50, 50);
+tracepoint_hook!(sonde_tp_51, 51);
+tracepoint_hook!(sonde_tp_52, 52);
+tracepoint_hook!(sonde_tp_53, 53);
+tracepoint_hook!(sonde_tp_54, 54);
+tracepoint_hook!(sonde_tp_55, 55);
+tracepoint_hook!(sonde_tp_56, 56);
+tracepoint_hook!(sonde_tp_57, 57);
+tracepoint_hook!(sonde_tp_58, 58);
+tracepoint_hook!(sonde_tp_59, 59);
+tracepoint_hook!(sonde_tp_60, 60);
+tracepoint_hook!(sonde_tp_61, 61);
+tracepoint_hook!(sonde_tp_62, 62);
+tracepoint_hook!(sonde_tp_63, 63);
+
+raw_tracepoint_hook!(sonde_raw_0, 64);
+raw_tracepoint_hook!(sonde_raw_1, 65);
+raw_tracepoint_hook!(sonde_raw_2, 66);
+raw_tracepoint_hook!(sonde_raw_3, 67);
+raw_tracepoint_hook!(sonde_raw_4, 68);
+raw_tracepoint_hook!(sonde_raw_5, 69);
+raw_tracepoint_hook!(sonde_raw_6, 70);
+raw_tracepoint_hook!(sonde_raw_7, 71);
+raw_tracepoint_hook!(sonde_raw_8, 72);
+raw_tracepoint_hook!(sonde_raw_9, 73);
+raw_tracepoint_hook!(sonde_raw_10, 74);
+raw_tracepoint_hook!(sonde_raw_11, 75);
+raw_tracepoint_hook!(sonde_raw_12, 76);
+raw_tracepoint_hook!(sonde_raw_13, 77);
+raw_tracepoint_hook!(sonde_raw_14, 78);
+raw_tracepoint_hook!(sonde_raw_15, 79);
+
+kprobe_hook!(sonde_kp_0, sonde_krp_0, 80, 88);
+kprobe_hook!(sonde_kp_1, sonde_krp_1, 81, 89);
+kprobe_hook!(sonde_kp_2, sonde_krp_2, 82, 90);
+kprobe_hook!(sonde_kp_3, sonde_krp_3, 83, 91);
+kprobe_hook!(sonde_kp_4, sonde_krp_4, 84, 92);
+kprobe_hook!(sonde_kp_5, sonde_krp_5, 85, 93);
+kprobe_hook!(sonde_kp_6, sonde_krp_6, 86, 94);
+kprobe_hook!(sonde_kp_7, sonde_krp_7, 87, 95);
+
+/// Uprobes and USDT probes: the attach cookie is the probe slot.
+#[uprobe]
+pub fn sonde_uprobe(ctx: ProbeContext) -> u32 {
+    let probe_id = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    if let Some(config) = PROBES.get(probe_id) {
+        let half = if config.save_entry != 0 {
+            Half::Entry
+        } else {
+            Half::Single
+        };
+        on_probe(ctx.as_ptr(), probe_id, config, half);
+    }
+    0
+}
+
+#[uretprobe]
+pub fn sonde_uretprobe(ctx: RetProbeContext) -> u32 {
+    let probe_id = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    if let Some(config) = PROBES.get(probe_id) {
+        on_probe(ctx.as_ptr(), probe_id, config, Half::Return);
+    }
+    0
+}
 
 #[inline(always)]
-fn try_tracepoint(ctx: &TracePointContext, slot: u32) -> Result<(), ()> {
-    let config = TRACEPOINTS.get(slot).ok_or(())?;
-    if config.probe_id == NO_PROBE {
-        return Ok(());
+fn on_hook(ctx: *mut c_void, slot: u32, half: Half) {
+    let Some(&probe_id) = HOOKS.get(slot) else {
+        return;
+    };
+    if probe_id == NO_PROBE {
+        return;
     }
+    if let Some(config) = PROBES.get(probe_id) {
+        on_probe(ctx, probe_id, config, half);
+    }
+}
 
+#[inline(always)]
+fn on_probe(ctx: *mut c_void, probe_id: u32, config: &ProbeConfig, half: Half) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    if !is_target(config, pid_tgid, cgroup_id) {
-        return Ok(());
+    if !is_target(config, probe_id, pid_tgid, cgroup_id) {
+        return;
     }
-
-    let counters = COUNTERS.get_ptr_mut(config.probe_id).ok_or(())?;
-    // SAFETY: per-CPU slot of a successful lookup; programs on one CPU do not
-    // run concurrently with each other for tracepoints.
+    if half == Half::Entry {
+        save_entry(ctx, probe_id, pid_tgid);
+        return;
+    }
+    let Some(counters) = COUNTERS.get_ptr_mut(probe_id) else {
+        return;
+    };
+    // SAFETY: per-CPU slot of a successful lookup; a program runs to the end
+    // on its CPU before another one there touches the slot.
     let counters = unsafe { &mut *counters };
     counters.matched += 1;
 
-    let Some(mut entry) = EVENTS.reserve::<SyscallRecord>(0) else {
-        counters.ringbuf_full += 1;
-        return Ok(());
-    };
-    let record = entry.as_mut_ptr();
-    // SAFETY: `record` points at a reserved slot of exactly this size.
-    unsafe {
-        (*record).header = RecordHeader {
-            kind: RecordKind::Syscall as u32,
-            probe_id: config.probe_id,
-            ktime_ns: bpf_ktime_get_ns(),
-            pid_tgid,
-            cgroup_id,
-            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    let entry = if half == Half::Return {
+        let key = EntryKey {
+            probe_id,
+            tid: pid_tgid as u32,
         };
-        let mut ok = true;
-        for i in 0..RAW_ARGS {
-            (*record).args[i] = if (i as u32) < config.args_count {
-                match ctx.read_at::<u64>(config.args_offset as usize + i * 8) {
-                    Ok(word) => word,
-                    Err(_) => {
-                        ok = false;
-                        0
-                    }
-                }
-            } else {
-                0
-            };
+        // SAFETY: the value is copied out at once; a concurrent update of the
+        // same key (same thread) cannot happen while this thread runs here.
+        match unsafe { ENTRIES.get(key) } {
+            Some(state) => {
+                let state = *state;
+                let _ = ENTRIES.remove(key);
+                Some(state)
+            }
+            None => {
+                counters.missing_entry += 1;
+                return;
+            }
         }
-        if !ok {
-            entry.discard(BPF_RB_NO_WAKEUP as u64);
-            counters.read_failed += 1;
-            return Ok(());
+    } else {
+        None
+    };
+
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let base = scratch.cast::<u8>();
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: `base` is this CPU's scratch buffer, SCRATCH_LEN bytes; every
+    // write below stays inside it.
+    unsafe {
+        write_u32(base, 0, RECORD_KIND_EVENT);
+        write_u32(base, 4, probe_id);
+        write_u64(base, 8, now);
+        write_u64(base, 16, pid_tgid);
+        write_u64(base, 24, cgroup_id);
+        let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        core::ptr::write_unaligned(base.add(32).cast::<[u8; 16]>(), comm);
+    }
+
+    for i in 0..MAX_FIELDS {
+        let field = &config.fields[i];
+        if field.source == 0 {
+            break;
+        }
+        if !capture_field(ctx, base, field, entry.as_ref(), now) {
+            counters.read_errors += 1;
         }
     }
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= config.wakeup_watermark {
+
+    for i in 0..MAX_FILTERS {
+        let filter = &config.filters[i];
+        if filter.op == 0 {
+            break;
+        }
+        if !passes(base, filter) {
+            counters.filtered += 1;
+            return;
+        }
+    }
+
+    if config.sample_one_in > 1 {
+        counters.sample_seq += 1;
+        if counters.sample_seq % u64::from(config.sample_one_in) != 0 {
+            counters.sampled_out += 1;
+            return;
+        }
+    }
+
+    if config.rate_per_sec != 0 && over_rate(probe_id, config.rate_per_sec, now) {
+        counters.rate_limited += 1;
+        return;
+    }
+
+    let len = (config.record_len & OFFSET_MASK) as usize;
+    if len < RECORD_HEADER_LEN as usize {
+        return;
+    }
+    // SAFETY: `len` is at most OFFSET_MASK, inside the scratch buffer.
+    let record = unsafe { core::slice::from_raw_parts(base, len) };
+    let flags = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= config.wakeup_watermark {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
-    entry.submit(flags as u64);
-    counters.emitted += 1;
-    Ok(())
+    match EVENTS.output::<[u8]>(record, u64::from(flags)) {
+        Ok(()) => counters.emitted += 1,
+        Err(_) => counters.ringbuf_full += 1,
+    }
 }
 
 #[inline(always)]
-fn is_target(config: &TracepointConfig, pid_tgid: u64, cgroup_id: u64) -> bool {
+fn is_target(config: &ProbeConfig, probe_id: u32, pid_tgid: u64, cgroup_id: u64) -> bool {
     let id = if config.target_mode == TargetMode::Pids as u32 {
         pid_tgid >> 32
     } else if config.target_mode == TargetMode::Cgroups as u32 {
@@ -196,11 +379,258 @@ fn is_target(config: &TracepointConfig, pid_tgid: u64, cgroup_id: u64) -> bool {
         return true;
     };
     let key = TargetKey {
-        probe_id: config.probe_id,
+        probe_id,
         mode: config.target_mode,
         id,
     };
     TARGETS.get_ptr(key).is_some()
+}
+
+#[inline(always)]
+fn save_entry(ctx: *mut c_void, probe_id: u32, pid_tgid: u64) {
+    let mut state = EntryState {
+        ktime_ns: unsafe { bpf_ktime_get_ns() },
+        regs: [0; ENTRY_REGS],
+    };
+    // SAFETY: the context of a (u/k)probe is a `pt_regs` in kernel memory,
+    // longer than the registers copied.
+    let read = unsafe {
+        bpf_probe_read_kernel(
+            state.regs.as_mut_ptr().cast(),
+            (ENTRY_REGS * 8) as u32,
+            ctx.cast_const(),
+        )
+    };
+    if read == 0 {
+        let key = EntryKey {
+            probe_id,
+            tid: pid_tgid as u32,
+        };
+        let _ = ENTRIES.insert(key, state, 0);
+    }
+}
+
+/// Writes one field into the record; false if it could not be read (the
+/// field is then 0 or the empty string).
+#[inline(always)]
+fn capture_field(
+    ctx: *mut c_void,
+    base: *mut u8,
+    field: &probe_common::FieldConfig,
+    entry: Option<&EntryState>,
+    now: u64,
+) -> bool {
+    let dest = u32::from(field.dest) & OFFSET_MASK;
+    let source = field.source;
+    let offset = usize::from(field.offset);
+    // SAFETY (whole body): `dest` is masked into the scratch buffer, which
+    // has room past OFFSET_MASK for the widest value; context reads go
+    // through the probe-read helpers, which fail cleanly on bad addresses.
+    unsafe {
+        let dst = base.add(dest as usize);
+        if source == FieldSource::Int as u8 {
+            let (value, ok) = read_kernel_int(ctx.cast::<u8>().add(offset), field.size);
+            write_u64(base, dest, normalize(value, field.width, field.signed));
+            ok
+        } else if source == FieldSource::UserString as u8
+            || source == FieldSource::KernelString as u8
+        {
+            let (pointer, ok) = read_kernel_int(ctx.cast::<u8>().add(offset), 8);
+            let size = (u32::from(field.max_len) & 0x1ff) + 1;
+            let read = if !ok {
+                -1
+            } else if source == FieldSource::UserString as u8 {
+                bpf_probe_read_user_str(dst.cast(), size, pointer as *const c_void)
+            } else {
+                bpf_probe_read_kernel_str(dst.cast(), size, pointer as *const c_void)
+            };
+            string_result(dst, read)
+        } else if source == FieldSource::DataLoc as u8 {
+            let (loc, ok) = read_kernel_int(ctx.cast::<u8>().add(offset), 4);
+            let at = (loc & 0xffff) as usize;
+            let size = (u32::from(field.max_len) & 0x1ff) + 1;
+            let read = if ok {
+                bpf_probe_read_kernel_str(dst.cast(), size, ctx.cast::<u8>().add(at).cast())
+            } else {
+                -1
+            };
+            string_result(dst, read)
+        } else if source == FieldSource::InlineString as u8 {
+            let size = (u32::from(field.max_len) & 0x1ff) + 1;
+            let read =
+                bpf_probe_read_kernel_str(dst.cast(), size, ctx.cast::<u8>().add(offset).cast());
+            string_result(dst, read)
+        } else if source == FieldSource::Latency as u8 {
+            let value = entry.map_or(0, |e| now.saturating_sub(e.ktime_ns));
+            write_u64(base, dest, value);
+            entry.is_some()
+        } else if source == FieldSource::EntryRegister as u8 {
+            let index = (offset / 8) & (ENTRY_REGS - 1);
+            let value = entry.map_or(0, |e| e.regs[index]);
+            write_u64(base, dest, normalize(value, field.width, field.signed));
+            entry.is_some()
+        } else if source == FieldSource::UserMemory as u8 {
+            let (register, ok) = read_kernel_int(ctx.cast::<u8>().add(offset), 8);
+            let address = register.wrapping_add(field.displacement as u64);
+            let mut value = 0u64;
+            let size = u32::from(field.size & 0xf).min(8);
+            let read = if ok {
+                bpf_probe_read_user((&raw mut value).cast(), size, address as *const c_void)
+            } else {
+                -1
+            };
+            write_u64(base, dest, normalize(value, field.width, field.signed));
+            read == 0
+        } else if source == FieldSource::Constant as u8 {
+            write_u64(
+                base,
+                dest,
+                normalize(field.displacement as u64, field.width, field.signed),
+            );
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Reads a little-endian integer of `size` bytes (1, 2, 4 or 8).
+#[inline(always)]
+unsafe fn read_kernel_int(src: *const u8, size: u8) -> (u64, bool) {
+    let mut value = 0u64;
+    let size = match size {
+        1 => 1,
+        2 => 2,
+        4 => 4,
+        _ => 8,
+    };
+    // SAFETY: the helper validates `src`; `value` has room for 8 bytes.
+    let read = unsafe { bpf_probe_read_kernel((&raw mut value).cast(), size, src.cast()) };
+    (value, read == 0)
+}
+
+/// Ends a string read: an empty string when it failed.
+#[inline(always)]
+unsafe fn string_result(dst: *mut u8, read: i64) -> bool {
+    if read < 0 {
+        // SAFETY: `dst` is inside the scratch buffer.
+        unsafe { *dst = 0 };
+        false
+    } else {
+        true
+    }
+}
+
+/// Cuts or extends a value to its declared width.
+#[inline(always)]
+fn normalize(value: u64, width: u8, signed: u8) -> u64 {
+    match (width, signed != 0) {
+        (1, false) => value as u8 as u64,
+        (1, true) => value as u8 as i8 as i64 as u64,
+        (2, false) => value as u16 as u64,
+        (2, true) => value as u16 as i16 as i64 as u64,
+        (4, false) => value as u32 as u64,
+        (4, true) => value as u32 as i32 as i64 as u64,
+        _ => value,
+    }
+}
+
+#[inline(always)]
+fn passes(base: *const u8, filter: &probe_common::FilterConfig) -> bool {
+    let at = filter.offset & OFFSET_MASK;
+    if filter.kind == filter_kind::STRING {
+        let mut equal = true;
+        for i in 0..FILTER_WORDS {
+            let done = (i * 8) as u32;
+            if done >= filter.len {
+                break;
+            }
+            let left = filter.len - done;
+            let mask = if left >= 8 {
+                u64::MAX
+            } else {
+                (1u64 << (left * 8)) - 1
+            };
+            // SAFETY: `at` is masked into the scratch buffer, which extends
+            // past it by more than FILTER_WORDS words.
+            let word = unsafe { read_u64(base, at + done) };
+            if (word ^ filter.words[i]) & mask != 0 {
+                equal = false;
+                break;
+            }
+        }
+        return if filter.op == FilterOp::Ne as u8 {
+            !equal
+        } else {
+            equal
+        };
+    }
+    // SAFETY: as above.
+    let raw = unsafe { read_u64(base, at) };
+    let value = match filter.len {
+        4 => raw as u32 as u64,
+        _ => raw,
+    };
+    let signed = filter.kind == filter_kind::SIGNED;
+    let less = |x: u64, y: u64| {
+        if signed {
+            (x as i64) < (y as i64)
+        } else {
+            x < y
+        }
+    };
+    let (a, b) = (filter.a, filter.b);
+    match filter.op {
+        op if op == FilterOp::Eq as u8 => value == a,
+        op if op == FilterOp::Ne as u8 => value != a,
+        op if op == FilterOp::Lt as u8 => less(value, a),
+        op if op == FilterOp::Le as u8 => !less(a, value),
+        op if op == FilterOp::Gt as u8 => less(a, value),
+        op if op == FilterOp::Ge as u8 => !less(value, a),
+        op if op == FilterOp::Range as u8 => !less(value, a) && !less(b, value),
+        op if op == FilterOp::Mask as u8 => value & a != 0,
+        _ => false,
+    }
+}
+
+/// Counts the event in the probe's current one-second window; true if the
+/// window is already full.
+#[inline(always)]
+fn over_rate(probe_id: u32, limit: u64, now: u64) -> bool {
+    let Some(window) = RATES.get_ptr_mut(probe_id) else {
+        return false;
+    };
+    // SAFETY: the pointer is a live map value. Windows are shared by CPUs
+    // and the BPF target has no fetch-and-add in core, so two CPUs in the
+    // same window can both pass the last slot: the limit may be exceeded by
+    // up to the number of CPUs per window. Every event is still counted once,
+    // as passed or as rate-limited.
+    unsafe {
+        if now.wrapping_sub((*window).start_ns) >= 1_000_000_000 {
+            (*window).start_ns = now;
+            (*window).count = 0;
+        }
+        (*window).count += 1;
+        (*window).count > limit
+    }
+}
+
+#[inline(always)]
+unsafe fn write_u32(base: *mut u8, at: u32, value: u32) {
+    // SAFETY: callers pass offsets inside the scratch buffer.
+    unsafe { core::ptr::write_unaligned(base.add(at as usize).cast::<u32>(), value) }
+}
+
+#[inline(always)]
+unsafe fn write_u64(base: *mut u8, at: u32, value: u64) {
+    // SAFETY: callers pass offsets inside the scratch buffer.
+    unsafe { core::ptr::write_unaligned(base.add(at as usize).cast::<u64>(), value) }
+}
+
+#[inline(always)]
+unsafe fn read_u64(base: *const u8, at: u32) -> u64 {
+    // SAFETY: callers pass offsets inside the scratch buffer.
+    unsafe { core::ptr::read_unaligned(base.add(at as usize).cast::<u64>()) }
 }
 
 #[cfg(not(test))]

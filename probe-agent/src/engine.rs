@@ -1,0 +1,163 @@
+//! The capture engine: Tracepoint specs in, tables and loss counts out.
+//!
+//! It joins the loaded programs ([`ProbeSet`]), the plans that configure
+//! them ([`plan`](crate::plan)) and the tables the ring buffer is drained
+//! into ([`Capture`]). Standalone mode drives it from files; cluster mode
+//! from the node's assignments.
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use crds::{ValidationError, v1alpha1::TracepointSpec};
+
+use crate::{
+    capture::{Capture, ProbeTotals},
+    loader::{LoadOptions, ProbeId, ProbeSet, Targets},
+    plan::{self, BinaryResolver, HookTarget, PlanError, RecordSchema},
+    ring::RingReader,
+    tracefs::Tracefs,
+};
+
+/// Why a Tracepoint could not be attached.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("invalid spec: {0}")]
+    Invalid(#[from] ValidationError),
+    #[error(transparent)]
+    Plan(#[from] Box<PlanError>),
+    #[error("cannot attach {hook}")]
+    Attach {
+        hook: Box<HookTarget>,
+        #[source]
+        source: Box<crate::Error>,
+    },
+}
+
+impl AttachError {
+    /// True when the node lacks what the probe needs, rather than the spec
+    /// being wrong: reported as "unsupported on this node".
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, Self::Plan(e) if matches!(**e, PlanError::Unsupported { .. }))
+    }
+}
+
+/// What an attached probe is.
+#[derive(Clone, Debug)]
+pub struct AttachedProbe {
+    pub id: ProbeId,
+    pub hook: HookTarget,
+    pub schema: RecordSchema,
+}
+
+/// Loaded programs, the ring reader and the tables.
+pub struct Engine {
+    // Declared first: dropped (detached) before the ring and tables go.
+    probes: ProbeSet,
+    ring: RingReader,
+    capture: Capture,
+    binaries: Box<dyn BinaryResolver + Send>,
+}
+
+impl Engine {
+    pub fn load(
+        tracefs: Tracefs,
+        options: LoadOptions,
+        node: &str,
+        binaries: Box<dyn BinaryResolver + Send>,
+    ) -> crate::Result<Self> {
+        let mut probes = ProbeSet::load(tracefs, options)?;
+        let ring = probes.take_ring().ok_or(crate::Error::MissingInObject {
+            kind: "map",
+            name: probe_common::maps::EVENTS.to_owned(),
+        })?;
+        Ok(Self {
+            probes,
+            ring,
+            capture: Capture::new(node),
+            binaries,
+        })
+    }
+
+    /// Validates, compiles and attaches a Tracepoint spec.
+    pub fn attach(
+        &mut self,
+        spec: &TracepointSpec,
+        targets: Targets,
+    ) -> Result<AttachedProbe, AttachError> {
+        spec.validate()?;
+        let plan = plan::compile(
+            spec,
+            self.probes.tracefs(),
+            self.binaries.as_ref(),
+            targets.mode(),
+            self.probes.options().wakeup_watermark,
+        )
+        .map_err(Box::new)?;
+        // The table exists before the first record can arrive.
+        let id = self
+            .probes
+            .attach(&plan.hook, plan.config, targets)
+            .map_err(|source| AttachError::Attach {
+                hook: Box::new(plan.hook.clone()),
+                source: Box::new(source),
+            })?;
+        self.capture.open(id.0, plan.schema.clone());
+        Ok(AttachedProbe {
+            id,
+            hook: plan.hook,
+            schema: plan.schema,
+        })
+    }
+
+    /// Detaches a probe; what it captured is dropped with it.
+    pub fn detach(&mut self, probe: ProbeId) -> crate::Result<()> {
+        // Records already in the ring still belong to the table.
+        self.drain();
+        let result = self.probes.detach(probe);
+        self.capture.close(probe.0);
+        result
+    }
+
+    pub fn add_target(&mut self, probe: ProbeId, id: u64) -> crate::Result<()> {
+        self.probes.add_target(probe, id)
+    }
+
+    /// Moves everything in the ring buffer into the tables.
+    pub fn drain(&mut self) -> u64 {
+        self.ring.drain(&mut self.capture)
+    }
+
+    /// Where every event the probe matched went.
+    pub fn totals(&self, probe: ProbeId) -> crate::Result<ProbeTotals> {
+        Ok(ProbeTotals::new(
+            self.probes.counters(probe)?,
+            self.capture.received(probe.0),
+            self.capture.decode_errors(probe.0),
+        ))
+    }
+
+    pub fn batches(&mut self, probe: ProbeId) -> Vec<RecordBatch> {
+        self.capture.batches(probe.0)
+    }
+
+    pub fn schema(&mut self, probe: ProbeId) -> Option<SchemaRef> {
+        self.capture.table(probe.0).map(|t| t.schema())
+    }
+
+    pub fn program_ids(&self) -> Vec<u32> {
+        self.probes.program_ids()
+    }
+
+    /// Records that named no attached probe or could not be decoded at all.
+    pub fn unattributed_errors(&self) -> u64 {
+        self.capture.unattributed_errors()
+    }
+}
+
+impl AsRawFd for Engine {
+    /// The ring buffer's fd: readable when a record crossed the watermark.
+    fn as_raw_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
+    }
+}

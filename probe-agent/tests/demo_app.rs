@@ -1,0 +1,93 @@
+//! The demo app that the uprobe and USDT tests trace: its command line and
+//! the values it computes, which those tests assert on.
+
+use std::{
+    io::Write,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+const DEMO_APP: &str = env!("CARGO_BIN_EXE_sonde-demo-app");
+
+fn run(args: &[&str]) -> Output {
+    let output = Command::new(DEMO_APP)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the demo app");
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+#[test]
+fn verbose_prints_each_request_and_its_result() {
+    let output = run(&[
+        "--requests",
+        "3",
+        "--start-id",
+        "10",
+        "--size",
+        "5",
+        "--verbose",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "request id=10 size=5 result=25\n\
+         request id=11 size=5 result=27\n\
+         request id=12 size=5 result=29\n"
+    );
+}
+
+#[test]
+fn quiet_by_default_with_ids_from_one_and_size_64() {
+    assert!(run(&["--requests", "2"]).stdout.is_empty());
+    let output = run(&["--requests", "1", "--verbose"]);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "request id=1 size=64 result=66\n"
+    );
+}
+
+#[test]
+fn each_request_sleeps_at_least_the_given_time() {
+    let start = Instant::now();
+    run(&["--requests", "5", "--sleep-us", "4000"]);
+    assert!(start.elapsed() >= Duration::from_millis(20));
+}
+
+#[test]
+fn wait_stdin_holds_the_requests_until_a_line_arrives() {
+    let mut child = Command::new(DEMO_APP)
+        .args(["--requests", "1", "--verbose", "--wait-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the demo app");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        child.try_wait().expect("poll the demo app").is_none(),
+        "it must wait for stdin"
+    );
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    stdin.write_all(b"go\n").expect("release the demo app");
+    let output = child.wait_with_output().expect("the demo app exits");
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "request id=1 size=64 result=66\n"
+    );
+}
+
+#[test]
+fn bad_arguments_are_refused() {
+    let output = Command::new(DEMO_APP)
+        .args(["--requests", "many"])
+        .output()
+        .expect("run the demo app");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--requests"));
+}
