@@ -10,22 +10,27 @@ export SONDE_CACHE CARGO_TARGET_DIR PATH
 
 AGENT := $(CARGO_TARGET_DIR)/release/probe-agent
 
-.PHONY: install run build test lint unit-test privileged-test
+.PHONY: install install-test run build test lint unit-test privileged-test bench
 
 install:
 	@scripts/install.sh
 
+# The tests also need the end-to-end harness: a Kubernetes control plane,
+# Prometheus, an OpenTelemetry Collector and Python Arrow clients.
+install-test: install
+	@scripts/install-harness.sh
+
 build: install
-	cargo build --release --locked -p probe-agent
+	cargo build --release --locked -p probe-agent --bins
 
 run: build
-	$(AGENT) --standalone --manifests examples
+	scripts/run-standalone.sh
 
-test: install lint unit-test privileged-test
+test: install-test lint unit-test privileged-test
 
 lint:
 	cargo fmt --all --check
-	cargo clippy --locked --workspace --all-targets -- -D warnings
+	cargo clippy --locked --workspace --exclude probe-ebpf --all-targets -- -D warnings
 	scripts/clippy-ebpf.sh
 
 unit-test:
@@ -34,3 +39,8 @@ unit-test:
 # Tests that load eBPF programs and start real components; they need root.
 privileged-test:
 	cargo test --locked --workspace --tests --exclude probe-common -- --test-threads=2
+
+# Benchmarks are not tests: they measure and print ratios, asserting nothing.
+bench: build
+	cargo build --release --locked -p probe-agent --bin sonde-bench
+	$(CARGO_TARGET_DIR)/release/sonde-bench

@@ -59,12 +59,15 @@ if [ "$(id -u)" = 0 ]; then
     fi
 fi
 
-# --- Debian packages: bpftool to inspect loaded programs by hand.
+# --- Debian packages: bpftool to inspect loaded programs; binutils (readelf,
+# objdump, objcopy), which the ELF tests compare their offsets against.
 need_pkgs=()
 command -v bpftool >/dev/null 2>&1 || need_pkgs+=(bpftool)
+command -v readelf >/dev/null 2>&1 || need_pkgs+=(binutils)
 if [ ${#need_pkgs[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "installing Debian packages: ${need_pkgs[*]}"
     apt-get update -qq >&2 || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >&2 || log "could not install ${need_pkgs[*]} (optional)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >&2 ||
+        { log "could not install ${need_pkgs[*]}"; exit 1; }
 fi
 log "ready (cache: $SONDE_CACHE)"

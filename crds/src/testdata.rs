@@ -24,8 +24,8 @@ pub const EXAMPLES: [(&str, &str); 6] = [
         include_str!("../../examples/request-latency.yaml"),
     ),
     (
-        "python-calls.yaml",
-        include_str!("../../examples/python-calls.yaml"),
+        "request-usdt.yaml",
+        include_str!("../../examples/request-usdt.yaml"),
     ),
     (
         "retention.yaml",

@@ -145,6 +145,11 @@ impl Engine {
         self.capture.table(probe.0).map(|t| t.schema())
     }
 
+    /// The loaded programs, for what the engine does not wrap (measurements).
+    pub fn probe_set(&mut self) -> &mut ProbeSet {
+        &mut self.probes
+    }
+
     pub fn program_ids(&self) -> Vec<u32> {
         self.probes.program_ids()
     }

@@ -214,6 +214,17 @@ impl ProbeSet {
         )
     }
 
+    /// Attaches the baseline program (reserve and submit a header-sized
+    /// record, nothing else) to a tracepoint, for measurements. Its records
+    /// are not attributed to any probe; dropping the set detaches it.
+    pub fn attach_baseline(&mut self, group: &str, name: &str) -> Result<()> {
+        let program: &mut TracePoint = self.loaded_program(programs::BASELINE)?;
+        program
+            .attach(group, name)
+            .map_err(|source| program_error(programs::BASELINE, "attach", source))?;
+        Ok(())
+    }
+
     /// Attaches a compiled probe. On error nothing of it stays attached.
     pub fn attach(
         &mut self,

@@ -309,6 +309,20 @@ impl Sources {
                 let index = arg_index(source, args.len())
                     .ok_or_else(|| unknown("the probe's arguments arg0..argN"))?;
                 let arg = args[index];
+                if field.declared_type() == Some(FieldType::String) {
+                    // A string argument is a pointer; it must sit in a register.
+                    return match arg.location {
+                        UsdtArgLocation::Register { pt_regs_offset } if arg.size == 8 => Ok(
+                            Resolved::int(FieldSource::UserString, pt_regs_offset, 8, None),
+                        ),
+                        _ => Err(PlanError::TypeMismatch {
+                            probe: self.label().to_owned(),
+                            field: field.name.clone(),
+                            actual: format!("{source}, not a pointer held in a register"),
+                            declared: FieldType::String,
+                        }),
+                    };
+                }
                 let natural = Some(int_type(arg.size, arg.signed));
                 Ok(match arg.location {
                     UsdtArgLocation::Register { pt_regs_offset } => {
@@ -498,6 +512,15 @@ pub fn compile(
                 return Err(PlanError::MissingBinary { path });
             }
             let site = ElfBinary::open(&path)?.usdt_probe(&usdt.provider, &usdt.name)?;
+            if site.semaphore_offset.is_some() {
+                // The kernel can raise the semaphore (uprobe ref_ctr_offset),
+                // but the loader has no way to ask for it yet; without it the
+                // probe would never fire, which must not pass as "attached".
+                return Err(PlanError::Unsupported {
+                    kind: "semaphore-gated usdt",
+                    reason: "the probe is gated by a semaphore, which this agent cannot raise yet",
+                });
+            }
             (
                 HookTarget::Uprobe {
                     binary: path,

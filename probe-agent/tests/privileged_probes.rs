@@ -555,6 +555,20 @@ fn bad_specs_are_refused_by_name_and_others_keep_running() {
             "probe: {rawTracepoint: {name: no_such_event}}\ntable: t".into(),
             "raw tracepoint no_such_event does not exist on this kernel",
         ),
+        (
+            format!(
+                "probe: {{usdt: {{binary: {DEMO_APP:?}, provider: sonde, name: request_done}}}}\n\
+                 table: t"
+            ),
+            "the probe is gated by a semaphore, which this agent cannot raise yet",
+        ),
+        (
+            format!(
+                "probe: {{usdt: {{binary: {DEMO_APP:?}, provider: sonde, name: nothing}}}}\n\
+                 table: t"
+            ),
+            "USDT probe sonde:nothing not found in",
+        ),
     ];
     for (yaml, expected) in &cases {
         let message = refuse(&mut engine, yaml);

@@ -76,6 +76,8 @@ pub mod programs {
     /// Uprobes (and USDT probes) find their probe slot in the attach cookie.
     pub const UPROBE: &str = "sonde_uprobe";
     pub const URETPROBE: &str = "sonde_uretprobe";
+    /// Reserve-and-submit only; for measuring Sonde's own cost.
+    pub const BASELINE: &str = "sonde_baseline";
 }
 
 /// Who a probe captures events from.
@@ -364,8 +366,14 @@ mod tests {
         // The eBPF verifier rejects reads of uninitialised padding and the
         // decoder relies on these offsets: pin them.
         assert_eq!(size_of::<RecordHeader>() as u32, RECORD_HEADER_LEN);
-        assert_eq!(offset_of!(RecordHeader, pid_tgid) as u32, header_offsets::TID);
-        assert_eq!(offset_of!(RecordHeader, cgroup_id) as u32, header_offsets::CGROUP_ID);
+        assert_eq!(
+            offset_of!(RecordHeader, pid_tgid) as u32,
+            header_offsets::TID
+        );
+        assert_eq!(
+            offset_of!(RecordHeader, cgroup_id) as u32,
+            header_offsets::CGROUP_ID
+        );
         assert_eq!(offset_of!(RecordHeader, comm) as u32, header_offsets::COMM);
         assert_eq!(size_of::<FieldConfig>(), 24);
         assert_eq!(size_of::<FilterConfig>(), 32 + 8 * FILTER_WORDS);

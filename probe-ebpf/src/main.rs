@@ -223,6 +223,24 @@ kprobe_hook!(sonde_kp_5, sonde_krp_5, 85, 93);
 kprobe_hook!(sonde_kp_6, sonde_krp_6, 86, 94);
 kprobe_hook!(sonde_kp_7, sonde_krp_7, 87, 95);
 
+/// The least a capturing program can do: reserve a header-sized record,
+/// stamp it and submit it without a wakeup. `sonde-bench` attaches it next
+/// to the real programs to show what Sonde's own work costs on top; nothing
+/// else uses it, and the agent drops its records as unattributed.
+#[tracepoint]
+pub fn sonde_baseline(_ctx: TracePointContext) -> u32 {
+    if let Some(mut entry) = EVENTS.reserve::<[u64; RECORD_HEADER_LEN as usize / 8]>(0) {
+        let record = entry.as_mut_ptr();
+        // SAFETY: `record` is a reserved slot of exactly this size.
+        unsafe {
+            (*record) = [0; RECORD_HEADER_LEN as usize / 8];
+            (*record)[1] = bpf_ktime_get_ns();
+        }
+        entry.submit(u64::from(BPF_RB_NO_WAKEUP));
+    }
+    0
+}
+
 /// Uprobes and USDT probes: the attach cookie is the probe slot.
 #[uprobe]
 pub fn sonde_uprobe(ctx: ProbeContext) -> u32 {

@@ -1,0 +1,180 @@
+//! Measures what capturing costs, side by side in one run (absolute times
+//! drift on shared machines; ratios measured together do not):
+//!
+//! 1. a getppid(2) loop with nothing attached;
+//! 2. the same with the baseline program, which only reserves and submits a
+//!    header-sized record;
+//! 3. the same with a Sonde Tracepoint (standard columns, host-wide), drained
+//!    into a table as the agent does;
+//! 4. a sustained run of `--seconds` at full speed, reporting the event rate
+//!    and whether anything was lost.
+//!
+//! Needs root (or CAP_BPF + CAP_PERFMON). Prints a table; asserts nothing.
+
+use std::{
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use probe_agent::{
+    engine::Engine,
+    loader::{LoadOptions, Targets},
+    plan::HostPaths,
+    preflight,
+    tracefs::Tracefs,
+};
+
+#[derive(Debug, Parser)]
+#[command(about = "Measures the cost of capturing a syscall, as ratios in one run")]
+struct Args {
+    /// Calls per measured loop.
+    #[arg(long, default_value_t = 2_000_000)]
+    calls: u64,
+    /// Rounds of each measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Length of the sustained run.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+}
+
+/// Runs the load generator and returns its ns per call.
+fn loop_ns(calls: u64) -> anyhow::Result<f64> {
+    let loadgen = std::env::current_exe()?.with_file_name("sonde-loadgen");
+    let output = Command::new(&loadgen)
+        .args(["getppid", &calls.to_string()])
+        .output()
+        .with_context(|| format!("run {}", loadgen.display()))?;
+    if !output.status.success() {
+        bail!(
+            "sonde-loadgen failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let text = String::from_utf8(output.stdout)?;
+    let ns = text
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .context("sonde-loadgen printed no ns/call")?;
+    Ok(ns)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn load_engine() -> anyhow::Result<Engine> {
+    Ok(Engine::load(
+        Tracefs::locate(None)?,
+        LoadOptions::default(),
+        "bench",
+        Box::new(HostPaths),
+    )?)
+}
+
+/// Drains the engine on the agent's default interval while `work` runs.
+fn with_drain<T>(engine: Engine, work: impl FnOnce() -> T) -> (Engine, T) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let drainer = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut engine = engine;
+            while !stop.load(Ordering::Relaxed) {
+                engine.drain();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            engine.drain();
+            engine
+        })
+    };
+    let result = work();
+    stop.store(true, Ordering::Relaxed);
+    // The drain thread only loops and drains; it cannot panic on its own.
+    #[allow(clippy::expect_used)]
+    let engine = drainer.join().expect("drain thread");
+    (engine, result)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    preflight::check_privileges()?;
+    let spec: crds::v1alpha1::TracepointSpec = serde_yaml::from_str(
+        "probe: {tracepoint: {group: syscalls, name: sys_enter_getppid}}\ntable: bench",
+    )?;
+
+    let mut plain = Vec::new();
+    let mut baseline = Vec::new();
+    let mut sonde = Vec::new();
+    for round in 1..=args.rounds {
+        eprintln!("round {round}/{}", args.rounds);
+        plain.push(loop_ns(args.calls)?);
+
+        let mut engine = load_engine()?;
+        engine
+            .probe_set()
+            .attach_baseline("syscalls", "sys_enter_getppid")?;
+        let (engine, ns) = with_drain(engine, || loop_ns(args.calls));
+        drop(engine);
+        baseline.push(ns?);
+
+        let mut engine = load_engine()?;
+        engine.attach(&spec, Targets::All)?;
+        let (engine, ns) = with_drain(engine, || loop_ns(args.calls));
+        drop(engine);
+        sonde.push(ns?);
+    }
+    let (plain, baseline, sonde) = (median(plain), median(baseline), median(sonde));
+    println!(
+        "getppid loop, {} calls, median of {} rounds",
+        args.calls, args.rounds
+    );
+    println!("  {:<44} {:>8.1} ns/call  1.00x", "nothing attached", plain);
+    println!(
+        "  {:<44} {:>8.1} ns/call  {:.2}x",
+        "baseline: reserve + submit 48 B",
+        baseline,
+        baseline / plain
+    );
+    println!(
+        "  {:<44} {:>8.1} ns/call  {:.2}x",
+        "sonde tracepoint (standard columns)",
+        sonde,
+        sonde / plain
+    );
+    println!(
+        "  added per event: sonde {:.1} ns, baseline {:.1} ns; sonde / baseline cost = {:.2}",
+        sonde - plain,
+        baseline - plain,
+        (sonde - plain) / (baseline - plain).max(1.0)
+    );
+
+    // Sustained: size the run for the requested seconds at the measured rate.
+    let calls = (args.seconds as f64 * 1e9 / sonde) as u64;
+    let mut engine = load_engine()?;
+    let probe = engine.attach(&spec, Targets::All)?.id;
+    let start = Instant::now();
+    let (engine, ns) = with_drain(engine, || loop_ns(calls));
+    ns?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let totals = engine.totals(probe)?;
+    println!(
+        "sustained: {} events in {:.1} s = {:.0} events/s; captured {}, lost {} \
+         (ring full {}, decode {})",
+        totals.matched,
+        elapsed,
+        totals.matched as f64 / elapsed,
+        totals.captured,
+        totals.lost(),
+        totals.ringbuf_full,
+        totals.decode_errors
+    );
+    Ok(())
+}
