@@ -33,12 +33,13 @@ lint:
 	cargo clippy --locked --workspace --exclude probe-ebpf --all-targets -- -D warnings
 	scripts/clippy-ebpf.sh
 
+# probe-ebpf only builds for the BPF target; its lints run in scripts/clippy-ebpf.sh.
 unit-test:
-	cargo test --locked --workspace --lib --bins
+	cargo test --locked --workspace --exclude probe-ebpf --lib --bins
 
 # Tests that load eBPF programs and start real components; they need root.
 privileged-test:
-	cargo test --locked --workspace --tests --exclude probe-common -- --test-threads=2
+	cargo test --locked --workspace --exclude probe-ebpf --test '*' -- --test-threads=2
 
 # Benchmarks are not tests: they measure and print ratios, asserting nothing.
 bench: build

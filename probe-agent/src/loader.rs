@@ -21,7 +21,7 @@ use aya::{
     util::nr_cpus,
 };
 use probe_common::{
-    KPROBE_HOOKS, MAX_HOOKS, MAX_PROBES, NO_PROBE, ProbeConfig, ProbeCounters,
+    HookProbes, KPROBE_HOOKS, MAX_HOOKS, MAX_PROBES, NO_PROBE, ProbeConfig, ProbeCounters,
     RAW_TRACEPOINT_HOOKS, RateWindow, TRACEPOINT_HOOKS, TargetKey, TargetMode, maps, programs,
 };
 
@@ -95,13 +95,34 @@ enum Link {
     Uprobe(&'static str, UProbeLinkId),
 }
 
+/// A kernel attachment and the probes it serves. Probes on the same kernel
+/// tracepoint or raw tracepoint share one, up to
+/// [`PROBES_PER_HOOK`](probe_common::PROBES_PER_HOOK);
+/// uprobes carry their probe in the link's cookie and kprobes keep a slot
+/// pair each, so those are never shared.
+#[derive(Debug)]
+struct HookEntry {
+    target: HookTarget,
+    /// Slot in `HOOKS`; `None` for cookie-based (uprobe) hooks.
+    slot: Option<u32>,
+    kprobe_pair: Option<u32>,
+    probes: HookProbes,
+    links: Vec<Link>,
+}
+
+impl HookEntry {
+    fn shareable(&self) -> bool {
+        matches!(
+            self.target,
+            HookTarget::Tracepoint { .. } | HookTarget::RawTracepoint { .. }
+        )
+    }
+}
+
 #[derive(Debug)]
 struct Attached {
-    /// Hook slots this probe occupies in `HOOKS`.
-    hooks: Vec<u32>,
-    /// Kprobe pair index to give back, if any.
-    kprobe_pair: Option<u32>,
-    links: Vec<Link>,
+    /// Key of the [`HookEntry`] serving this probe.
+    entry: u64,
     targets: Targets,
 }
 
@@ -111,13 +132,15 @@ pub struct ProbeSet {
     ebpf: Ebpf,
     tracefs: Tracefs,
     options: LoadOptions,
-    hooks: Array<MapData, u32>,
+    hooks: Array<MapData, HookProbes>,
     probes: Array<MapData, ProbeConfig>,
     counters: PerCpuArray<MapData, ProbeCounters>,
     rates: Array<MapData, RateWindow>,
     targets: HashMap<MapData, TargetKey, u8>,
     ring: Option<RingReader>,
     attached: StdHashMap<ProbeId, Attached>,
+    entries: StdHashMap<u64, HookEntry>,
+    next_entry: u64,
     loaded: HashSet<String>,
     free_probes: Vec<u32>,
     free_tracepoint_hooks: Vec<u32>,
@@ -137,13 +160,15 @@ impl ProbeSet {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::EVENTS, options.ring_bytes)
             .load(OBJECT)?;
-        let mut hooks: Array<MapData, u32> = take_map(&mut ebpf, maps::HOOKS)?;
+        let mut hooks: Array<MapData, HookProbes> = take_map(&mut ebpf, maps::HOOKS)?;
         for hook in 0..MAX_HOOKS {
-            hooks.set(hook, NO_PROBE, 0).map_err(|source| Error::Map {
-                map: maps::HOOKS,
-                action: "initialise",
-                source,
-            })?;
+            hooks
+                .set(hook, HookProbes::EMPTY, 0)
+                .map_err(|source| Error::Map {
+                    map: maps::HOOKS,
+                    action: "initialise",
+                    source,
+                })?;
         }
         let probes = take_map(&mut ebpf, maps::PROBES)?;
         let counters = take_map(&mut ebpf, maps::COUNTERS)?;
@@ -162,6 +187,8 @@ impl ProbeSet {
             targets,
             ring: Some(ring),
             attached: StdHashMap::new(),
+            entries: StdHashMap::new(),
+            next_entry: 0,
             loaded: HashSet::new(),
             free_probes: (0..MAX_PROBES).rev().collect(),
             free_tracepoint_hooks: (0..TRACEPOINT_HOOKS).rev().collect(),
@@ -238,32 +265,28 @@ impl ProbeSet {
             .pop()
             .ok_or(Error::ProbeSlotsExhausted { max: MAX_PROBES })?;
         let probe = ProbeId(slot);
-        let mut attached = Attached {
-            hooks: Vec::new(),
-            kprobe_pair: None,
-            links: Vec::new(),
-            targets,
-        };
-        match self.install(probe, hook, config, &mut attached) {
-            Ok(()) => {
-                self.attached.insert(probe, attached);
+        match self.install(probe, hook, config, &targets) {
+            Ok(entry) => {
+                self.attached.insert(probe, Attached { entry, targets });
                 Ok(probe)
             }
             Err(e) => {
-                // Undo whatever part was done; the first error is the one to report.
-                let _ = self.uninstall(probe, attached);
+                self.forget_targets(probe, &targets);
+                self.free_probes.push(probe.0);
                 Err(e)
             }
         }
     }
 
+    /// Configures the probe's maps and puts it on a hook; returns the hook
+    /// entry's key.
     fn install(
         &mut self,
         probe: ProbeId,
         hook: &HookTarget,
         config: ProbeConfig,
-        attached: &mut Attached,
-    ) -> Result<()> {
+        targets: &Targets,
+    ) -> Result<u64> {
         self.reset_counters(probe)?;
         self.rates
             .set(probe.0, RateWindow::default(), 0)
@@ -272,8 +295,8 @@ impl ProbeSet {
                 action: "reset",
                 source,
             })?;
-        for id in attached.targets.ids() {
-            self.insert_target(probe, attached.targets.mode(), id)?;
+        for id in targets.ids() {
+            self.insert_target(probe, targets.mode(), id)?;
         }
         self.probes
             .set(probe.0, config, 0)
@@ -282,7 +305,48 @@ impl ProbeSet {
                 action: "update",
                 source,
             })?;
-        match hook {
+
+        // Join an existing attachment of the same hook if it has room.
+        let shared = self.entries.iter_mut().find(|(_, e)| {
+            e.shareable() && e.target == *hook && e.probes.probes.contains(&NO_PROBE)
+        });
+        if let Some((&key, entry)) = shared {
+            let free = entry
+                .probes
+                .probes
+                .iter()
+                .position(|&p| p == NO_PROBE)
+                .unwrap_or(0);
+            entry.probes.probes[free] = probe.0;
+            let (slot, probes) = (entry.slot, entry.probes);
+            if let Some(slot) = slot {
+                self.set_hook(slot, probes)?;
+            }
+            return Ok(key);
+        }
+
+        let mut entry = HookEntry {
+            target: hook.clone(),
+            slot: None,
+            kprobe_pair: None,
+            probes: HookProbes::EMPTY,
+            links: Vec::new(),
+        };
+        entry.probes.probes[0] = probe.0;
+        let result = self.open_hook(probe, &mut entry);
+        if let Err(e) = result {
+            let _ = self.close_hook(entry);
+            return Err(e);
+        }
+        let key = self.next_entry;
+        self.next_entry += 1;
+        self.entries.insert(key, entry);
+        Ok(key)
+    }
+
+    /// Takes a hook slot for a new entry and attaches its program(s).
+    fn open_hook(&mut self, probe: ProbeId, entry: &mut HookEntry) -> Result<()> {
+        match entry.target.clone() {
             HookTarget::Tracepoint { group, name } => {
                 let slot = self
                     .free_tracepoint_hooks
@@ -291,14 +355,14 @@ impl ProbeSet {
                         kind: "tracepoint",
                         max: TRACEPOINT_HOOKS,
                     })?;
-                attached.hooks.push(slot);
-                self.set_hook(slot, probe.0)?;
+                entry.slot = Some(slot);
+                self.set_hook(slot, entry.probes)?;
                 let program_name = format!("{}{slot}", programs::TRACEPOINT_PREFIX);
                 let program: &mut TracePoint = self.loaded_program(&program_name)?;
                 let link = program
-                    .attach(group, name)
+                    .attach(&group, &name)
                     .map_err(|source| program_error(&program_name, "attach", source))?;
-                attached.links.push(Link::Tracepoint(program_name, link));
+                entry.links.push(Link::Tracepoint(program_name, link));
             }
             HookTarget::RawTracepoint { name } => {
                 let index = self.free_raw_hooks.pop().ok_or(Error::HookSlotsExhausted {
@@ -306,14 +370,14 @@ impl ProbeSet {
                     max: RAW_TRACEPOINT_HOOKS,
                 })?;
                 let slot = TRACEPOINT_HOOKS + index;
-                attached.hooks.push(slot);
-                self.set_hook(slot, probe.0)?;
+                entry.slot = Some(slot);
+                self.set_hook(slot, entry.probes)?;
                 let program_name = format!("{}{index}", programs::RAW_TRACEPOINT_PREFIX);
                 let program: &mut RawTracePoint = self.loaded_program(&program_name)?;
                 let link = program
-                    .attach(name)
+                    .attach(&name)
                     .map_err(|source| program_error(&program_name, "attach", source))?;
-                attached.links.push(Link::RawTracepoint(program_name, link));
+                entry.links.push(Link::RawTracepoint(program_name, link));
             }
             HookTarget::Kprobe {
                 function,
@@ -327,30 +391,30 @@ impl ProbeSet {
                         kind: "kprobe",
                         max: KPROBE_HOOKS,
                     })?;
-                attached.kprobe_pair = Some(pair);
+                entry.kprobe_pair = Some(pair);
                 let first = TRACEPOINT_HOOKS + RAW_TRACEPOINT_HOOKS;
                 // A plain kprobe uses the pair's first slot; a kretprobe the
                 // second, which the entry program fills and the return reads.
-                let slot = if *ret {
+                let slot = if ret {
                     first + KPROBE_HOOKS + pair
                 } else {
                     first + pair
                 };
-                attached.hooks.push(slot);
-                self.set_hook(slot, probe.0)?;
-                let entry = format!("{}{pair}", programs::KPROBE_PREFIX);
-                let program: &mut KProbe = self.loaded_program(&entry)?;
+                entry.slot = Some(slot);
+                self.set_hook(slot, entry.probes)?;
+                let enter = format!("{}{pair}", programs::KPROBE_PREFIX);
+                let program: &mut KProbe = self.loaded_program(&enter)?;
                 let link = program
-                    .attach(function, *offset)
-                    .map_err(|source| program_error(&entry, "attach", source))?;
-                attached.links.push(Link::Kprobe(entry, link));
-                if *ret {
+                    .attach(&function, offset)
+                    .map_err(|source| program_error(&enter, "attach", source))?;
+                entry.links.push(Link::Kprobe(enter, link));
+                if ret {
                     let exit = format!("{}{pair}", programs::KRETPROBE_PREFIX);
                     let program: &mut KProbe = self.loaded_program(&exit)?;
                     let link = program
-                        .attach(function, 0)
+                        .attach(&function, 0)
                         .map_err(|source| program_error(&exit, "attach", source))?;
-                    attached.links.push(Link::Kprobe(exit, link));
+                    entry.links.push(Link::Kprobe(exit, link));
                 }
             }
             HookTarget::Uprobe {
@@ -361,23 +425,66 @@ impl ProbeSet {
                 // The entry program always attaches: for a return probe it
                 // records the entry (time, arguments) the return half needs.
                 let mut names = vec![programs::UPROBE];
-                if *ret {
+                if ret {
                     names.push(programs::URETPROBE);
                 }
                 for name in names {
                     let program: &mut UProbe = self.loaded_program(name)?;
                     let point = UProbeAttachPoint {
-                        location: UProbeAttachLocation::AbsoluteOffset(*offset),
+                        location: UProbeAttachLocation::AbsoluteOffset(offset),
                         cookie: Some(u64::from(probe.0)),
                     };
                     let link = program
-                        .attach(point, binary, UProbeScope::AllProcesses)
+                        .attach(point, &binary, UProbeScope::AllProcesses)
                         .map_err(|source| program_error(name, "attach", source))?;
-                    attached.links.push(Link::Uprobe(name, link));
+                    entry.links.push(Link::Uprobe(name, link));
                 }
             }
         }
         Ok(())
+    }
+
+    /// Detaches an entry's links and frees its slots.
+    fn close_hook(&mut self, entry: HookEntry) -> Result<()> {
+        let mut first_error = None;
+        if let Some(slot) = entry.slot {
+            // The slot first, so nothing is emitted for it once it is reused.
+            if let Err(e) = self.set_hook(slot, HookProbes::EMPTY) {
+                first_error.get_or_insert(e);
+            }
+            let kprobe_first = TRACEPOINT_HOOKS + RAW_TRACEPOINT_HOOKS;
+            if slot < TRACEPOINT_HOOKS {
+                self.free_tracepoint_hooks.push(slot);
+            } else if slot < kprobe_first {
+                self.free_raw_hooks.push(slot - TRACEPOINT_HOOKS);
+            }
+        }
+        if let Some(pair) = entry.kprobe_pair {
+            self.free_kprobe_pairs.push(pair);
+        }
+        for link in entry.links {
+            let result = match link {
+                Link::Tracepoint(name, id) => program_mut::<TracePoint>(&mut self.ebpf, &name)
+                    .and_then(|p| p.detach(id).map_err(|s| program_error(&name, "detach", s))),
+                Link::RawTracepoint(name, id) => {
+                    program_mut::<RawTracePoint>(&mut self.ebpf, &name)
+                        .and_then(|p| p.detach(id).map_err(|s| program_error(&name, "detach", s)))
+                }
+                Link::Kprobe(name, id) => program_mut::<KProbe>(&mut self.ebpf, &name)
+                    .and_then(|p| p.detach(id).map_err(|s| program_error(&name, "detach", s))),
+                Link::Uprobe(name, id) => program_mut::<UProbe>(&mut self.ebpf, name)
+                    .and_then(|p| p.detach(id).map_err(|s| program_error(name, "detach", s))),
+            };
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// How many kernel attachments (links) serve the attached probes.
+    pub fn attachment_count(&self) -> usize {
+        self.entries.values().map(|e| e.links.len()).sum()
     }
 
     /// The program `name`, loaded into the kernel on first use.
@@ -397,12 +504,14 @@ impl ProbeSet {
         program_mut(&mut self.ebpf, name)
     }
 
-    fn set_hook(&mut self, slot: u32, probe: u32) -> Result<()> {
-        self.hooks.set(slot, probe, 0).map_err(|source| Error::Map {
-            map: maps::HOOKS,
-            action: "update",
-            source,
-        })
+    fn set_hook(&mut self, slot: u32, probes: HookProbes) -> Result<()> {
+        self.hooks
+            .set(slot, probes, 0)
+            .map_err(|source| Error::Map {
+                map: maps::HOOKS,
+                action: "update",
+                source,
+            })
     }
 
     /// Adds a process or cgroup to an attached probe's target set.
@@ -432,59 +541,42 @@ impl ProbeSet {
         })
     }
 
-    /// Detaches a probe and frees its slots. Unknown ids are ignored.
+    /// Detaches a probe and frees its slots. Unknown ids are ignored. The
+    /// kernel attachment goes with its last probe.
     pub fn detach(&mut self, probe: ProbeId) -> Result<()> {
-        match self.attached.remove(&probe) {
-            Some(attached) => self.uninstall(probe, attached),
-            None => Ok(()),
+        let Some(attached) = self.attached.remove(&probe) else {
+            return Ok(());
+        };
+        let mut result = Ok(());
+        if let Some(entry) = self.entries.get_mut(&attached.entry) {
+            for p in &mut entry.probes.probes {
+                if *p == probe.0 {
+                    *p = NO_PROBE;
+                }
+            }
+            let (slot, probes) = (entry.slot, entry.probes);
+            if probes.probes.iter().all(|&p| p == NO_PROBE) {
+                if let Some(entry) = self.entries.remove(&attached.entry) {
+                    result = self.close_hook(entry);
+                }
+            } else if let Some(slot) = slot {
+                result = self.set_hook(slot, probes);
+            }
         }
+        self.forget_targets(probe, &attached.targets);
+        self.free_probes.push(probe.0);
+        result
     }
 
-    fn uninstall(&mut self, probe: ProbeId, attached: Attached) -> Result<()> {
-        let mut first_error = None;
-        // Hooks first, so nothing is emitted for the slot once it is reused.
-        let raw_first = TRACEPOINT_HOOKS;
-        let kprobe_first = TRACEPOINT_HOOKS + RAW_TRACEPOINT_HOOKS;
-        for &slot in &attached.hooks {
-            if let Err(e) = self.set_hook(slot, NO_PROBE) {
-                first_error.get_or_insert(e);
-            }
-            if slot < raw_first {
-                self.free_tracepoint_hooks.push(slot);
-            } else if slot < kprobe_first {
-                self.free_raw_hooks.push(slot - raw_first);
-            }
-        }
-        if let Some(pair) = attached.kprobe_pair {
-            self.free_kprobe_pairs.push(pair);
-        }
-        for link in attached.links {
-            let result = match link {
-                Link::Tracepoint(name, id) => program_mut::<TracePoint>(&mut self.ebpf, &name)
-                    .and_then(|p| p.detach(id).map_err(|s| program_error(&name, "detach", s))),
-                Link::RawTracepoint(name, id) => {
-                    program_mut::<RawTracePoint>(&mut self.ebpf, &name)
-                        .and_then(|p| p.detach(id).map_err(|s| program_error(&name, "detach", s)))
-                }
-                Link::Kprobe(name, id) => program_mut::<KProbe>(&mut self.ebpf, &name)
-                    .and_then(|p| p.detach(id).map_err(|s| program_error(&name, "detach", s))),
-                Link::Uprobe(name, id) => program_mut::<UProbe>(&mut self.ebpf, name)
-                    .and_then(|p| p.detach(id).map_err(|s| program_error(name, "detach", s))),
-            };
-            if let Err(e) = result {
-                first_error.get_or_insert(e);
-            }
-        }
-        let mode = attached.targets.mode() as u32;
-        for id in attached.targets.ids() {
+    fn forget_targets(&mut self, probe: ProbeId, targets: &Targets) {
+        let mode = targets.mode() as u32;
+        for id in targets.ids() {
             let _ = self.targets.remove(&TargetKey {
                 probe_id: probe.0,
                 mode,
                 id,
             });
         }
-        self.free_probes.push(probe.0);
-        first_error.map_or(Ok(()), Err)
     }
 
     /// In-kernel counters of a probe, summed over CPUs.

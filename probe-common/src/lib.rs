@@ -27,8 +27,25 @@ pub const KPROBE_HOOKS: u32 = 8;
 /// All hook slots.
 pub const MAX_HOOKS: u32 = TRACEPOINT_HOOKS + RAW_TRACEPOINT_HOOKS + 2 * KPROBE_HOOKS;
 
-/// Value of a hook slot that serves no probe.
+/// Value of a hook slot's probe entry that serves no probe.
 pub const NO_PROBE: u32 = u32::MAX;
+
+/// Probes one hook slot can serve: Tracepoints on the same kernel hook share
+/// one attachment, and each firing runs each of them.
+pub const PROBES_PER_HOOK: usize = 4;
+
+/// The probes a hook slot serves, `NO_PROBE` where unused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HookProbes {
+    pub probes: [u32; PROBES_PER_HOOK],
+}
+
+impl HookProbes {
+    pub const EMPTY: Self = Self {
+        probes: [NO_PROBE; PROBES_PER_HOOK],
+    };
+}
 
 /// Fields one probe can capture.
 pub const MAX_FIELDS: usize = 16;
@@ -55,7 +72,7 @@ pub const MAX_ENTRIES_IN_FLIGHT: u32 = 16384;
 pub mod maps {
     /// Ring buffer every program writes records to.
     pub const EVENTS: &str = "EVENTS";
-    /// `Array<u32>`: probe slot served by each hook slot, or `NO_PROBE`.
+    /// `Array<HookProbes>`: the probe slots each hook slot serves.
     pub const HOOKS: &str = "HOOKS";
     /// `Array<ProbeConfig>` indexed by probe slot.
     pub const PROBES: &str = "PROBES";
@@ -349,6 +366,8 @@ mod user {
     unsafe impl aya::Pod for super::ProbeConfig {}
     #[allow(unsafe_code)]
     unsafe impl aya::Pod for super::TargetKey {}
+    #[allow(unsafe_code)]
+    unsafe impl aya::Pod for super::HookProbes {}
     #[allow(unsafe_code)]
     unsafe impl aya::Pod for super::ProbeCounters {}
     #[allow(unsafe_code)]

@@ -35,10 +35,10 @@ use aya_ebpf::{
     programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
 };
 use probe_common::{
-    ENTRY_REGS, EntryKey, EntryState, FILTER_WORDS, FieldSource, FilterOp, MAX_ENTRIES_IN_FLIGHT,
-    MAX_FIELDS, MAX_FILTERS, MAX_HOOKS, MAX_PROBES, MAX_TARGETS, NO_PROBE, ProbeConfig,
-    ProbeCounters, RECORD_HEADER_LEN, RECORD_KIND_EVENT, RateWindow, TargetKey, TargetMode,
-    filter_kind,
+    ENTRY_REGS, EntryKey, EntryState, FILTER_WORDS, FieldSource, FilterOp, HookProbes,
+    MAX_ENTRIES_IN_FLIGHT, MAX_FIELDS, MAX_FILTERS, MAX_HOOKS, MAX_PROBES, MAX_TARGETS, NO_PROBE,
+    PROBES_PER_HOOK, ProbeConfig, ProbeCounters, RECORD_HEADER_LEN, RECORD_KIND_EVENT, RateWindow,
+    TargetKey, TargetMode, filter_kind,
 };
 
 /// Default ring size; the agent sets the real one at load time.
@@ -58,7 +58,7 @@ pub struct Scratch {
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
 #[map]
-static HOOKS: Array<u32> = Array::with_max_entries(MAX_HOOKS, 0);
+static HOOKS: Array<HookProbes> = Array::with_max_entries(MAX_HOOKS, 0);
 
 #[map]
 static PROBES: Array<ProbeConfig> = Array::with_max_entries(MAX_PROBES, 0);
@@ -267,18 +267,23 @@ pub fn sonde_uretprobe(ctx: RetProbeContext) -> u32 {
 
 #[inline(always)]
 fn on_hook(ctx: *mut c_void, slot: u32, half: Half) {
-    let Some(&probe_id) = HOOKS.get(slot) else {
+    let Some(hook) = HOOKS.get(slot) else {
         return;
     };
-    if probe_id == NO_PROBE {
-        return;
-    }
-    if let Some(config) = PROBES.get(probe_id) {
-        on_probe(ctx, probe_id, config, half);
+    for i in 0..PROBES_PER_HOOK {
+        let probe_id = hook.probes[i];
+        if probe_id == NO_PROBE {
+            continue;
+        }
+        if let Some(config) = PROBES.get(probe_id) {
+            on_probe(ctx, probe_id, config, half);
+        }
     }
 }
 
-#[inline(always)]
+// A subprogram, not inlined: a hook serving several probes calls it once per
+// probe, and the verifier checks its body once.
+#[inline(never)]
 fn on_probe(ctx: *mut c_void, probe_id: u32, config: &ProbeConfig, half: Half) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
