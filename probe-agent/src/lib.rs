@@ -16,6 +16,7 @@ pub mod plan;
 pub mod preflight;
 pub mod ring;
 pub mod standalone;
+pub mod store;
 pub mod table;
 pub mod tracefs;
 

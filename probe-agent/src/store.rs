@@ -1,0 +1,94 @@
+//! The table store: every table this agent serves, as Arrow record batches.
+//!
+//! [`TableSource`] is what readers (Arrow Flight, Flight SQL, the metrics
+//! and export paths) see: a list of tables, a consistent snapshot of one, and
+//! a live feed of new batches for follow mode. The capture path appends
+//! sealed batches; retention evicts the oldest.
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use tokio::sync::broadcast;
+
+/// A two-part table name: the schema is the Tracepoint's namespace (or
+/// `sonde` for built-in tables), as in `SELECT * FROM shop.opens`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    pub schema: String,
+    pub table: String,
+}
+
+impl TableName {
+    pub fn new(schema: impl Into<String>, table: impl Into<String>) -> Self {
+        Self {
+            schema: schema.into(),
+            table: table.into(),
+        }
+    }
+
+    /// Parses `schema.table`.
+    pub fn parse(qualified: &str) -> Option<Self> {
+        let (schema, table) = qualified.split_once('.')?;
+        (!schema.is_empty() && !table.is_empty() && !table.contains('.'))
+            .then(|| Self::new(schema, table))
+    }
+}
+
+impl std::fmt::Display for TableName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.schema, self.table)
+    }
+}
+
+/// What a reader learns about a table without reading it.
+#[derive(Clone, Debug)]
+pub struct TableInfo {
+    pub name: TableName,
+    pub schema: SchemaRef,
+    pub rows: u64,
+    /// Bytes held by the table's batches.
+    pub bytes: u64,
+    /// Oldest and newest `time_` held, Unix-epoch nanoseconds.
+    pub time_range: Option<(i64, i64)>,
+}
+
+/// A consistent view of one table: the batches held at one instant. Later
+/// appends and evictions do not change it.
+#[derive(Clone, Debug)]
+pub struct TableSnapshot {
+    pub info: TableInfo,
+    pub batches: Vec<RecordBatch>,
+}
+
+/// Read access to the tables, for every way Sonde serves data.
+pub trait TableSource: Send + Sync + 'static {
+    /// Every table, in name order.
+    fn tables(&self) -> Vec<TableInfo>;
+
+    /// A snapshot of one table, or `None` if there is no such table.
+    fn snapshot(&self, name: &TableName) -> Option<TableSnapshot>;
+
+    /// Batches appended to a table from now on (follow mode). A receiver
+    /// that falls behind gets `RecvError::Lagged(n)` with the count of
+    /// batches it missed.
+    fn subscribe(&self, name: &TableName) -> Option<broadcast::Receiver<RecordBatch>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_two_part() {
+        assert_eq!(
+            TableName::parse("shop.opens"),
+            Some(TableName::new("shop", "opens"))
+        );
+        assert_eq!(TableName::parse("opens"), None);
+        assert_eq!(TableName::parse("a.b.c"), None);
+        assert_eq!(TableName::parse(".x"), None);
+        assert_eq!(
+            TableName::new("sonde", "probe_status").to_string(),
+            "sonde.probe_status"
+        );
+    }
+}
