@@ -2,17 +2,26 @@
 //! that make captured + lost add up to what the kernel matched.
 //!
 //! [`Capture`] is the ring buffer's sink. Tables sit in a flat array indexed
-//! by probe slot, so routing a record is an index, with no lookup.
+//! by probe slot, so routing a record is an index, with no lookup. Opened on
+//! a [`TableStore`], sealed batches go to the store's tables.
+
+use std::time::Duration;
 
 use arrow_array::RecordBatch;
+use nix::time::{ClockId, clock_gettime};
 use probe_common::{MAX_PROBES, ProbeCounters};
 
 use crate::{
     clock::WallClock,
     plan::RecordSchema,
     ring::{DecodeError, RawEvent, RecordSink},
+    store::{StoreError, TableName, TableStore},
     table::Table,
 };
+
+/// How long a captured row may wait in the builders before it is sealed
+/// into a batch readers can see.
+pub const MAX_PENDING: Duration = Duration::from_secs(1);
 
 /// A probe's table and the records it received.
 struct Slot {
@@ -26,17 +35,69 @@ pub struct Capture {
     slots: Vec<Option<Slot>>,
     clock: WallClock,
     node: String,
+    /// Where tables opened with [`Capture::open_table`] send their batches.
+    store: Option<TableStore>,
     /// Records that could not be decoded or named no attached probe.
     unattributed_errors: u64,
 }
 
 impl Capture {
+    /// Tables that keep every row themselves.
     pub fn new(node: &str) -> Self {
         Self {
             slots: (0..MAX_PROBES).map(|_| None).collect(),
             clock: WallClock::now(),
             node: node.to_owned(),
+            store: None,
             unattributed_errors: 0,
+        }
+    }
+
+    /// Tables that seal their batches into `store`, where retention and
+    /// readers take over.
+    pub fn with_store(node: &str, store: TableStore) -> Self {
+        Self {
+            store: Some(store),
+            ..Self::new(node)
+        }
+    }
+
+    /// Starts a probe slot's table as `name` in the store (created there if
+    /// new). Without a store it is the same as [`Capture::open`].
+    pub fn open_table(
+        &mut self,
+        probe: u32,
+        schema: RecordSchema,
+        name: TableName,
+    ) -> Result<(), StoreError> {
+        let table = match &self.store {
+            Some(store) => Table::with_store(schema, &self.node, store.clone(), name)?,
+            None => Table::new(schema, &self.node),
+        };
+        if let Some(slot) = self.slots.get_mut(probe as usize) {
+            *slot = Some(Slot {
+                table,
+                received: 0,
+                decode_errors: 0,
+            });
+        }
+        Ok(())
+    }
+
+    /// Seals every table whose oldest pending row waited at least
+    /// `max_pending` (use [`MAX_PENDING`]); call it after each drain and on
+    /// a timer, so rows show up at low rates too.
+    pub fn seal_older_than(&mut self, max_pending: Duration) {
+        let now = monotonic_ns();
+        for slot in self.slots.iter_mut().flatten() {
+            slot.table.seal_if_older_than(max_pending, now);
+        }
+    }
+
+    /// Seals every table's pending rows.
+    pub fn seal_all(&mut self) {
+        for slot in self.slots.iter_mut().flatten() {
+            slot.table.seal();
         }
     }
 
@@ -51,9 +112,13 @@ impl Capture {
         }
     }
 
-    /// Forgets a probe slot's table.
+    /// Forgets a probe slot's table. Pending rows of a store table are
+    /// sealed into the store first; the store table outlives the probe.
     pub fn close(&mut self, probe: u32) {
         if let Some(slot) = self.slots.get_mut(probe as usize) {
+            if let Some(open) = slot.as_mut() {
+                open.table.seal();
+            }
             *slot = None;
         }
     }
@@ -112,6 +177,16 @@ impl RecordSink for Capture {
     }
 }
 
+/// Kernel monotonic time (`bpf_ktime_get_ns`'s clock), in nanoseconds.
+fn monotonic_ns() -> u64 {
+    // CLOCK_MONOTONIC always exists on Linux; zero would only delay sealing
+    // until the batch fills.
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(t.tv_nsec()).unwrap_or(0)
+    })
+}
+
 /// A probe's totals: every event the kernel matched, by where it ended.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeTotals {
@@ -165,7 +240,10 @@ impl ProbeTotals {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{ColumnLayout, ColumnPlan};
+    use crate::{
+        plan::{ColumnLayout, ColumnPlan},
+        store::TableSource,
+    };
 
     fn record(probe_id: u32, value: u64) -> Vec<u8> {
         let mut bytes = vec![0u8; 56];
@@ -213,6 +291,40 @@ mod tests {
             .downcast_ref::<arrow_array::Int32Array>()
             .expect("i32 column");
         assert_eq!(values.values(), &[1, -5]);
+    }
+
+    #[test]
+    fn store_tables_get_batches_sealed_by_age() {
+        let store = TableStore::new(crate::store::StoreConfig::default());
+        let name = TableName::new("shop", "opens");
+        let mut capture = Capture::with_store("node-a", store.clone());
+        capture
+            .open_table(3, schema(), name.clone())
+            .expect("new store table");
+        let mut bytes = record(3, 7);
+        let now = monotonic_ns();
+        bytes[8..16].copy_from_slice(&now.to_ne_bytes());
+        capture.event(&crate::ring::decode(&bytes).expect("valid"));
+        let rows = |store: &TableStore| store.snapshot(&name).expect("table").info.rows;
+        // Pending in the builders: not visible yet, and too young to seal.
+        capture.seal_older_than(Duration::from_secs(3600));
+        assert_eq!(rows(&store), 0);
+        let table = capture.table(3).expect("open slot");
+        assert!(!table.seal_if_older_than(Duration::from_millis(5), now + 1_000_000));
+        assert!(table.seal_if_older_than(Duration::from_millis(5), now + 5_000_000));
+        assert_eq!(rows(&store), 1);
+        // Closing seals what is pending; the store table stays.
+        capture.event(&crate::ring::decode(&bytes).expect("valid"));
+        capture.close(3);
+        assert_eq!(rows(&store), 2);
+        // Dropped under the capture path: rows are counted, not silently lost.
+        capture
+            .open_table(3, schema(), name.clone())
+            .expect("same schema reuses the table");
+        assert!(store.drop_table(&name));
+        capture.event(&crate::ring::decode(&bytes).expect("valid"));
+        capture.seal_all();
+        assert_eq!(capture.table(3).map(|t| t.unstored_rows()), Some(1));
     }
 
     #[test]

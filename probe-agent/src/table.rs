@@ -1,11 +1,14 @@
 //! Append-only in-memory tables of captured rows, as Arrow record batches.
 //!
 //! Rows are appended into column builders and sealed into a batch every
-//! [`BATCH_ROWS`] rows (or when read), so appending allocates nothing per
-//! event beyond the builders' amortised growth. Readers get the sealed
-//! batches, which are cheap to clone (`Arc`ed buffers).
+//! [`BATCH_ROWS`] rows, when the oldest pending row has waited long enough
+//! ([`Table::seal_if_older_than`]), or when read, so appending allocates
+//! nothing per event beyond the builders' amortised growth. Sealed batches
+//! go to a [`TableStore`] table when the table was opened on one
+//! ([`Table::with_store`]), otherwise the table keeps them itself. Readers
+//! get sealed batches, which are cheap to clone (`Arc`ed buffers).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use arrow_array::{
     ArrayRef, RecordBatch,
@@ -21,6 +24,7 @@ use crate::{
     clock::WallClock,
     plan::{ColumnLayout, ColumnPlan, RecordSchema},
     ring::{DecodeError, RawEvent, u64_at},
+    store::{StoreError, TableName, TableSource, TableStore},
 };
 
 /// Rows per sealed batch.
@@ -125,6 +129,14 @@ fn c_string(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(&bytes[..end])
 }
 
+/// Where sealed batches go.
+enum Sink {
+    /// Kept by the table: every row ever appended.
+    Keep(Vec<RecordBatch>),
+    /// Appended to a store table, which applies retention.
+    Store { store: TableStore, name: TableName },
+}
+
 /// One table: the standard columns and the probe's fields.
 pub struct Table {
     schema: SchemaRef,
@@ -138,12 +150,38 @@ pub struct Table {
     cgroup_id: UInt64Builder,
     fields: Vec<FieldBuilder>,
     pending: usize,
-    batches: Vec<RecordBatch>,
+    /// Kernel time of the oldest pending row, for sealing by age.
+    first_pending_ktime_ns: u64,
+    sink: Sink,
     rows: u64,
+    /// Rows sealed but refused by the store (the table was dropped under us).
+    unstored_rows: u64,
 }
 
 impl Table {
+    /// A table that keeps every batch it seals.
     pub fn new(record: RecordSchema, node: &str) -> Self {
+        Self::with_sink(record, node, Sink::Keep(Vec::new()))
+    }
+
+    /// A table whose sealed batches go to `name` in `store`, created there
+    /// with this table's schema (an existing table with the same columns is
+    /// reused).
+    pub fn with_store(
+        record: RecordSchema,
+        node: &str,
+        store: TableStore,
+        name: TableName,
+    ) -> Result<Self, StoreError> {
+        let table = Self::with_sink(record, node, Sink::Keep(Vec::new()));
+        store.create_table(name.clone(), table.schema())?;
+        Ok(Self {
+            sink: Sink::Store { store, name },
+            ..table
+        })
+    }
+
+    fn with_sink(record: RecordSchema, node: &str, sink: Sink) -> Self {
         let mut fields = vec![
             Field::new(
                 "time_",
@@ -178,8 +216,10 @@ impl Table {
             comm: StringBuilder::new(),
             cgroup_id: UInt64Builder::new(),
             pending: 0,
-            batches: Vec::new(),
+            first_pending_ktime_ns: 0,
+            sink,
             rows: 0,
+            unstored_rows: 0,
         }
     }
 
@@ -192,6 +232,19 @@ impl Table {
         self.rows
     }
 
+    /// Rows sealed after the store dropped this table: lost, and counted.
+    pub fn unstored_rows(&self) -> u64 {
+        self.unstored_rows
+    }
+
+    /// The store table sealed batches go to, if any.
+    pub fn store_name(&self) -> Option<&TableName> {
+        match &self.sink {
+            Sink::Store { name, .. } => Some(name),
+            Sink::Keep(_) => None,
+        }
+    }
+
     /// Appends one event; a record shorter than the probe's layout is refused.
     pub fn append(&mut self, event: &RawEvent<'_>, clock: &WallClock) -> Result<(), DecodeError> {
         let expected = self.record.record_len as usize;
@@ -200,6 +253,9 @@ impl Table {
                 len: event.record.len(),
                 expected,
             });
+        }
+        if self.pending == 0 {
+            self.first_pending_ktime_ns = event.ktime_ns;
         }
         self.time.append_value(clock.to_unix_ns(event.ktime_ns));
         self.node_col.append_value(&self.node);
@@ -218,8 +274,23 @@ impl Table {
         Ok(())
     }
 
-    /// Seals appended rows into a batch.
-    fn seal(&mut self) {
+    /// Seals pending rows if the oldest of them was captured at least
+    /// `max_pending` before `now_ktime_ns` (kernel monotonic time, as in
+    /// `bpf_ktime_get_ns`), so rows become visible at low rates too.
+    /// Returns whether it sealed.
+    pub fn seal_if_older_than(&mut self, max_pending: Duration, now_ktime_ns: u64) -> bool {
+        let max_pending = u64::try_from(max_pending.as_nanos()).unwrap_or(u64::MAX);
+        if self.pending == 0
+            || now_ktime_ns.saturating_sub(self.first_pending_ktime_ns) < max_pending
+        {
+            return false;
+        }
+        self.seal();
+        true
+    }
+
+    /// Seals pending rows into a batch.
+    pub fn seal(&mut self) {
         if self.pending == 0 {
             return;
         }
@@ -238,12 +309,26 @@ impl Table {
         #[allow(clippy::expect_used)]
         let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)
             .expect("builders match the schema");
-        self.batches.push(batch);
+        match &mut self.sink {
+            Sink::Keep(batches) => batches.push(batch),
+            Sink::Store { store, name } => {
+                let rows = batch.num_rows() as u64;
+                if store.append(name, batch).is_err() {
+                    self.unstored_rows += rows;
+                }
+            }
+        }
     }
 
-    /// Every row so far, as batches.
+    /// Every row held: all rows so far, or for a store table what its
+    /// retention still holds.
     pub fn batches(&mut self) -> Vec<RecordBatch> {
         self.seal();
-        self.batches.clone()
+        match &self.sink {
+            Sink::Keep(batches) => batches.clone(),
+            Sink::Store { store, name } => {
+                store.snapshot(name).map(|s| s.batches).unwrap_or_default()
+            }
+        }
     }
 }

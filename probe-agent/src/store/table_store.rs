@@ -1,0 +1,839 @@
+//! [`TableStore`]: the agent's tables in memory, bounded by retention
+//! policies and a global budget.
+//!
+//! Each table is a queue of sealed record batches, oldest first, behind its
+//! own short-held mutex. Writers append whole batches (never rows), readers
+//! clone the queue's `Arc`ed batches, so neither waits on the other for
+//! longer than a queue operation. Eviction drops the oldest batches whole
+//! and, where a whole batch would overshoot, copies the surviving rows of
+//! one batch into a compact batch so the memory really goes.
+//!
+//! # What "bytes" means
+//!
+//! A batch's bytes are [`RecordBatch::get_array_memory_size`]: the capacity
+//! of every buffer it references (builder slack included) plus the array
+//! headers. A batch that is a slice of a larger one would count the whole
+//! shared buffer, which is why eviction never keeps a slice: it copies the
+//! kept rows. Schemas and the queue itself are not counted.
+//!
+//! # The global budget
+//!
+//! When all tables together hold more than the budget, the table holding
+//! the most bytes loses its oldest data, one batch (or part of one) at a
+//! time, re-choosing the largest table after each step. Largest-first keeps
+//! one noisy table from wiping out the history of quiet ones, and leaves
+//! rollup tables (small by construction) for last.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError, RwLock,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use arrow_array::{
+    BooleanArray, RecordBatch, UInt32Array, cast::AsArray, types::TimestampNanosecondType,
+};
+use arrow_schema::{DataType, SchemaRef, TimeUnit};
+use crds::Retention;
+use tokio::sync::broadcast;
+
+use super::{
+    StoreError, TableInfo, TableName, TableSnapshot, TableSource,
+    retention::{RetentionPolicy, policy_for},
+};
+
+/// The column whose values say how old a row is.
+pub const TIME_COLUMN: &str = "time_";
+
+/// Global budget when none is configured: room for several busy tables at
+/// their default bound on a typical node.
+pub const DEFAULT_BUDGET_BYTES: u64 = 512 << 20;
+
+/// Batches a follow-mode subscriber may fall behind by before it is told it
+/// lagged.
+pub const DEFAULT_FOLLOW_CAPACITY: usize = 256;
+
+/// Wall-clock time for retention, injectable so tests need not sleep.
+pub trait Clock: Send + Sync + 'static {
+    /// Now, in Unix-epoch nanoseconds.
+    fn now_ns(&self) -> i64;
+}
+
+/// The system's real-time clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ns(&self) -> i64 {
+        // Before 1970 only on a broken clock; treat it as the epoch.
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+    }
+}
+
+/// A clock that moves only when told, for tests and replays.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    pub fn new(now_ns: i64) -> Self {
+        Self(AtomicI64::new(now_ns))
+    }
+
+    pub fn set(&self, now_ns: i64) {
+        self.0.store(now_ns, Ordering::SeqCst);
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(duration_ns(by), Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ns(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// How the store is bounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Policy of tables no Retention names (and the fallback for axes a
+    /// Retention leaves unset).
+    pub default_policy: RetentionPolicy,
+    /// Most bytes all tables together may hold; `None`: no global bound.
+    pub budget_bytes: Option<u64>,
+    /// Follow-mode channel depth per table, in batches.
+    pub follow_capacity: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            default_policy: RetentionPolicy::DEFAULT,
+            budget_bytes: Some(DEFAULT_BUDGET_BYTES),
+            follow_capacity: DEFAULT_FOLLOW_CAPACITY,
+        }
+    }
+}
+
+/// Why data was evicted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EvictionReason {
+    /// The table's maxBytes.
+    MaxBytes,
+    /// The table's maxAge.
+    MaxAge,
+    /// The global memory budget.
+    Budget,
+}
+
+/// Data removed for one reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evicted {
+    pub rows: u64,
+    pub bytes: u64,
+    /// Batches dropped whole (rows cut from a batch that stays count in
+    /// `rows` and `bytes` only).
+    pub batches: u64,
+}
+
+impl Evicted {
+    fn add(&mut self, other: Evicted) {
+        self.rows += other.rows;
+        self.bytes += other.bytes;
+        self.batches += other.batches;
+    }
+}
+
+/// Evictions of one table, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evictions {
+    pub max_bytes: Evicted,
+    pub max_age: Evicted,
+    pub budget: Evicted,
+}
+
+impl Evictions {
+    pub fn total(&self) -> Evicted {
+        let mut total = self.max_bytes;
+        total.add(self.max_age);
+        total.add(self.budget);
+        total
+    }
+
+    fn by(&mut self, reason: EvictionReason) -> &mut Evicted {
+        match reason {
+            EvictionReason::MaxBytes => &mut self.max_bytes,
+            EvictionReason::MaxAge => &mut self.max_age,
+            EvictionReason::Budget => &mut self.budget,
+        }
+    }
+}
+
+/// One table's size, limits and history, for metrics and Retention status.
+/// Always `appended == held + evicted.total()` for rows and bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableStats {
+    pub name: TableName,
+    /// The policy in force.
+    pub policy: RetentionPolicy,
+    /// Rows held now.
+    pub rows: u64,
+    /// Bytes held now (see the module docs for what a byte is).
+    pub bytes: u64,
+    /// Batches held now.
+    pub batches: u64,
+    pub appended_rows: u64,
+    pub appended_bytes: u64,
+    pub appended_batches: u64,
+    pub evicted: Evictions,
+    /// Oldest and newest `time_` held, Unix-epoch nanoseconds.
+    pub oldest_ns: Option<i64>,
+    pub newest_ns: Option<i64>,
+    /// The actual retention window: age of the oldest row held.
+    pub window: Option<Duration>,
+    /// What evicted data most recently; `None` while the table holds
+    /// everything it was given.
+    pub limited_by: Option<EvictionReason>,
+}
+
+/// A batch held by a table, with what eviction needs to know about it.
+struct Held {
+    batch: RecordBatch,
+    bytes: u64,
+    /// Oldest and newest `time_` (the append time for tables without one).
+    min_ns: i64,
+    max_ns: i64,
+}
+
+struct TableState {
+    batches: VecDeque<Held>,
+    rows: u64,
+    bytes: u64,
+    appended_rows: u64,
+    appended_bytes: u64,
+    appended_batches: u64,
+    evicted: Evictions,
+    /// Set by the owner of the table (rollups); wins over Retentions.
+    policy_override: Option<RetentionPolicy>,
+    policy: RetentionPolicy,
+    limited_by: Option<EvictionReason>,
+    /// Set by `drop_table`: a writer still holding the entry gets an error
+    /// instead of adding bytes no one will ever evict.
+    dropped: bool,
+}
+
+struct TableEntry {
+    name: TableName,
+    schema: SchemaRef,
+    /// Index of a `time_` nanosecond timestamp column, if the table has one.
+    time_column: Option<usize>,
+    state: Mutex<TableState>,
+    feed: broadcast::Sender<RecordBatch>,
+}
+
+struct Inner {
+    config: StoreConfig,
+    clock: Arc<dyn Clock>,
+    tables: RwLock<BTreeMap<TableName, Arc<TableEntry>>>,
+    retentions: RwLock<Vec<Retention>>,
+    total_bytes: AtomicU64,
+    /// One budget eviction at a time, so two writers over budget do not
+    /// both evict the same excess.
+    budget_lock: Mutex<()>,
+}
+
+/// The agent's tables. Cheap to clone; every clone is the same store.
+#[derive(Clone)]
+pub struct TableStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for TableStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableStore")
+            .field("config", &self.inner.config)
+            .field("total_bytes", &self.total_bytes())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Locks a mutex even if a panicking thread held it: the state is counters
+/// and a queue of immutable batches, so serving on beats cascading panics.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn duration_ns(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+impl TableStore {
+    /// A store on the system clock.
+    pub fn new(config: StoreConfig) -> Self {
+        Self::with_clock(config, Arc::new(SystemClock))
+    }
+
+    pub fn with_clock(config: StoreConfig, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                clock,
+                tables: RwLock::new(BTreeMap::new()),
+                retentions: RwLock::new(Vec::new()),
+                total_bytes: AtomicU64::new(0),
+                budget_lock: Mutex::new(()),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> StoreConfig {
+        self.inner.config
+    }
+
+    /// Now, on the store's clock.
+    pub fn now_ns(&self) -> i64 {
+        self.inner.clock.now_ns()
+    }
+
+    /// Bytes held by all tables.
+    pub fn total_bytes(&self) -> u64 {
+        self.inner.total_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Creates a table. Creating one that exists with the same columns is a
+    /// no-op that keeps its rows, so a probe re-attached after a restart of
+    /// its Tracepoint goes on filling the same table.
+    pub fn create_table(&self, name: TableName, schema: SchemaRef) -> Result<(), StoreError> {
+        let mut tables = self
+            .inner
+            .tables
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(existing) = tables.get(&name) {
+            return if existing.schema.fields() == schema.fields() {
+                Ok(())
+            } else {
+                Err(StoreError::SchemaMismatch {
+                    table: name,
+                    expected: Arc::clone(&existing.schema),
+                    found: schema,
+                })
+            };
+        }
+        let time_column = schema.index_of(TIME_COLUMN).ok().filter(|&i| {
+            matches!(
+                schema.field(i).data_type(),
+                DataType::Timestamp(TimeUnit::Nanosecond, _)
+            )
+        });
+        let policy = self.resolve_policy(&name, None);
+        let (feed, _) = broadcast::channel(self.inner.config.follow_capacity.max(1));
+        let entry = TableEntry {
+            name: name.clone(),
+            schema,
+            time_column,
+            state: Mutex::new(TableState {
+                batches: VecDeque::new(),
+                rows: 0,
+                bytes: 0,
+                appended_rows: 0,
+                appended_bytes: 0,
+                appended_batches: 0,
+                evicted: Evictions::default(),
+                policy_override: None,
+                policy,
+                limited_by: None,
+                dropped: false,
+            }),
+            feed,
+        };
+        tables.insert(name, Arc::new(entry));
+        Ok(())
+    }
+
+    /// Drops a table and what it holds; followers see their stream end.
+    /// False if there was no such table.
+    pub fn drop_table(&self, name: &TableName) -> bool {
+        let removed = self
+            .inner
+            .tables
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+        let Some(entry) = removed else {
+            return false;
+        };
+        let mut state = lock(&entry.state);
+        state.dropped = true;
+        self.inner
+            .total_bytes
+            .fetch_sub(state.bytes, Ordering::SeqCst);
+        state.batches.clear();
+        state.bytes = 0;
+        state.rows = 0;
+        true
+    }
+
+    /// Appends a sealed batch, then applies the table's limits and the
+    /// global budget. Empty batches are ignored.
+    pub fn append(&self, name: &TableName, batch: RecordBatch) -> Result<(), StoreError> {
+        let entry = self.entry(name)?;
+        if !Arc::ptr_eq(&batch.schema(), &entry.schema)
+            && batch.schema().fields() != entry.schema.fields()
+        {
+            return Err(StoreError::SchemaMismatch {
+                table: name.clone(),
+                expected: Arc::clone(&entry.schema),
+                found: batch.schema(),
+            });
+        }
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let now = self.now_ns();
+        let bytes = batch.get_array_memory_size() as u64;
+        let (min_ns, max_ns) = time_bounds(&batch, entry.time_column).unwrap_or((now, now));
+        {
+            let mut state = lock(&entry.state);
+            if state.dropped {
+                return Err(StoreError::UnknownTable {
+                    table: name.clone(),
+                });
+            }
+            state.appended_rows += batch.num_rows() as u64;
+            state.appended_bytes += bytes;
+            state.appended_batches += 1;
+            state.rows += batch.num_rows() as u64;
+            state.bytes += bytes;
+            self.inner.total_bytes.fetch_add(bytes, Ordering::SeqCst);
+            // Sent under the lock so `follow` can pair a snapshot with
+            // exactly the batches after it. No receiver is not an error.
+            let _ = entry.feed.send(batch.clone());
+            state.batches.push_back(Held {
+                batch,
+                bytes,
+                min_ns,
+                max_ns,
+            });
+            self.enforce_table(&entry, &mut state, now);
+        }
+        self.enforce_budget();
+        Ok(())
+    }
+
+    /// Replaces the Retentions policies come from, and applies them to
+    /// every table at once.
+    pub fn set_retentions(&self, retentions: Vec<Retention>) {
+        *self
+            .inner
+            .retentions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = retentions;
+        let now = self.now_ns();
+        for entry in self.entries() {
+            let mut state = lock(&entry.state);
+            state.policy = self.resolve_policy(&entry.name, state.policy_override);
+            self.enforce_table(&entry, &mut state, now);
+        }
+        self.enforce_budget();
+    }
+
+    /// Sets a table's policy regardless of Retentions (`None`: back to what
+    /// the Retentions say). Rollups use it for their output tables.
+    pub fn set_policy(
+        &self,
+        name: &TableName,
+        policy: Option<RetentionPolicy>,
+    ) -> Result<(), StoreError> {
+        let entry = self.entry(name)?;
+        {
+            let mut state = lock(&entry.state);
+            state.policy_override = policy;
+            state.policy = self.resolve_policy(name, policy);
+            self.enforce_table(&entry, &mut state, self.now_ns());
+        }
+        self.enforce_budget();
+        Ok(())
+    }
+
+    /// The policy in force for a table.
+    pub fn policy(&self, name: &TableName) -> Option<RetentionPolicy> {
+        let entry = self.entry(name).ok()?;
+        Some(lock(&entry.state).policy)
+    }
+
+    /// Applies every table's maxAge as of now, then the budget. Call it
+    /// periodically: a table that receives nothing is otherwise only aged
+    /// when read.
+    pub fn enforce(&self) {
+        let now = self.now_ns();
+        for entry in self.entries() {
+            let mut state = lock(&entry.state);
+            self.enforce_table(&entry, &mut state, now);
+        }
+        self.enforce_budget();
+    }
+
+    /// Every table's stats, in name order.
+    pub fn stats(&self) -> Vec<TableStats> {
+        let now = self.now_ns();
+        self.entries()
+            .iter()
+            .map(|entry| {
+                let mut state = lock(&entry.state);
+                self.expire(entry, &mut state, now);
+                stats_of(entry, &state, now)
+            })
+            .collect()
+    }
+
+    pub fn table_stats(&self, name: &TableName) -> Option<TableStats> {
+        let entry = self.entry(name).ok()?;
+        let now = self.now_ns();
+        let mut state = lock(&entry.state);
+        self.expire(&entry, &mut state, now);
+        Some(stats_of(&entry, &state, now))
+    }
+
+    /// A snapshot and a feed of exactly the batches appended after it, for
+    /// follow mode without gaps or duplicates.
+    pub fn follow(
+        &self,
+        name: &TableName,
+    ) -> Option<(TableSnapshot, broadcast::Receiver<RecordBatch>)> {
+        let entry = self.entry(name).ok()?;
+        let now = self.now_ns();
+        let mut state = lock(&entry.state);
+        self.expire(&entry, &mut state, now);
+        let receiver = entry.feed.subscribe();
+        let snapshot = snapshot_of(&entry, &state);
+        drop(state);
+        Some((snapshot, receiver))
+    }
+
+    fn entry(&self, name: &TableName) -> Result<Arc<TableEntry>, StoreError> {
+        self.inner
+            .tables
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StoreError::UnknownTable {
+                table: name.clone(),
+            })
+    }
+
+    fn entries(&self) -> Vec<Arc<TableEntry>> {
+        self.inner
+            .tables
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn resolve_policy(
+        &self,
+        name: &TableName,
+        policy_override: Option<RetentionPolicy>,
+    ) -> RetentionPolicy {
+        policy_override.unwrap_or_else(|| {
+            let retentions = self
+                .inner
+                .retentions
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            policy_for(&retentions, name, self.inner.config.default_policy)
+        })
+    }
+
+    /// Applies a table's own limits: maxAge first (it may free enough),
+    /// then maxBytes.
+    fn enforce_table(&self, entry: &TableEntry, state: &mut TableState, now: i64) {
+        self.expire(entry, state, now);
+        if let Some(max) = state.policy.max_bytes
+            && state.bytes > max
+        {
+            let excess = state.bytes - max;
+            self.trim_front(state, excess, EvictionReason::MaxBytes);
+        }
+    }
+
+    /// Drops rows older than the table's maxAge: whole batches when their
+    /// newest row is too old, the old rows of a batch that straddles the
+    /// cutoff. Batches are scanned in full because rows from several CPUs
+    /// arrive slightly out of order.
+    fn expire(&self, entry: &TableEntry, state: &mut TableState, now: i64) {
+        let Some(max_age) = state.policy.max_age else {
+            return;
+        };
+        let cutoff = now.saturating_sub(duration_ns(max_age));
+        if state.batches.iter().all(|h| h.min_ns >= cutoff) {
+            return;
+        }
+        let mut freed = Evicted::default();
+        let mut grown = 0;
+        let mut kept = VecDeque::with_capacity(state.batches.len());
+        for held in std::mem::take(&mut state.batches) {
+            if held.min_ns >= cutoff {
+                kept.push_back(held);
+                continue;
+            }
+            let rows = held.batch.num_rows() as u64;
+            let survivor = match entry.time_column {
+                Some(column) if held.max_ns >= cutoff => keep_newer(&held.batch, column, cutoff),
+                _ => None,
+            };
+            match survivor {
+                Some(batch) => {
+                    let bytes = batch.get_array_memory_size() as u64;
+                    freed.rows += rows - batch.num_rows() as u64;
+                    // The copy is exact, so it is smaller than a builder's
+                    // batch; a tiny hand-made batch can grow by the padding
+                    // of its buffers, which is counted as appended.
+                    freed.bytes += held.bytes.saturating_sub(bytes);
+                    grown += bytes.saturating_sub(held.bytes);
+                    let (min_ns, max_ns) =
+                        time_bounds(&batch, entry.time_column).unwrap_or((cutoff, held.max_ns));
+                    kept.push_back(Held {
+                        batch,
+                        bytes,
+                        min_ns,
+                        max_ns,
+                    });
+                }
+                None => {
+                    freed.rows += rows;
+                    freed.bytes += held.bytes;
+                    freed.batches += 1;
+                }
+            }
+        }
+        state.batches = kept;
+        state.bytes += grown;
+        state.appended_bytes += grown;
+        self.inner.total_bytes.fetch_add(grown, Ordering::SeqCst);
+        self.record(state, freed, EvictionReason::MaxAge);
+    }
+
+    /// Evicts at least `excess` bytes from the front (oldest) of a table:
+    /// whole batches while the excess covers them, then the oldest rows of
+    /// the next batch, copied compact so the freed memory is real.
+    fn trim_front(&self, state: &mut TableState, mut excess: u64, reason: EvictionReason) {
+        let mut freed = Evicted::default();
+        while excess > 0 {
+            let Some(front) = state.batches.front() else {
+                break;
+            };
+            let rows = front.batch.num_rows();
+            let remainder = if front.bytes <= excess {
+                None
+            } else {
+                // The estimate assumes bytes spread evenly over rows; the
+                // loop goes round again if the copy freed too little.
+                let drop_rows =
+                    (u128::from(excess) * rows as u128).div_ceil(u128::from(front.bytes)) as usize;
+                (drop_rows < rows)
+                    .then(|| compact(&front.batch.slice(drop_rows, rows - drop_rows)))
+                    .flatten()
+                    .filter(|b| (b.get_array_memory_size() as u64) < front.bytes)
+            };
+            // `front()` returned Some above, so the queue is not empty.
+            let Some(held) = state.batches.pop_front() else {
+                break;
+            };
+            match remainder {
+                Some(batch) => {
+                    let bytes = batch.get_array_memory_size() as u64;
+                    let gone = held.bytes - bytes;
+                    freed.rows += (rows - batch.num_rows()) as u64;
+                    freed.bytes += gone;
+                    excess = excess.saturating_sub(gone);
+                    state.batches.push_front(Held {
+                        batch,
+                        bytes,
+                        min_ns: held.min_ns,
+                        max_ns: held.max_ns,
+                    });
+                }
+                None => {
+                    freed.rows += rows as u64;
+                    freed.bytes += held.bytes;
+                    freed.batches += 1;
+                    excess = excess.saturating_sub(held.bytes);
+                }
+            }
+        }
+        self.record(state, freed, reason);
+    }
+
+    fn record(&self, state: &mut TableState, freed: Evicted, reason: EvictionReason) {
+        if freed == Evicted::default() {
+            return;
+        }
+        state.rows -= freed.rows;
+        state.bytes -= freed.bytes;
+        self.inner
+            .total_bytes
+            .fetch_sub(freed.bytes, Ordering::SeqCst);
+        state.evicted.by(reason).add(freed);
+        state.limited_by = Some(reason);
+    }
+
+    /// Brings all tables under the global budget, largest table first.
+    fn enforce_budget(&self) {
+        let Some(budget) = self.inner.config.budget_bytes else {
+            return;
+        };
+        if self.total_bytes() <= budget {
+            return;
+        }
+        let _one_at_a_time = lock(&self.inner.budget_lock);
+        loop {
+            let total = self.total_bytes();
+            if total <= budget {
+                break;
+            }
+            let largest = self
+                .entries()
+                .into_iter()
+                .map(|e| {
+                    let bytes = lock(&e.state).bytes;
+                    (bytes, e)
+                })
+                .max_by_key(|(bytes, _)| *bytes);
+            let Some((bytes, entry)) = largest.filter(|(bytes, _)| *bytes > 0) else {
+                break;
+            };
+            let mut state = lock(&entry.state);
+            // Take the excess from this table, but no more than one batch
+            // per step, so the largest table is re-chosen as sizes change.
+            let step = (total - budget)
+                .min(state.batches.front().map_or(bytes, |h| h.bytes))
+                .max(1);
+            self.trim_front(&mut state, step, EvictionReason::Budget);
+        }
+    }
+}
+
+impl TableSource for TableStore {
+    fn tables(&self) -> Vec<TableInfo> {
+        let now = self.now_ns();
+        self.entries()
+            .iter()
+            .map(|entry| {
+                let mut state = lock(&entry.state);
+                self.expire(entry, &mut state, now);
+                info_of(entry, &state)
+            })
+            .collect()
+    }
+
+    /// Ages the table first, so no row older than maxAge is ever served,
+    /// then clones the batch list under the lock.
+    fn snapshot(&self, name: &TableName) -> Option<TableSnapshot> {
+        let entry = self.entry(name).ok()?;
+        let now = self.now_ns();
+        let mut state = lock(&entry.state);
+        self.expire(&entry, &mut state, now);
+        Some(snapshot_of(&entry, &state))
+    }
+
+    fn subscribe(&self, name: &TableName) -> Option<broadcast::Receiver<RecordBatch>> {
+        self.entry(name).ok().map(|e| e.feed.subscribe())
+    }
+
+    fn follow(
+        &self,
+        name: &TableName,
+    ) -> Option<(TableSnapshot, broadcast::Receiver<RecordBatch>)> {
+        TableStore::follow(self, name)
+    }
+}
+
+fn info_of(entry: &TableEntry, state: &TableState) -> TableInfo {
+    TableInfo {
+        name: entry.name.clone(),
+        schema: Arc::clone(&entry.schema),
+        rows: state.rows,
+        bytes: state.bytes,
+        time_range: entry.time_column.and_then(|_| time_range(state)),
+    }
+}
+
+fn snapshot_of(entry: &TableEntry, state: &TableState) -> TableSnapshot {
+    TableSnapshot {
+        info: info_of(entry, state),
+        batches: state.batches.iter().map(|h| h.batch.clone()).collect(),
+    }
+}
+
+fn time_range(state: &TableState) -> Option<(i64, i64)> {
+    let oldest = state.batches.iter().map(|h| h.min_ns).min()?;
+    let newest = state.batches.iter().map(|h| h.max_ns).max()?;
+    Some((oldest, newest))
+}
+
+fn stats_of(entry: &TableEntry, state: &TableState, now: i64) -> TableStats {
+    let range = time_range(state);
+    TableStats {
+        name: entry.name.clone(),
+        policy: state.policy,
+        rows: state.rows,
+        bytes: state.bytes,
+        batches: state.batches.len() as u64,
+        appended_rows: state.appended_rows,
+        appended_bytes: state.appended_bytes,
+        appended_batches: state.appended_batches,
+        evicted: state.evicted,
+        oldest_ns: range.map(|r| r.0),
+        newest_ns: range.map(|r| r.1),
+        window: range.map(|(oldest, _)| {
+            Duration::from_nanos(u64::try_from(now.saturating_sub(oldest)).unwrap_or(0))
+        }),
+        limited_by: state.limited_by,
+    }
+}
+
+/// Oldest and newest non-null `time_` of a batch.
+fn time_bounds(batch: &RecordBatch, time_column: Option<usize>) -> Option<(i64, i64)> {
+    let times = batch
+        .column(time_column?)
+        .as_primitive_opt::<TimestampNanosecondType>()?;
+    Some((
+        arrow_arith::aggregate::min(times)?,
+        arrow_arith::aggregate::max(times)?,
+    ))
+}
+
+/// The rows of `batch` at or after `cutoff`, copied compact; `None` if none
+/// survive (or the copy fails, which drops the batch rather than keep rows
+/// past their age).
+fn keep_newer(batch: &RecordBatch, time_column: usize, cutoff: i64) -> Option<RecordBatch> {
+    let times = batch
+        .column(time_column)
+        .as_primitive_opt::<TimestampNanosecondType>()?;
+    let keep = BooleanArray::from_unary(times, |t| t >= cutoff);
+    if keep.true_count() == 0 {
+        return None;
+    }
+    arrow_select::filter::filter_record_batch(batch, &keep).ok()
+}
+
+/// A copy of `batch` in buffers of its own, so a slice stops pinning the
+/// memory of the rows it left out.
+fn compact(batch: &RecordBatch) -> Option<RecordBatch> {
+    let rows = u32::try_from(batch.num_rows()).ok()?;
+    let indices = UInt32Array::from_iter_values(0..rows);
+    arrow_select::take::take_record_batch(batch, &indices).ok()
+}
+
+#[cfg(test)]
+mod tests;
