@@ -11,6 +11,7 @@ pub mod config;
 pub mod elf;
 pub mod engine;
 pub mod error;
+pub mod flight;
 pub mod loader;
 pub mod plan;
 pub mod preflight;
