@@ -1,6 +1,6 @@
 //! The agent's command line; every flag is also an environment variable.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
@@ -42,6 +42,30 @@ pub struct Config {
     #[arg(long, env = "SONDE_TRACEFS", value_name = "DIR")]
     pub tracefs: Option<PathBuf>,
 
+    /// Where Arrow Flight and Flight SQL are served (one port for both).
+    #[arg(long, env = "SONDE_FLIGHT_ADDR", default_value = "127.0.0.1:50051")]
+    pub flight_addr: SocketAddr,
+
+    /// Bearer token Flight clients must send; none: no authentication.
+    #[arg(long, env = "SONDE_FLIGHT_TOKEN", hide_env_values = true)]
+    pub flight_token: Option<String>,
+
+    /// TLS certificate (PEM) for the Flight endpoint; needs --flight-tls-key.
+    #[arg(long, env = "SONDE_FLIGHT_TLS_CERT", requires = "flight_tls_key")]
+    pub flight_tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM) for the Flight endpoint.
+    #[arg(long, env = "SONDE_FLIGHT_TLS_KEY", requires = "flight_tls_cert")]
+    pub flight_tls_key: Option<PathBuf>,
+
+    /// Memory one SQL query may use (bytes, or a quantity such as 256Mi).
+    #[arg(long, env = "SONDE_QUERY_MEMORY", default_value = "256Mi", value_parser = parse_bytes)]
+    pub query_memory: u64,
+
+    /// Memory all tables together may hold (bytes, or a quantity such as 512Mi).
+    #[arg(long, env = "SONDE_MEMORY_BUDGET", default_value = "512Mi", value_parser = parse_bytes)]
+    pub memory_budget: u64,
+
     /// Ring buffer size in bytes (a power of two, at least one page).
     #[arg(long, env = "SONDE_RING_BYTES", default_value_t = 8 << 20)]
     pub ring_bytes: u32,
@@ -78,6 +102,21 @@ fn default_node_name() -> String {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Parses a byte count or a Kubernetes quantity (`512Mi`, `1G`).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    crds::units::parse_bytes(&k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+        text.to_owned(),
+    ))
+    .map_err(|e| e.to_string())
+    .and_then(|bytes| {
+        if bytes == 0 {
+            Err(format!("{text:?} must be greater than zero"))
+        } else {
+            Ok(bytes)
+        }
+    })
 }
 
 /// Parses `250ms`, `10s`, `2m`.
@@ -140,5 +179,14 @@ mod tests {
             Config::try_parse_from(["probe-agent", "--standalone", "--manifests", "examples"])
                 .expect("valid flags");
         assert_eq!(config.drain_interval, Duration::from_millis(50));
+        assert_eq!(config.memory_budget, 512 << 20);
+    }
+
+    #[test]
+    fn parses_byte_sizes() {
+        assert_eq!(parse_bytes("64Mi"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("lots").is_err());
     }
 }

@@ -12,10 +12,11 @@ use arrow_schema::SchemaRef;
 use crds::{ValidationError, v1alpha1::TracepointSpec};
 
 use crate::{
-    capture::{Capture, ProbeTotals},
+    capture::{Capture, MAX_PENDING, ProbeTotals},
     loader::{LoadOptions, ProbeId, ProbeSet, Targets},
     plan::{self, BinaryResolver, HookTarget, PlanError, RecordSchema},
     ring::RingReader,
+    store::{StoreError, TableName, TableStore},
     tracefs::Tracefs,
 };
 
@@ -26,6 +27,8 @@ pub enum AttachError {
     Invalid(#[from] ValidationError),
     #[error(transparent)]
     Plan(#[from] Box<PlanError>),
+    #[error("cannot create its table")]
+    Store(#[from] StoreError),
     #[error("cannot attach {hook}")]
     Attach {
         hook: Box<HookTarget>,
@@ -57,6 +60,7 @@ pub struct Engine {
     ring: RingReader,
     capture: Capture,
     binaries: Box<dyn BinaryResolver + Send>,
+    node: String,
 }
 
 impl Engine {
@@ -76,12 +80,32 @@ impl Engine {
             ring,
             capture: Capture::new(node),
             binaries,
+            node: node.to_owned(),
         })
     }
 
-    /// Validates, compiles and attaches a Tracepoint spec.
+    /// Seals captured rows into `store`, where retention applies and readers
+    /// (Flight, SQL) see them. Call before attaching anything.
+    pub fn with_store(mut self, store: TableStore) -> Self {
+        self.capture = Capture::with_store(&self.node, store);
+        self
+    }
+
+    /// Validates, compiles and attaches a Tracepoint spec of namespace
+    /// `default`.
     pub fn attach(
         &mut self,
+        spec: &TracepointSpec,
+        targets: Targets,
+    ) -> Result<AttachedProbe, AttachError> {
+        self.attach_in("default", spec, targets)
+    }
+
+    /// Validates, compiles and attaches a Tracepoint spec; its table is
+    /// `namespace.table`.
+    pub fn attach_in(
+        &mut self,
+        namespace: &str,
         spec: &TracepointSpec,
         targets: Targets,
     ) -> Result<AttachedProbe, AttachError> {
@@ -94,7 +118,6 @@ impl Engine {
             self.probes.options().wakeup_watermark,
         )
         .map_err(Box::new)?;
-        // The table exists before the first record can arrive.
         let id = self
             .probes
             .attach(&plan.hook, plan.config, targets)
@@ -102,7 +125,12 @@ impl Engine {
                 hook: Box::new(plan.hook.clone()),
                 source: Box::new(source),
             })?;
-        self.capture.open(id.0, plan.schema.clone());
+        // The table exists before the drain can see the first record.
+        let table = TableName::new(namespace, &spec.table);
+        if let Err(e) = self.capture.open_table(id.0, plan.schema.clone(), table) {
+            let _ = self.probes.detach(id);
+            return Err(e.into());
+        }
         Ok(AttachedProbe {
             id,
             hook: plan.hook,
@@ -110,7 +138,8 @@ impl Engine {
         })
     }
 
-    /// Detaches a probe; what it captured is dropped with it.
+    /// Detaches a probe. Without a store what it captured goes with it; in a
+    /// store its table stays, under retention, until dropped there.
     pub fn detach(&mut self, probe: ProbeId) -> crate::Result<()> {
         // Records already in the ring still belong to the table.
         self.drain();
@@ -123,9 +152,12 @@ impl Engine {
         self.probes.add_target(probe, id)
     }
 
-    /// Moves everything in the ring buffer into the tables.
+    /// Moves everything in the ring buffer into the tables, and seals rows
+    /// that waited [`MAX_PENDING`] so readers see them at low rates too.
     pub fn drain(&mut self) -> u64 {
-        self.ring.drain(&mut self.capture)
+        let taken = self.ring.drain(&mut self.capture);
+        self.capture.seal_older_than(MAX_PENDING);
+        taken
     }
 
     /// Where every event the probe matched went.

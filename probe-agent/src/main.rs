@@ -1,16 +1,19 @@
 //! `probe-agent`: wires configuration, logging and shutdown around the
 //! library (see `lib.rs`).
 
-use std::{io::IsTerminal, process::ExitCode};
+use std::{io::IsTerminal, process::ExitCode, sync::Arc};
 
 use clap::Parser;
+
 use probe_agent::{
     config::Config,
     engine::Engine,
+    flight::{self, FlightConfig},
     loader::LoadOptions,
     plan::HostPaths,
     preflight,
-    standalone::{Intervals, Standalone, chain},
+    standalone::{Intervals, Standalone, Storage, chain},
+    store::{RollupEngine, StoreConfig, TableStore},
     tracefs::Tracefs,
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -55,6 +58,35 @@ fn run(config: Config) -> Result<(), String> {
         // Registered before anything is attached, so a Ctrl-C at any point
         // from here on stops the agent cleanly instead of killing it.
         let shutdown = shutdown_signal().map_err(|e| format!("cannot handle signals: {e}"))?;
+
+        // The port is taken before any program is loaded: a port in use or a
+        // bad TLS file fails the start with nothing attached.
+        let store = TableStore::new(StoreConfig {
+            budget_bytes: Some(config.memory_budget),
+            ..StoreConfig::default()
+        });
+        let flight = flight::bind(
+            Arc::new(store.clone()),
+            FlightConfig {
+                addr: config.flight_addr,
+                token: config.flight_token.clone(),
+                tls: config
+                    .flight_tls_cert
+                    .clone()
+                    .zip(config.flight_tls_key.clone()),
+                query_memory_limit: usize::try_from(config.query_memory).unwrap_or(usize::MAX),
+            },
+        )
+        .await
+        .map_err(|e| chain(&e))?;
+        let flight_addr = flight.local_addr();
+        let (stop_flight, flight_stopped) = tokio::sync::watch::channel(false);
+        let flight_task = tokio::spawn(flight.run(async move {
+            let mut stopped = flight_stopped;
+            // An error means the sender is gone: stop as well.
+            let _ = stopped.changed().await;
+        }));
+
         let engine = Engine::load(
             tracefs,
             LoadOptions {
@@ -65,17 +97,35 @@ fn run(config: Config) -> Result<(), String> {
             Box::new(HostPaths),
         )
         .map_err(|e| chain(&e))?;
-        let mut agent = Standalone::start(engine, &dir, config.targets());
+        let storage = Storage {
+            rollups: RollupEngine::new(
+                store.clone(),
+                &config.node_name,
+                RollupEngine::DEFAULT_GRACE,
+            ),
+            store,
+        };
+        let mut agent = Standalone::start(engine, Some(storage), &dir, config.targets());
         let attached = agent.applied().filter(|a| a.probe.is_some()).count();
         info!(
             node = %config.node_name,
             manifests = %dir.display(),
             attached,
             programs = ?agent.program_ids(),
+            flight = %flight_addr,
             "standalone agent running; watching the folder for changes; a summary per \
              Tracepoint every {:?}; inspect programs with `bpftool prog show`; Ctrl-C stops \
              and detaches",
             config.report_interval
+        );
+        let scheme = if config.flight_tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        info!(
+            "serving Arrow Flight and Flight SQL on {scheme}://{flight_addr}; try: \
+             sonde --addr {scheme}://{flight_addr} tables"
         );
         agent
             .run(
@@ -90,7 +140,11 @@ fn run(config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot watch the ring buffer: {e}"))?;
         drop(agent);
         info!("stopped; every program detached and unloaded");
-        Ok(())
+        let _ = stop_flight.send(true);
+        match flight_task.await {
+            Ok(result) => result.map_err(|e| chain(&e)),
+            Err(e) => Err(format!("the Flight server task failed: {e}")),
+        }
     })
 }
 

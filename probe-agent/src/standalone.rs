@@ -13,7 +13,7 @@ use std::{
 };
 
 use crds::{
-    Tracepoint,
+    Retention, Tracepoint,
     manifest::{self, Resource},
     v1alpha1::TracepointSpec,
 };
@@ -24,7 +24,15 @@ use crate::{
     capture::ProbeTotals,
     engine::{AttachedProbe, Engine},
     loader::{ProbeId, Targets},
+    store::{RollupEngine, TableName, TableStore},
 };
+
+/// Where captured rows are kept: the store that retention bounds and
+/// readers query, and the rollups Retention resources ask for.
+pub struct Storage {
+    pub store: TableStore,
+    pub rollups: RollupEngine,
+}
 
 /// State of one Tracepoint from the manifests.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +49,7 @@ pub enum TracepointState {
 pub struct Applied {
     /// `namespace/name`.
     pub resource: String,
+    pub namespace: String,
     pub file: PathBuf,
     pub table: String,
     pub spec: TracepointSpec,
@@ -51,6 +60,7 @@ pub struct Applied {
 /// The standalone agent: the engine and what the manifests asked of it.
 pub struct Standalone {
     engine: Engine,
+    storage: Option<Storage>,
     dir: PathBuf,
     targets: Targets,
     applied: BTreeMap<String, Applied>,
@@ -62,9 +72,14 @@ impl Standalone {
     /// Applies every resource in `dir`. Invalid or unsupported resources are
     /// logged with their file and kept in [`Self::applied`] with the reason:
     /// the others keep running.
-    pub fn start(engine: Engine, dir: &Path, targets: Targets) -> Self {
+    pub fn start(engine: Engine, storage: Option<Storage>, dir: &Path, targets: Targets) -> Self {
+        let engine = match &storage {
+            Some(storage) => engine.with_store(storage.store.clone()),
+            None => engine,
+        };
         let mut agent = Self {
             engine,
+            storage,
             dir: dir.to_path_buf(),
             targets,
             applied: BTreeMap::new(),
@@ -110,6 +125,7 @@ impl Standalone {
             return false;
         }
         let mut desired: BTreeMap<String, (PathBuf, Tracepoint)> = BTreeMap::new();
+        let mut retentions: Vec<Retention> = Vec::new();
         for (file, text) in &contents {
             let resources = match manifest::parse(file, text) {
                 Ok(resources) => resources,
@@ -132,6 +148,14 @@ impl Standalone {
                         }
                         desired.insert(key, (file.clone(), tp));
                     }
+                    Resource::Retention(retention) => match retention.spec.validate() {
+                        Ok(()) => retentions.push(retention),
+                        Err(e) => error!(
+                            file = %file.display(),
+                            retention = %retention.metadata.name.as_deref().unwrap_or_default(),
+                            "not applied: {e}"
+                        ),
+                    },
                     other => {
                         if !self.seen.contains_key(file) {
                             info!(
@@ -147,6 +171,7 @@ impl Standalone {
             }
         }
         self.seen = contents;
+        self.apply_retentions(retentions);
 
         let gone: Vec<String> = self
             .applied
@@ -178,24 +203,54 @@ impl Standalone {
         true
     }
 
+    /// Applies the Retentions found in the folder: table limits at once,
+    /// rollups from the next tick.
+    fn apply_retentions(&mut self, retentions: Vec<Retention>) {
+        let Some(storage) = &mut self.storage else {
+            if !retentions.is_empty() {
+                warn!("Retention resources need the table store, which is off");
+            }
+            return;
+        };
+        for e in storage.rollups.set_retentions(&retentions) {
+            error!("rollup not applied: {}", chain(&e));
+        }
+        storage.store.set_retentions(retentions);
+    }
+
+    /// Detaches a Tracepoint and drops its table: a changed spec may change
+    /// the columns, and a deleted one has nothing left to serve.
     fn release(&mut self, applied: &Applied) {
         if let Some(probe) = &applied.probe
             && let Err(e) = self.engine.detach(probe.id)
         {
             warn!(tracepoint = %applied.resource, "detach failed: {}", chain(&e));
         }
+        if let Some(storage) = &self.storage {
+            storage
+                .store
+                .drop_table(&TableName::new(&applied.namespace, &applied.table));
+        }
     }
 
     fn apply(&mut self, resource: String, file: PathBuf, tp: Tracepoint) -> Applied {
         let mut applied = Applied {
             resource,
+            namespace: tp
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| manifest::DEFAULT_NAMESPACE.to_owned()),
             file,
             table: tp.spec.table.clone(),
             spec: tp.spec,
             state: TracepointState::Attached,
             probe: None,
         };
-        match self.engine.attach(&applied.spec, self.targets.clone()) {
+        match self
+            .engine
+            .attach_in(&applied.namespace, &applied.spec, self.targets.clone())
+        {
             Ok(probe) => {
                 info!(
                     tracepoint = %applied.resource,
@@ -252,6 +307,7 @@ impl Standalone {
         let now = Instant::now();
         let mut next_report = now + intervals.report;
         let mut next_rescan = now + intervals.rescan;
+        let mut next_upkeep = now + UPKEEP_INTERVAL;
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
@@ -268,6 +324,10 @@ impl Standalone {
                 self.rescan();
                 next_rescan = now + intervals.rescan;
             }
+            if now >= next_upkeep {
+                self.upkeep();
+                next_upkeep = now + UPKEEP_INTERVAL;
+            }
             if now >= next_report {
                 self.report();
                 next_report = now + intervals.report;
@@ -276,6 +336,19 @@ impl Standalone {
         self.engine.drain();
         self.report();
         Ok(())
+    }
+
+    /// Retention and rollups, once a second.
+    fn upkeep(&mut self) {
+        let Some(storage) = &mut self.storage else {
+            return;
+        };
+        storage.store.enforce();
+        for (table, result) in storage.rollups.tick(storage.store.now_ns()) {
+            if let Err(e) = result {
+                warn!(table = %table, "rollup failed: {}", chain(&e));
+            }
+        }
     }
 
     fn report(&mut self) {
@@ -375,6 +448,9 @@ fn arrow_cast_display(column: &dyn arrow_array::Array, row: usize) -> String {
         other => format!("<{other}>"),
     }
 }
+
+/// How often retention is enforced and rollups run.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often the standalone loop does each of its jobs.
 #[derive(Clone, Copy, Debug)]

@@ -51,6 +51,112 @@ fn program_ids(line: &str) -> Vec<u32> {
         .collect()
 }
 
+/// The venv the harness installs (scripts/install-harness.sh), with pyarrow
+/// and the ADBC Flight SQL driver.
+fn python() -> std::path::PathBuf {
+    let cache = std::env::var_os("SONDE_CACHE").unwrap_or_else(|| "/var/cache/sonde".into());
+    let python = std::path::Path::new(&cache).join("venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/install-harness.sh",
+        python.display()
+    );
+    python
+}
+
+#[test]
+fn captured_rows_are_served_over_flight_sql_to_real_clients() {
+    let manifests = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        manifests.path().join("tp.yaml"),
+        GETPPID_TRACEPOINT.replace("namespace: default", "namespace: shop"),
+    )
+    .expect("write manifest");
+    let mut agent = Command::new(AGENT)
+        .args(["--standalone", "--manifests"])
+        .arg(manifests.path())
+        .args(["--flight-addr", "127.0.0.1:0", "--report-interval", "1m"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start probe-agent");
+    let stderr = agent.stderr.take().expect("stderr is piped");
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("agent: {line}");
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let serving = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("agent logs where it serves Flight");
+        if line.contains("serving Arrow Flight") {
+            break line;
+        }
+    };
+    let url = serving
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .and_then(|w| w.strip_suffix(';'))
+        .expect("a http:// address")
+        .replace("http://", "grpc://");
+
+    let loadgen = Command::new(LOADGEN)
+        .args(["getppid", "2500", "--wait-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start sonde-loadgen");
+    let pid = loadgen.id();
+    let mut loadgen = loadgen;
+    {
+        use std::io::Write;
+        let mut stdin = loadgen.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(b"go\n")
+            .expect("release the load generator");
+    }
+    assert!(loadgen.wait().expect("wait").success());
+
+    // Rows are sealed into the store within a second; poll for up to ten.
+    let script = format!(
+        r#"
+import time, adbc_driver_flightsql.dbapi as flightsql, pyarrow.flight as fl
+client = fl.FlightClient("{url}")
+names = sorted(".".join(p.decode() for p in f.descriptor.path) for f in client.list_flights())
+conn = flightsql.connect("{url}")
+for _ in range(40):
+    cur = conn.cursor()
+    cur.execute("SELECT count(*) AS n, min(comm) AS comm FROM shop.parent_lookups WHERE pid = {pid}")
+    n, comm = cur.fetchone()
+    cur.close()
+    if n >= 2500:
+        break
+    time.sleep(0.25)
+print(",".join(names), n, comm)
+"#
+    );
+    let output = Command::new(python())
+        .args(["-c", &script])
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout.trim(), "shop.parent_lookups 2500 sonde-loadgen");
+
+    kill(Pid::from_raw(agent.id() as i32), Signal::SIGINT).expect("send SIGINT");
+    let status = agent.wait().expect("agent exits");
+    assert!(status.success(), "agent exit status {status}");
+}
+
 #[test]
 fn ctrl_c_detaches_and_unloads_every_program() {
     let manifests = tempfile::tempdir().expect("temp dir");
@@ -58,7 +164,7 @@ fn ctrl_c_detaches_and_unloads_every_program() {
     let mut agent = Command::new(AGENT)
         .args(["--standalone", "--manifests"])
         .arg(manifests.path())
-        .args(["--report-interval", "1s"])
+        .args(["--report-interval", "1s", "--flight-addr", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()

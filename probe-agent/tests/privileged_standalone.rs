@@ -42,6 +42,7 @@ impl Agent {
             .args(["--standalone", "--manifests"])
             .arg(dir)
             .args(["--rescan-interval", "200ms", "--report-interval", "1m"])
+            .args(["--flight-addr", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .spawn()

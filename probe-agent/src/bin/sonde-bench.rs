@@ -9,6 +9,10 @@
 //! 4. a sustained run of `--seconds` at full speed, reporting the event rate
 //!    and whether anything was lost.
 //!
+//! Besides the loop's wall-clock time per call it reports the programs' own
+//! run time per event, from the kernel's BPF statistics (enabled for the run),
+//! which other load on the machine disturbs far less.
+//!
 //! Needs root (or CAP_BPF + CAP_PERFMON). Prints a table; asserts nothing.
 
 use std::{
@@ -80,6 +84,18 @@ fn load_engine() -> anyhow::Result<Engine> {
     )?)
 }
 
+/// Average in-kernel run time per event of the engine's programs.
+fn kernel_ns(engine: &Engine) -> f64 {
+    let ids = engine.program_ids();
+    let (time, count) = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| ids.contains(&p.id()))
+        .fold((0u128, 0u64), |(t, c), p| {
+            (t + p.run_time().as_nanos(), c + p.run_count())
+        });
+    time as f64 / count.max(1) as f64
+}
+
 /// Drains the engine on the agent's default interval while `work` runs.
 fn with_drain<T>(engine: Engine, work: impl FnOnce() -> T) -> (Engine, T) {
     let stop = Arc::new(AtomicBool::new(false));
@@ -110,9 +126,13 @@ fn main() -> anyhow::Result<()> {
         "probe: {tracepoint: {group: syscalls, name: sys_enter_getppid}}\ntable: bench",
     )?;
 
+    // Run-time statistics are kept while this fd is open.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
     let mut plain = Vec::new();
     let mut baseline = Vec::new();
     let mut sonde = Vec::new();
+    let mut baseline_kernel = Vec::new();
+    let mut sonde_kernel = Vec::new();
     for round in 1..=args.rounds {
         eprintln!("round {round}/{}", args.rounds);
         plain.push(loop_ns(args.calls)?);
@@ -122,16 +142,19 @@ fn main() -> anyhow::Result<()> {
             .probe_set()
             .attach_baseline("syscalls", "sys_enter_getppid")?;
         let (engine, ns) = with_drain(engine, || loop_ns(args.calls));
+        baseline_kernel.push(kernel_ns(&engine));
         drop(engine);
         baseline.push(ns?);
 
         let mut engine = load_engine()?;
         engine.attach(&spec, Targets::All)?;
         let (engine, ns) = with_drain(engine, || loop_ns(args.calls));
+        sonde_kernel.push(kernel_ns(&engine));
         drop(engine);
         sonde.push(ns?);
     }
     let (plain, baseline, sonde) = (median(plain), median(baseline), median(sonde));
+    let (baseline_kernel, sonde_kernel) = (median(baseline_kernel), median(sonde_kernel));
     println!(
         "getppid loop, {} calls, median of {} rounds",
         args.calls, args.rounds
@@ -154,6 +177,12 @@ fn main() -> anyhow::Result<()> {
         sonde - plain,
         baseline - plain,
         (sonde - plain) / (baseline - plain).max(1.0)
+    );
+
+    println!(
+        "  in-kernel run time per event: sonde {sonde_kernel:.1} ns, baseline \
+         {baseline_kernel:.1} ns; ratio {:.2}",
+        sonde_kernel / baseline_kernel.max(1.0)
     );
 
     // Sustained: size the run for the requested seconds at the measured rate.
