@@ -628,3 +628,110 @@ filters: [{{field: pid, op: eq, value: {}}}]",
         "the last probe takes the link"
     );
 }
+
+/// A cgroup v2 directory made for one test and removed after it.
+struct TestCgroup(std::path::PathBuf);
+
+impl TestCgroup {
+    fn new(name: &str) -> Self {
+        let root = std::path::Path::new("/sys/fs/cgroup/unified");
+        let root = if root.join("cgroup.procs").exists() {
+            root
+        } else {
+            std::path::Path::new("/sys/fs/cgroup")
+        };
+        let dir = root.join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create a cgroup v2 directory");
+        Self(dir)
+    }
+
+    /// The id `bpf_get_current_cgroup_id` reports: the directory's inode.
+    fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.0).expect("cgroup metadata").ino()
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("move into cgroup");
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_cgroup_target_set_captures_only_processes_in_those_cgroups() {
+    let cgroup = TestCgroup::new("sonde-test");
+    let mut engine = engine(LoadOptions::default());
+    let mut inside = paused(LOADGEN, &["getppid", "4000", "--wait-stdin"]);
+    let mut outside = paused(LOADGEN, &["getppid", "3000", "--wait-stdin"]);
+    cgroup.add(inside.id());
+    let probe = engine
+        .attach(
+            &spec("probe: {tracepoint: {group: syscalls, name: sys_enter_getppid}}\ntable: pods"),
+            Targets::Cgroups(vec![cgroup.id()]),
+        )
+        .expect("attach")
+        .id;
+    run_to_end(&mut engine, &mut outside);
+    run_to_end(&mut engine, &mut inside);
+    let batches = engine.batches(probe);
+    assert_eq!(rows(&batches), 4000);
+    assert!(
+        u64s(&batches, "cgroup_id")
+            .iter()
+            .all(|&id| id == cgroup.id())
+    );
+    let t = assert_balanced(&engine, probe);
+    assert_eq!(
+        (t.matched, t.lost()),
+        (4000, 0),
+        "the outsider is not even matched"
+    );
+}
+
+#[test]
+fn raw_tracepoints_see_forks_and_exits() {
+    let mut engine = engine(LoadOptions::default());
+    let forks = engine
+        .attach(
+            &spec("probe: {rawTracepoint: {name: sched_process_fork}}\ntable: forks"),
+            Targets::Pids(vec![std::process::id()]),
+        )
+        .expect("attach sched_process_fork")
+        .id;
+    let mut children = BTreeSet::new();
+    let exits = engine
+        .attach(
+            &spec("probe: {rawTracepoint: {name: sched_process_exit}}\ntable: exits"),
+            Targets::All,
+        )
+        .expect("attach sched_process_exit")
+        .id;
+    for _ in 0..10 {
+        let mut child = Command::new("/bin/true").spawn().expect("run /bin/true");
+        children.insert(child.id());
+        assert!(child.wait().expect("wait").success());
+    }
+    engine.drain();
+    // This process forked each child: at least ten forks are ours.
+    assert!(rows(&engine.batches(forks)) >= 10);
+    let exited: BTreeSet<u32> = engine
+        .batches(exits)
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name("pid")
+                .expect("pid")
+                .as_primitive::<UInt32Type>()
+                .values()
+                .to_vec()
+        })
+        .filter(|pid| children.contains(pid))
+        .collect();
+    assert_eq!(exited, children, "every child's exit is seen");
+    assert_balanced(&engine, forks);
+    assert_balanced(&engine, exits);
+}
