@@ -46,6 +46,12 @@ pub struct Config {
     #[arg(long, env = "SONDE_FLIGHT_ADDR", default_value = "127.0.0.1:50051")]
     pub flight_addr: SocketAddr,
 
+    /// Where Prometheus metrics are served, at /metrics, such as
+    /// 127.0.0.1:9464 (the port OpenTelemetry's Prometheus exporters use);
+    /// none: not served.
+    #[arg(long, env = "SONDE_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Bearer token Flight clients must send; none: no authentication.
     #[arg(long, env = "SONDE_FLIGHT_TOKEN", hide_env_values = true)]
     pub flight_token: Option<String>,
@@ -180,6 +186,7 @@ mod tests {
                 .expect("valid flags");
         assert_eq!(config.drain_interval, Duration::from_millis(50));
         assert_eq!(config.memory_budget, 512 << 20);
+        assert_eq!(config.metrics_addr, None);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod flight;
 pub mod loader;
+pub mod metrics;
 pub mod plan;
 pub mod preflight;
 pub mod ring;

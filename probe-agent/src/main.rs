@@ -10,6 +10,7 @@ use probe_agent::{
     engine::Engine,
     flight::{self, FlightConfig},
     loader::LoadOptions,
+    metrics,
     plan::HostPaths,
     preflight,
     standalone::{Intervals, Standalone, Storage, chain},
@@ -80,12 +81,31 @@ fn run(config: Config) -> Result<(), String> {
         .await
         .map_err(|e| chain(&e))?;
         let flight_addr = flight.local_addr();
-        let (stop_flight, flight_stopped) = tokio::sync::watch::channel(false);
-        let flight_task = tokio::spawn(flight.run(async move {
-            let mut stopped = flight_stopped;
-            // An error means the sender is gone: stop as well.
-            let _ = stopped.changed().await;
-        }));
+        let (reports, report_requests) = metrics::report_channel();
+        let metrics_server = match config.metrics_addr {
+            Some(addr) => {
+                let registry = metrics::agent_registry(reports, Some(store.clone()));
+                let server = metrics::bind(addr, Arc::new(registry))
+                    .await
+                    .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+                Some(server)
+            }
+            None => None,
+        };
+
+        let (stop_servers, servers_stopped) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut stopped = servers_stopped.clone();
+            async move {
+                // An error means the sender is gone: stop as well.
+                let _ = stopped.changed().await;
+            }
+        };
+        let flight_task = tokio::spawn(flight.run(stopped()));
+        let metrics_addr = metrics_server
+            .as_ref()
+            .map(metrics::MetricsServer::local_addr);
+        let metrics_task = metrics_server.map(|server| tokio::spawn(server.run(stopped())));
 
         let engine = Engine::load(
             tracefs,
@@ -106,6 +126,9 @@ fn run(config: Config) -> Result<(), String> {
             store,
         };
         let mut agent = Standalone::start(engine, Some(storage), &dir, config.targets());
+        if metrics_task.is_some() {
+            agent.answer_reports(report_requests);
+        }
         let attached = agent.applied().filter(|a| a.probe.is_some()).count();
         info!(
             node = %config.node_name,
@@ -127,6 +150,12 @@ fn run(config: Config) -> Result<(), String> {
             "serving Arrow Flight and Flight SQL on {scheme}://{flight_addr}; try: \
              sonde --addr {scheme}://{flight_addr} tables"
         );
+        if let Some(addr) = metrics_addr {
+            info!(
+                "serving Prometheus metrics on http://{addr}{}",
+                metrics::METRICS_PATH
+            );
+        }
         agent
             .run(
                 Intervals {
@@ -140,11 +169,19 @@ fn run(config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot watch the ring buffer: {e}"))?;
         drop(agent);
         info!("stopped; every program detached and unloaded");
-        let _ = stop_flight.send(true);
+        let _ = stop_servers.send(true);
+        let metrics = match metrics_task {
+            None => Ok(()),
+            Some(task) => match task.await {
+                Ok(result) => result.map_err(|e| format!("the metrics server failed: {e}")),
+                Err(e) => Err(format!("the metrics server task failed: {e}")),
+            },
+        };
         match flight_task.await {
-            Ok(result) => result.map_err(|e| chain(&e)),
-            Err(e) => Err(format!("the Flight server task failed: {e}")),
+            Ok(result) => result.map_err(|e| chain(&e))?,
+            Err(e) => return Err(format!("the Flight server task failed: {e}")),
         }
+        metrics
     })
 }
 

@@ -17,13 +17,17 @@ use crds::{
     manifest::{self, Resource},
     v1alpha1::TracepointSpec,
 };
-use tokio::io::{Interest, unix::AsyncFd};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::mpsc,
+};
 use tracing::{error, info, warn};
 
 use crate::{
     capture::ProbeTotals,
     engine::{AttachedProbe, Engine},
     loader::{ProbeId, Targets},
+    metrics::{ProbeReport, ProbeSample, ProbeState, ReportRequest},
     store::{RollupEngine, TableName, TableStore},
 };
 
@@ -66,6 +70,8 @@ pub struct Standalone {
     applied: BTreeMap<String, Applied>,
     /// Contents of the files last read, to notice changes cheaply.
     seen: BTreeMap<PathBuf, String>,
+    /// Scrapes waiting for the engine's counters (see [`Self::answer_reports`]).
+    reports: Option<mpsc::Receiver<ReportRequest>>,
 }
 
 impl Standalone {
@@ -84,6 +90,7 @@ impl Standalone {
             targets,
             applied: BTreeMap::new(),
             seen: BTreeMap::new(),
+            reports: None,
         };
         agent.rescan();
         agent
@@ -284,6 +291,50 @@ impl Standalone {
         self.engine.totals(probe.id).ok()
     }
 
+    /// Lets [`Self::run`] answer these requests with a [`ProbeReport`] read
+    /// from the kernel's counters right then: the engine has one owner, so
+    /// scrapes ask it rather than share it.
+    pub fn answer_reports(&mut self, requests: mpsc::Receiver<ReportRequest>) {
+        self.reports = Some(requests);
+    }
+
+    /// Every Tracepoint's state and, for attached ones, its totals now.
+    pub fn probe_report(&self) -> ProbeReport {
+        let probes = self
+            .applied
+            .values()
+            .map(|applied| {
+                let totals = applied.probe.as_ref().and_then(|probe| {
+                    self.engine
+                        .totals(probe.id)
+                        .map_err(|e| {
+                            warn!(tracepoint = %applied.resource, "cannot read counters: {}", chain(&e));
+                        })
+                        .ok()
+                });
+                let tracepoint = applied
+                    .resource
+                    .split_once('/')
+                    .map_or(applied.resource.as_str(), |(_, name)| name);
+                ProbeSample {
+                    namespace: applied.namespace.clone(),
+                    tracepoint: tracepoint.to_owned(),
+                    table: applied.table.clone(),
+                    state: match applied.state {
+                        TracepointState::Attached => ProbeState::Attached,
+                        TracepointState::Failed(_) => ProbeState::Failed,
+                        TracepointState::Unsupported(_) => ProbeState::Unsupported,
+                    },
+                    totals,
+                }
+            })
+            .collect();
+        ProbeReport {
+            probes,
+            unattributed: self.engine.unattributed_errors(),
+        }
+    }
+
     /// The probe id of an attached Tracepoint, by `namespace/name`.
     pub fn probe(&self, resource: &str) -> Option<ProbeId> {
         Some(self.applied.get(resource)?.probe.as_ref()?.id)
@@ -304,11 +355,15 @@ impl Standalone {
             AsyncFd::register_with_interest(RingFd(self.engine.as_raw_fd()), Interest::READABLE)
         }?;
         tokio::pin!(shutdown);
+        // Moved out of `self` so that waiting on it borrows nothing the
+        // answer needs.
+        let mut reports = self.reports.take();
         let now = Instant::now();
         let mut next_report = now + intervals.report;
         let mut next_rescan = now + intervals.rescan;
         let mut next_upkeep = now + UPKEEP_INTERVAL;
         loop {
+            let mut request = None;
             tokio::select! {
                 () = &mut shutdown => break,
                 ready = wakeups.readable() => {
@@ -316,9 +371,16 @@ impl Standalone {
                         guard.clear_ready();
                     }
                 }
+                Some(r) = next_request(&mut reports) => request = Some(r),
                 () = tokio::time::sleep(intervals.drain) => {}
             }
             self.engine.drain();
+            // After the drain, so that what the kernel counted and what was
+            // decoded are read together.
+            if let Some(request) = request {
+                // The scrape may have given up; nothing to do then.
+                let _ = request.send(self.probe_report());
+            }
             let now = Instant::now();
             if now >= next_rescan {
                 self.rescan();
@@ -335,6 +397,8 @@ impl Standalone {
         }
         self.engine.drain();
         self.report();
+        // Scrapes from now on go without probe metrics instead of waiting.
+        drop(reports);
         Ok(())
     }
 
@@ -446,6 +510,16 @@ fn arrow_cast_display(column: &dyn arrow_array::Array, row: usize) -> String {
             .to_string(),
         DataType::Boolean => column.as_boolean().value(row).to_string(),
         other => format!("<{other}>"),
+    }
+}
+
+/// The next scrape's request; never, without a channel.
+async fn next_request(
+    reports: &mut Option<mpsc::Receiver<ReportRequest>>,
+) -> Option<ReportRequest> {
+    match reports {
+        Some(reports) => reports.recv().await,
+        None => std::future::pending().await,
     }
 }
 

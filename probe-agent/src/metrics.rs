@@ -1,0 +1,739 @@
+//! The agent's Prometheus endpoint: `GET /metrics` in the OpenMetrics text
+//! format to clients that ask for it (Prometheus does), in the Prometheus
+//! text format 0.0.4 to the others (`curl`, `promtool check metrics`).
+//!
+//! Nothing here is updated per event. The counters live where they are
+//! counted (the eBPF per-CPU maps, the decoder, the table store) and are read
+//! when Prometheus scrapes: [`AgentCollector`] asks the standalone loop, which
+//! owns the engine, for a [`ProbeReport`] over a channel the loop answers
+//! between two drains, and reads the table statistics from the store itself.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{
+        HeaderMap, StatusCode,
+        header::{ACCEPT, CONTENT_TYPE},
+    },
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, prometheus_text, text},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::{Registry, Unit},
+};
+use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
+
+use crate::{
+    capture::ProbeTotals,
+    store::{Evicted, TableStats, TableStore},
+};
+
+/// The content type of the OpenMetrics text format.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The content type of the Prometheus text format 0.0.4.
+pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Where metrics are served.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// Every metric name starts with this (and `_`).
+pub const PREFIX: &str = "sonde";
+
+/// How a Tracepoint stands on this node, as the `state` label says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeState {
+    Attached,
+    Failed,
+    Unsupported,
+}
+
+impl ProbeState {
+    pub const ALL: [ProbeState; 3] = [Self::Attached, Self::Failed, Self::Unsupported];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Attached => "attached",
+            Self::Failed => "failed",
+            Self::Unsupported => "unsupported",
+        }
+    }
+}
+
+/// One Tracepoint at the moment of a scrape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeSample {
+    pub namespace: String,
+    pub tracepoint: String,
+    pub table: String,
+    pub state: ProbeState,
+    /// `None` unless attached (or if its counters could not be read).
+    pub totals: Option<ProbeTotals>,
+}
+
+/// What the engine knows at the moment of a scrape.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProbeReport {
+    pub probes: Vec<ProbeSample>,
+    /// Records the decoder could not attribute to any probe.
+    pub unattributed: u64,
+}
+
+/// A request for a [`ProbeReport`], answered by whoever owns the engine.
+pub type ReportRequest = oneshot::Sender<ProbeReport>;
+
+/// Scrapes waiting at once for the engine's owner; more get no probe metrics.
+const PENDING_REPORTS: usize = 8;
+
+/// The requesting end of the report channel; the loop owning the engine
+/// holds the receiver (see `Standalone::answer_reports`).
+pub fn report_channel() -> (ReportClient, mpsc::Receiver<ReportRequest>) {
+    let (tx, rx) = mpsc::channel(PENDING_REPORTS);
+    (ReportClient(tx), rx)
+}
+
+#[derive(Clone, Debug)]
+pub struct ReportClient(mpsc::Sender<ReportRequest>);
+
+impl ReportClient {
+    /// Waits for the engine's owner to answer. `None` once it has stopped,
+    /// or while it has too many scrapes to answer already. Blocks: call it
+    /// off the async workers (the scrape handler encodes in a blocking task).
+    fn blocking_report(&self) -> Option<ProbeReport> {
+        let (tx, rx) = oneshot::channel();
+        self.0.try_send(tx).ok()?;
+        rx.blocking_recv().ok()
+    }
+}
+
+/// Everything one scrape shows.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// `None`: the engine's owner did not answer; probe metrics are left out.
+    pub probes: Option<ProbeReport>,
+    pub tables: Vec<TableStats>,
+}
+
+/// Reads the agent's counters at scrape time.
+#[derive(Debug)]
+pub struct AgentCollector {
+    reports: ReportClient,
+    store: Option<TableStore>,
+}
+
+impl AgentCollector {
+    pub fn new(reports: ReportClient, store: Option<TableStore>) -> Self {
+        Self { reports, store }
+    }
+
+    pub fn register(self, registry: &mut Registry) {
+        registry.register_collector(Box::new(self));
+    }
+}
+
+impl Collector for AgentCollector {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snapshot = Snapshot {
+            probes: self.reports.blocking_report(),
+            tables: self
+                .store
+                .as_ref()
+                .map(TableStore::stats)
+                .unwrap_or_default(),
+        };
+        snapshot.encode(encoder)
+    }
+}
+
+/// The loss stages of a probe, as the `stage` label names them.
+fn losses(totals: &ProbeTotals) -> [(&'static str, u64); 4] {
+    [
+        ("rate_limit", totals.rate_limited),
+        ("ring_buffer_full", totals.ringbuf_full),
+        ("missing_entry", totals.missing_entry),
+        ("decode", totals.decode_errors),
+    ]
+}
+
+fn evictions(stats: &TableStats) -> [(&'static str, Evicted); 3] {
+    [
+        ("max_bytes", stats.evicted.max_bytes),
+        ("max_age", stats.evicted.max_age),
+        ("budget", stats.evicted.budget),
+    ]
+}
+
+const NO_LABELS: [(&str, &str); 0] = [];
+
+/// Reads one of a probe's totals.
+type TotalsField = fn(&ProbeTotals) -> u64;
+
+/// One metric family: its descriptor, then one sample per label set.
+fn family<L, M>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    metric_type: MetricType,
+    samples: impl IntoIterator<Item = (L, M)>,
+) -> Result<(), std::fmt::Error>
+where
+    L: prometheus_client::encoding::EncodeLabelSet,
+    M: EncodeMetric,
+{
+    let mut metric = encoder.encode_descriptor(name, help, unit, metric_type)?;
+    for (labels, value) in samples {
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Snapshot {
+    pub fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(report) = &self.probes {
+            Self::encode_probes(report, &mut encoder)?;
+        }
+        self.encode_tables(&mut encoder)
+    }
+
+    fn encode_probes(
+        report: &ProbeReport,
+        encoder: &mut DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        family(
+            encoder,
+            "probes",
+            "Tracepoints on this node by state.",
+            None,
+            MetricType::Gauge,
+            ProbeState::ALL.map(|state| {
+                let count = report.probes.iter().filter(|p| p.state == state).count();
+                (
+                    [("state", state.as_str())],
+                    ConstGauge::new(i64::try_from(count).unwrap_or(i64::MAX)),
+                )
+            }),
+        )?;
+        let attached: Vec<_> = report
+            .probes
+            .iter()
+            .filter_map(|p| {
+                let labels = [
+                    ("namespace", p.namespace.as_str()),
+                    ("tracepoint", p.tracepoint.as_str()),
+                    ("table", p.table.as_str()),
+                ];
+                Some((labels, p.totals?))
+            })
+            .collect();
+        let counters: [(&str, &str, TotalsField); 5] = [
+            (
+                "events_matched",
+                "Events the kernel matched to the Tracepoint's hook and targets.",
+                |t| t.matched,
+            ),
+            (
+                "events_captured",
+                "Events stored as rows of the Tracepoint's table.",
+                |t| t.captured,
+            ),
+            (
+                "events_filtered",
+                "Events the Tracepoint's filters rejected (by request, not a loss).",
+                |t| t.filtered,
+            ),
+            (
+                "events_sampled_out",
+                "Events skipped by the Tracepoint's sampling (by request, not a loss).",
+                |t| t.sampled_out,
+            ),
+            (
+                "field_read_errors",
+                "Fields left empty because they could not be read; their rows were kept.",
+                |t| t.read_errors,
+            ),
+        ];
+        for (name, help, value) in counters {
+            family(
+                encoder,
+                name,
+                help,
+                None,
+                MetricType::Counter,
+                attached
+                    .iter()
+                    .map(|(labels, totals)| (*labels, ConstCounter::new(value(totals)))),
+            )?;
+        }
+        family(
+            encoder,
+            "events_lost",
+            "Events lost, by the stage that lost them.",
+            None,
+            MetricType::Counter,
+            attached.iter().flat_map(|([ns, tp, table], totals)| {
+                losses(totals).map(|(stage, lost)| {
+                    (
+                        [*ns, *tp, *table, ("stage", stage)],
+                        ConstCounter::new(lost),
+                    )
+                })
+            }),
+        )?;
+        family(
+            encoder,
+            "unattributed_records",
+            "Ring buffer records that could not be attributed to any Tracepoint.",
+            None,
+            MetricType::Counter,
+            [(NO_LABELS, ConstCounter::new(report.unattributed))],
+        )
+    }
+
+    fn encode_tables(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let labels = |s: &TableStats| {
+            [
+                ("namespace", s.name.schema.clone()),
+                ("table", s.name.table.clone()),
+            ]
+        };
+        family(
+            encoder,
+            "table_held_rows",
+            "Rows a table holds now.",
+            None,
+            MetricType::Gauge,
+            self.tables
+                .iter()
+                .map(|s| (labels(s), ConstGauge::new(s.rows))),
+        )?;
+        family(
+            encoder,
+            "table_held",
+            "Memory a table holds now.",
+            Some(&Unit::Bytes),
+            MetricType::Gauge,
+            self.tables
+                .iter()
+                .map(|s| (labels(s), ConstGauge::new(s.bytes))),
+        )?;
+        family(
+            encoder,
+            "table_appended_rows",
+            "Rows appended to a table.",
+            None,
+            MetricType::Counter,
+            self.tables
+                .iter()
+                .map(|s| (labels(s), ConstCounter::new(s.appended_rows))),
+        )?;
+        family(
+            encoder,
+            "table_appended",
+            "Memory appended to a table.",
+            Some(&Unit::Bytes),
+            MetricType::Counter,
+            self.tables
+                .iter()
+                .map(|s| (labels(s), ConstCounter::new(s.appended_bytes))),
+        )?;
+        family(
+            encoder,
+            "table_evicted_rows",
+            "Rows evicted from a table, by the limit that evicted them.",
+            None,
+            MetricType::Counter,
+            self.tables.iter().flat_map(|s| {
+                let [namespace, table] = labels(s);
+                evictions(s).map(move |(reason, evicted)| {
+                    (
+                        [
+                            namespace.clone(),
+                            table.clone(),
+                            ("reason", reason.to_owned()),
+                        ],
+                        ConstCounter::new(evicted.rows),
+                    )
+                })
+            }),
+        )?;
+        family(
+            encoder,
+            "table_evicted",
+            "Memory evicted from a table, by the limit that evicted it.",
+            Some(&Unit::Bytes),
+            MetricType::Counter,
+            self.tables.iter().flat_map(|s| {
+                let [namespace, table] = labels(s);
+                evictions(s).map(move |(reason, evicted)| {
+                    (
+                        [
+                            namespace.clone(),
+                            table.clone(),
+                            ("reason", reason.to_owned()),
+                        ],
+                        ConstCounter::new(evicted.bytes),
+                    )
+                })
+            }),
+        )?;
+        family(
+            encoder,
+            "table_retention_window",
+            "The retention window a table actually has: the age of its oldest row.",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+            self.tables.iter().filter_map(|s| {
+                let window = s.window.map(|w: Duration| w.as_secs_f64())?;
+                Some((labels(s), ConstGauge::new(window)))
+            }),
+        )
+    }
+}
+
+/// The registry the agent serves: every metric is read at scrape time.
+pub fn agent_registry(reports: ReportClient, store: Option<TableStore>) -> Registry {
+    let mut registry = Registry::with_prefix(PREFIX);
+    AgentCollector::new(reports, store).register(&mut registry);
+    registry
+}
+
+/// The metrics endpoint, bound and not yet serving.
+pub struct MetricsServer {
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+}
+
+/// Binds `addr`; fails at once on a port in use.
+pub async fn bind(addr: SocketAddr, registry: Arc<Registry>) -> std::io::Result<MetricsServer> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    Ok(MetricsServer { listener, registry })
+}
+
+impl MetricsServer {
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound listener has an address; fall back to the unspecified one.
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until `shutdown` resolves, then lets open scrapes finish.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = Router::new()
+            .route(METRICS_PATH, get(scrape))
+            .with_state(self.registry);
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+/// The two text formats the endpoint speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    OpenMetrics,
+    /// Prometheus text 0.0.4, which tools that predate OpenMetrics read.
+    PrometheusText,
+}
+
+impl Format {
+    /// OpenMetrics if the client's `Accept` header names it.
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        match accept {
+            Some(accept) if accept.contains("application/openmetrics-text") => Self::OpenMetrics,
+            _ => Self::PrometheusText,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+            Self::PrometheusText => PROMETHEUS_TEXT_CONTENT_TYPE,
+        }
+    }
+}
+
+/// Encodes the registry; this is when the collectors read their counters.
+pub fn encode(registry: &Registry, format: Format) -> Result<String, std::fmt::Error> {
+    let mut body = String::new();
+    match format {
+        Format::OpenMetrics => text::encode(&mut body, registry)?,
+        Format::PrometheusText => prometheus_text::encode(&mut body, registry)?,
+    }
+    Ok(body)
+}
+
+async fn scrape(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> Response {
+    let format = Format::negotiate(headers.get(ACCEPT).and_then(|v| v.to_str().ok()));
+    // Collectors wait for the engine's owner: keep that off the async workers.
+    match tokio::task::spawn_blocking(move || encode(&registry, format)).await {
+        Ok(Ok(body)) => ([(CONTENT_TYPE, format.content_type())], body).into_response(),
+        Ok(Err(e)) => {
+            warn!("cannot encode metrics: {e}");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+        Err(e) => {
+            warn!("the metrics encoder failed: {e}");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "in a test a failed unwrap is a failed assertion"
+)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::store::{Evictions, RetentionPolicy, TableName};
+
+    fn totals() -> ProbeTotals {
+        ProbeTotals {
+            matched: 5000,
+            captured: 97,
+            filtered: 11,
+            sampled_out: 7,
+            rate_limited: 4890,
+            ringbuf_full: 2,
+            missing_entry: 0,
+            decode_errors: 1,
+            read_errors: 3,
+        }
+    }
+
+    fn report() -> ProbeReport {
+        ProbeReport {
+            probes: vec![
+                ProbeSample {
+                    namespace: "shop".to_owned(),
+                    tracepoint: "parent-lookups".to_owned(),
+                    table: "parent_lookups".to_owned(),
+                    state: ProbeState::Attached,
+                    totals: Some(totals()),
+                },
+                ProbeSample {
+                    namespace: "shop".to_owned(),
+                    tracepoint: "broken".to_owned(),
+                    table: "broken".to_owned(),
+                    state: ProbeState::Failed,
+                    totals: None,
+                },
+            ],
+            unattributed: 4,
+        }
+    }
+
+    fn table() -> TableStats {
+        TableStats {
+            name: TableName::new("shop", "parent_lookups"),
+            policy: RetentionPolicy::default(),
+            rows: 90,
+            bytes: 4096,
+            batches: 2,
+            appended_rows: 97,
+            appended_bytes: 5000,
+            appended_batches: 3,
+            evicted: Evictions {
+                max_age: Evicted {
+                    rows: 7,
+                    bytes: 904,
+                    batches: 1,
+                },
+                ..Evictions::default()
+            },
+            oldest_ns: Some(1),
+            newest_ns: Some(2),
+            window: Some(Duration::from_millis(2500)),
+            limited_by: None,
+        }
+    }
+
+    #[derive(Debug)]
+    struct Fixed(Snapshot);
+
+    impl Collector for Fixed {
+        fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            self.0.encode(encoder)
+        }
+    }
+
+    fn encoded(snapshot: Snapshot) -> String {
+        let mut registry = Registry::with_prefix(PREFIX);
+        registry.register_collector(Box::new(Fixed(snapshot)));
+        encode(&registry, Format::OpenMetrics).unwrap()
+    }
+
+    fn assert_lines(text: &str, expected: &[&str]) {
+        let lines: Vec<&str> = text.lines().collect();
+        for line in expected {
+            assert!(lines.contains(line), "missing {line:?} in:\n{text}");
+        }
+    }
+
+    const PROBE: &str = r#"namespace="shop",tracepoint="parent-lookups",table="parent_lookups""#;
+    const TABLE: &str = r#"namespace="shop",table="parent_lookups""#;
+
+    #[test]
+    fn probe_counters_are_openmetrics_counters_per_tracepoint() {
+        let text = encoded(Snapshot {
+            probes: Some(report()),
+            tables: Vec::new(),
+        });
+        let mut expected = vec![
+            "# TYPE sonde_events_captured counter".to_owned(),
+            "# HELP sonde_events_captured Events stored as rows of the Tracepoint's table."
+                .to_owned(),
+            "# TYPE sonde_events_lost counter".to_owned(),
+            "# TYPE sonde_probes gauge".to_owned(),
+            r#"sonde_probes{state="attached"} 1"#.to_owned(),
+            r#"sonde_probes{state="failed"} 1"#.to_owned(),
+            r#"sonde_probes{state="unsupported"} 0"#.to_owned(),
+            "sonde_unattributed_records_total 4".to_owned(),
+        ];
+        for (name, value) in [
+            ("events_matched", 5000),
+            ("events_captured", 97),
+            ("events_filtered", 11),
+            ("events_sampled_out", 7),
+            ("field_read_errors", 3),
+        ] {
+            expected.push(format!("sonde_{name}_total{{{PROBE}}} {value}"));
+        }
+        for (stage, value) in [
+            ("rate_limit", 4890),
+            ("ring_buffer_full", 2),
+            ("missing_entry", 0),
+            ("decode", 1),
+        ] {
+            expected.push(format!(
+                r#"sonde_events_lost_total{{{PROBE},stage="{stage}"}} {value}"#
+            ));
+        }
+        let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+        assert_lines(&text, &expected);
+        // A Tracepoint that is not attached has a state, not counters.
+        assert!(!text.contains(r#"tracepoint="broken""#), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn table_sizes_are_gauges_with_units_and_evictions_counters_by_reason() {
+        let text = encoded(Snapshot {
+            probes: None,
+            tables: vec![table()],
+        });
+        let expected = [
+            "# TYPE sonde_table_held_rows gauge".to_owned(),
+            format!("sonde_table_held_rows{{{TABLE}}} 90"),
+            "# TYPE sonde_table_held_bytes gauge".to_owned(),
+            "# UNIT sonde_table_held_bytes bytes".to_owned(),
+            format!("sonde_table_held_bytes{{{TABLE}}} 4096"),
+            "# TYPE sonde_table_appended_rows counter".to_owned(),
+            format!("sonde_table_appended_rows_total{{{TABLE}}} 97"),
+            "# UNIT sonde_table_appended_bytes bytes".to_owned(),
+            format!("sonde_table_appended_bytes_total{{{TABLE}}} 5000"),
+            format!(r#"sonde_table_evicted_rows_total{{{TABLE},reason="max_age"}} 7"#),
+            format!(r#"sonde_table_evicted_rows_total{{{TABLE},reason="max_bytes"}} 0"#),
+            format!(r#"sonde_table_evicted_bytes_total{{{TABLE},reason="max_age"}} 904"#),
+            format!(r#"sonde_table_evicted_bytes_total{{{TABLE},reason="budget"}} 0"#),
+            "# TYPE sonde_table_retention_window_seconds gauge".to_owned(),
+            "# UNIT sonde_table_retention_window_seconds seconds".to_owned(),
+            format!("sonde_table_retention_window_seconds{{{TABLE}}} 2.5"),
+        ];
+        let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+        assert_lines(&text, &expected);
+        // Without the engine's answer, probe metrics are left out, not zeroed.
+        assert!(!text.contains("sonde_probes"), "{text}");
+        assert!(!text.contains("sonde_events_"), "{text}");
+    }
+
+    #[test]
+    fn clients_without_openmetrics_get_the_prometheus_text_format() {
+        assert_eq!(
+            Format::negotiate(Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+            )),
+            Format::OpenMetrics
+        );
+        assert_eq!(Format::negotiate(Some("*/*")), Format::PrometheusText);
+        assert_eq!(Format::negotiate(None), Format::PrometheusText);
+
+        let mut registry = Registry::with_prefix(PREFIX);
+        registry.register_collector(Box::new(Fixed(Snapshot {
+            probes: Some(report()),
+            tables: vec![table()],
+        })));
+        let text = encode(&registry, Format::PrometheusText).unwrap();
+        assert_lines(
+            &text,
+            &[
+                "# TYPE sonde_events_captured_total counter",
+                &format!("sonde_events_captured_total{{{PROBE}}} 97"),
+                "# TYPE sonde_table_held_bytes gauge",
+            ],
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_asks_the_engine_owner_at_scrape_time() {
+        let (client, mut requests) = report_channel();
+        let answered = tokio::spawn(async move {
+            let request = requests.recv().await.unwrap();
+            request.send(report()).unwrap();
+        });
+        let store = TableStore::new(crate::store::StoreConfig::default());
+        let registry = agent_registry(client, Some(store));
+        let server = bind("127.0.0.1:0".parse().unwrap(), Arc::new(registry))
+            .await
+            .unwrap();
+        let addr = server.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(
+                b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\
+                  Accept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        answered.await.unwrap();
+
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains(&format!(
+                "content-type: {}",
+                OPENMETRICS_CONTENT_TYPE.to_ascii_lowercase()
+            )),
+            "{head}"
+        );
+        assert!(
+            body.contains(&format!("sonde_events_captured_total{{{PROBE}}} 97")),
+            "{body}"
+        );
+        assert!(body.ends_with("# EOF\n"), "{body}");
+        stop.send(()).unwrap();
+        serving.await.unwrap().unwrap();
+    }
+}

@@ -1,0 +1,474 @@
+//! The agent binary's `/metrics`, as Prometheus and its tools see it: the
+//! counters equal what a load generator did and the losses the test
+//! provoked, `promtool check metrics` accepts the text, and a real
+//! Prometheus (the e2e harness) reads the same numbers through its query API.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test a failed unwrap is a failed assertion"
+)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_probe-agent");
+const LOADGEN: &str = env!("CARGO_BIN_EXE_sonde-loadgen");
+
+/// getppid(2) calls the load generator makes.
+const CALLS: u64 = 5000;
+
+fn tracepoint(name: &str, table: &str, extra: &str) -> String {
+    format!(
+        "\
+apiVersion: sonde.dev/v1alpha1
+kind: Tracepoint
+metadata:
+  name: {name}
+  namespace: shop
+spec:
+  probe:
+    tracepoint:
+      group: syscalls
+      name: sys_enter_getppid
+  table: {table}
+{extra}"
+    )
+}
+
+/// The load generator, started and waiting for a line on stdin, so that the
+/// agent can be pointed at its pid before it makes a single call.
+struct Loadgen(Child);
+
+impl Loadgen {
+    fn start() -> Self {
+        let child = Command::new(LOADGEN)
+            .args(["getppid", &CALLS.to_string(), "--wait-stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn run(mut self) {
+        self.0.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        assert!(self.0.wait().unwrap().success());
+    }
+}
+
+struct Agent {
+    child: Option<Child>,
+    lines: mpsc::Receiver<String>,
+    metrics: SocketAddr,
+}
+
+impl Agent {
+    /// Starts the agent on `manifests`, capturing only from `pid`, with both
+    /// ports picked by the system, and waits until it serves metrics.
+    fn start(manifests: &Path, pid: u32) -> Self {
+        let mut child = Command::new(AGENT)
+            .args(["--standalone", "--manifests"])
+            .arg(manifests)
+            .args([
+                "--flight-addr",
+                "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .args(["--target-pids", &pid.to_string(), "--report-interval", "1m"])
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (lines_tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("agent: {line}");
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut agent = Self {
+            child: Some(child),
+            lines,
+            metrics: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let line = agent.wait_for_line("serving Prometheus metrics on http://");
+        let url = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http://"))
+            .unwrap();
+        agent.metrics = url.strip_suffix("/metrics").unwrap().parse().unwrap();
+        agent
+    }
+
+    fn wait_for_line(&self, what: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("agent did not log {what:?} in time"));
+            if line.contains(what) {
+                return line;
+            }
+        }
+    }
+
+    /// Ctrl-C, as a user stops it; it must exit cleanly.
+    fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "agent exit status {status}");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // Only when a failed assertion unwinds before `stop`.
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `GET /metrics`; returns the content type and the body.
+fn scrape(addr: SocketAddr, accept: Option<&str>) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap();
+    (content_type, body.to_owned())
+}
+
+/// The value of the one sample named `name` whose labels include `labels`.
+fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            let matches = metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            matches.then(|| value.parse::<f64>().unwrap())
+        });
+    let value = found.next();
+    assert!(found.next().is_none(), "{name} {labels:?} is ambiguous");
+    value
+}
+
+fn counter(body: &str, name: &str, tracepoint: &str) -> u64 {
+    sample(
+        body,
+        name,
+        &[("namespace", "shop"), ("tracepoint", tracepoint)],
+    )
+    .unwrap_or_else(|| panic!("no {name} for {tracepoint} in:\n{body}")) as u64
+}
+
+fn lost(body: &str, tracepoint: &str, stage: &str) -> u64 {
+    sample(
+        body,
+        "sonde_events_lost_total",
+        &[("tracepoint", tracepoint), ("stage", stage)],
+    )
+    .unwrap_or_else(|| panic!("no {stage} losses for {tracepoint} in:\n{body}")) as u64
+}
+
+fn held_rows(body: &str, table: &str) -> u64 {
+    sample(
+        body,
+        "sonde_table_held_rows",
+        &[("namespace", "shop"), ("table", table)],
+    )
+    .unwrap_or(0.0) as u64
+}
+
+/// Scrapes until `done` holds (the ring is drained and rows sealed into the
+/// store within about a second), or fails with the last scrape.
+fn scrape_until(addr: SocketAddr, done: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let (_, body) = scrape(addr, None);
+        if done(&body) {
+            return body;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "counters never settled:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// promtool from the harness, beside the Prometheus it installs.
+fn promtool() -> PathBuf {
+    let prometheus = e2e::Installation::from_env().path_of(e2e::Component::Prometheus);
+    let promtool = prometheus.with_file_name("promtool");
+    assert!(
+        promtool.exists(),
+        "{} is missing: run scripts/install-harness.sh",
+        promtool.display()
+    );
+    promtool
+}
+
+#[test]
+fn served_counters_equal_the_load_and_the_losses_and_promtool_accepts_them() {
+    let manifests = tempfile::tempdir().unwrap();
+    let files = [
+        ("all.yaml", tracepoint("all-lookups", "all_lookups", "")),
+        (
+            "limited.yaml",
+            tracepoint(
+                "limited-lookups",
+                "limited_lookups",
+                "  rateLimit: {eventsPerSecond: 100}\n",
+            ),
+        ),
+        (
+            "sampled.yaml",
+            tracepoint(
+                "sampled-lookups",
+                "sampled_lookups",
+                "  sampling: {oneIn: 10}\n",
+            ),
+        ),
+        (
+            "filtered.yaml",
+            tracepoint(
+                "init-lookups",
+                "init_lookups",
+                "  filters: [{field: pid, op: eq, value: 1}]\n",
+            ),
+        ),
+    ];
+    for (file, text) in &files {
+        std::fs::write(manifests.path().join(file), text).unwrap();
+    }
+    let loadgen = Loadgen::start();
+    let agent = Agent::start(manifests.path(), loadgen.pid());
+    let (_, before) = scrape(agent.metrics, None);
+    assert_eq!(
+        sample(&before, "sonde_probes", &[("state", "attached")]),
+        Some(4.0),
+        "{before}"
+    );
+    assert_eq!(
+        sample(&before, "sonde_probes", &[("state", "failed")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        counter(&before, "sonde_events_matched_total", "all-lookups"),
+        0
+    );
+
+    loadgen.run();
+    let body = scrape_until(agent.metrics, |body| {
+        held_rows(body, "all_lookups") == CALLS
+            && counter(body, "sonde_events_captured_total", "all-lookups") == CALLS
+            && held_rows(body, "limited_lookups")
+                == counter(body, "sonde_events_captured_total", "limited-lookups")
+            && held_rows(body, "sampled_lookups")
+                == counter(body, "sonde_events_captured_total", "sampled-lookups")
+    });
+
+    // Everything matched was captured where nothing limits it.
+    assert_eq!(
+        counter(&body, "sonde_events_matched_total", "all-lookups"),
+        CALLS
+    );
+    assert_eq!(
+        counter(&body, "sonde_events_captured_total", "all-lookups"),
+        CALLS
+    );
+    for stage in ["rate_limit", "ring_buffer_full", "missing_entry", "decode"] {
+        assert_eq!(lost(&body, "all-lookups", stage), 0, "{stage}");
+    }
+    assert_eq!(
+        sample(
+            &body,
+            "sonde_table_appended_rows_total",
+            &[("table", "all_lookups")]
+        ),
+        Some(CALLS as f64)
+    );
+
+    // The rate limit's loss is exactly what it did not keep.
+    let kept = counter(&body, "sonde_events_captured_total", "limited-lookups");
+    assert!(kept > 0 && kept < CALLS, "rate limit kept {kept}");
+    assert_eq!(held_rows(&body, "limited_lookups"), kept);
+    assert_eq!(
+        counter(&body, "sonde_events_matched_total", "limited-lookups"),
+        CALLS
+    );
+    assert_eq!(lost(&body, "limited-lookups", "rate_limit"), CALLS - kept);
+    assert_eq!(lost(&body, "limited-lookups", "ring_buffer_full"), 0);
+
+    // Sampling and filters drop by request; they are counted, not lost.
+    let sampled = counter(&body, "sonde_events_captured_total", "sampled-lookups");
+    assert_eq!(
+        counter(&body, "sonde_events_sampled_out_total", "sampled-lookups"),
+        CALLS - sampled
+    );
+    assert_eq!(lost(&body, "sampled-lookups", "rate_limit"), 0);
+    assert_eq!(
+        counter(&body, "sonde_events_filtered_total", "init-lookups"),
+        CALLS
+    );
+    assert_eq!(
+        counter(&body, "sonde_events_captured_total", "init-lookups"),
+        0
+    );
+
+    // The retention window is the age of the oldest row: positive, and no
+    // older than the test.
+    let window = sample(
+        &body,
+        "sonde_table_retention_window_seconds",
+        &[("table", "all_lookups")],
+    )
+    .unwrap();
+    assert!(window > 0.0 && window < 120.0, "window {window}");
+
+    // What `curl | promtool check metrics` sees.
+    let (content_type, text) = scrape(agent.metrics, None);
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    let mut check = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = check.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("promtool check metrics: exit {}; {said:?}", output.status);
+    assert!(output.status.success(), "promtool: {said}\n{text}");
+    assert_eq!(said.trim(), "", "promtool found problems");
+
+    // What Prometheus asks for.
+    let (content_type, text) = scrape(
+        agent.metrics,
+        Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
+    );
+    assert_eq!(
+        content_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(
+        text.contains("# TYPE sonde_events_captured counter"),
+        "{text}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+
+    agent.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_reads_the_counters_the_agent_serves() -> anyhow::Result<()> {
+    e2e::require_root()?;
+    let manifests = tempfile::tempdir()?;
+    std::fs::write(
+        manifests.path().join("all.yaml"),
+        tracepoint("parent-lookups", "parent_lookups", ""),
+    )?;
+    std::fs::write(
+        manifests.path().join("limited.yaml"),
+        tracepoint(
+            "limited-lookups",
+            "limited_lookups",
+            "  rateLimit: {eventsPerSecond: 100}\n",
+        ),
+    )?;
+    let loadgen = Loadgen::start();
+    let agent = Agent::start(manifests.path(), loadgen.pid());
+    loadgen.run();
+    scrape_until(agent.metrics, |body| {
+        held_rows(body, "parent_lookups") == CALLS
+            && held_rows(body, "limited_lookups")
+                == counter(body, "sonde_events_captured_total", "limited-lookups")
+    });
+
+    let target = agent.metrics.to_string();
+    let prometheus = e2e::Prometheus::scraping(&[&target]).await?;
+    let value = |promql: &'static str| {
+        let prometheus = &prometheus;
+        async move {
+            let samples = prometheus.wait_for(promql, Duration::from_secs(30)).await?;
+            anyhow::ensure!(samples.len() == 1, "{promql}: {samples:?}");
+            Ok::<u64, anyhow::Error>(samples[0].value as u64)
+        }
+    };
+    let captured =
+        value(r#"sonde_events_captured_total{namespace="shop",tracepoint="parent-lookups"}"#)
+            .await?;
+    let rows = value(r#"sonde_table_held_rows{namespace="shop",table="parent_lookups"}"#).await?;
+    assert_eq!(captured, CALLS);
+    assert_eq!(rows, CALLS);
+
+    let kept = value(r#"sonde_table_held_rows{namespace="shop",table="limited_lookups"}"#).await?;
+    let rate_limited = value(
+        r#"sonde_events_lost_total{namespace="shop",tracepoint="limited-lookups",stage="rate_limit"}"#,
+    )
+    .await?;
+    assert!(kept > 0 && kept < CALLS, "rate limit kept {kept}");
+    assert_eq!(rate_limited, CALLS - kept);
+
+    // Prometheus scraped in OpenMetrics and found the target healthy.
+    let targets = prometheus.targets().await?;
+    let health = &targets["data"]["activeTargets"][0]["health"];
+    assert_eq!(health, "up", "{targets}");
+
+    drop(prometheus);
+    agent.stop();
+    Ok(())
+}
