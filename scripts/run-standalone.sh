@@ -20,6 +20,7 @@ trap 'kill "$demo_pid" 2>/dev/null || true' EXIT
 cat >&2 <<MSG
 run: sonde-demo-app is serving requests (pid $demo_pid); starting the agent.
 run: a summary per Tracepoint every 10 s shows what is captured and lost.
+run: metrics on http://127.0.0.1:9464/metrics; tables over Arrow Flight on 127.0.0.1:50051.
 run: inspect the programs with 'bpftool prog show'; Ctrl-C stops everything.
 MSG
-"$bin/probe-agent" --standalone --manifests examples "$@"
+"$bin/probe-agent" --standalone --manifests examples --metrics-addr 127.0.0.1:9464 "$@"

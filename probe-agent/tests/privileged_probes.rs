@@ -13,7 +13,7 @@ use std::{
 };
 
 use arrow_array::{
-    Array, RecordBatch,
+    Array, ArrowPrimitiveType, RecordBatch,
     cast::AsArray,
     types::{Int32Type, Int64Type, UInt32Type, UInt64Type},
 };
@@ -73,17 +73,22 @@ fn rows(batches: &[RecordBatch]) -> usize {
     batches.iter().map(RecordBatch::num_rows).sum()
 }
 
-fn u64s(batches: &[RecordBatch], column: &str) -> Vec<u64> {
+/// Every value of a primitive column, across batches.
+fn values<T: ArrowPrimitiveType>(batches: &[RecordBatch], column: &str) -> Vec<T::Native> {
     batches
         .iter()
         .flat_map(|b| {
             b.column_by_name(column)
                 .unwrap_or_else(|| panic!("column {column}"))
-                .as_primitive::<UInt64Type>()
+                .as_primitive::<T>()
                 .values()
                 .to_vec()
         })
         .collect()
+}
+
+fn u64s(batches: &[RecordBatch], column: &str) -> Vec<u64> {
+    values::<UInt64Type>(batches, column)
 }
 
 fn strings(batches: &[RecordBatch], column: &str) -> Vec<String> {
@@ -156,39 +161,20 @@ filters:
     assert_eq!(rows(&batches), 3000);
     assert!(strings(&batches, "filename").iter().all(|f| *f == prefix));
     // O_RDONLY | O_CLOEXEC, as std opens files.
-    let flags: BTreeSet<u32> = batches
-        .iter()
-        .flat_map(|b| {
-            b.column_by_name("flags")
-                .expect("flags")
-                .as_primitive::<UInt32Type>()
-                .values()
-                .to_vec()
-        })
+    let flags: BTreeSet<u32> = values::<UInt32Type>(&batches, "flags")
+        .into_iter()
         .collect();
     assert_eq!(
         flags,
         BTreeSet::from([libc::O_RDONLY as u32 | libc::O_CLOEXEC as u32])
     );
     // AT_FDCWD is -100, sign-extended from the kernel's 8-byte word.
-    assert!(batches.iter().all(|b| {
-        b.column_by_name("dfd")
-            .expect("dfd")
-            .as_primitive::<Int32Type>()
-            .values()
+    assert!(
+        values::<Int32Type>(&batches, "dfd")
             .iter()
             .all(|&d| d == libc::AT_FDCWD)
-    }));
-    let pids: BTreeSet<u32> = batches
-        .iter()
-        .flat_map(|b| {
-            b.column_by_name("pid")
-                .expect("pid")
-                .as_primitive::<UInt32Type>()
-                .values()
-                .to_vec()
-        })
-        .collect();
+    );
+    let pids: BTreeSet<u32> = values::<UInt32Type>(&batches, "pid").into_iter().collect();
     assert_eq!(pids, BTreeSet::from([matching.id()]));
     let t = assert_balanced(&engine, probe);
     assert_eq!(
@@ -367,14 +353,11 @@ fields:
     run_to_end(&mut engine, &mut app);
     let batches = engine.batches(probe);
     assert_eq!(u64s(&batches, "id"), (1000..1500).collect::<Vec<_>>());
-    assert!(batches.iter().all(|b| {
-        b.column_by_name("size")
-            .expect("size")
-            .as_primitive::<UInt32Type>()
-            .values()
+    assert!(
+        values::<UInt32Type>(&batches, "size")
             .iter()
             .all(|&s| s == 77)
-    }));
+    );
     let t = assert_balanced(&engine, probe);
     assert_eq!((t.matched, t.lost()), (500, 0));
 }
@@ -415,16 +398,7 @@ fields:
     let batches = engine.batches(probe);
     let ids = u64s(&batches, "id");
     assert_eq!(ids, (7..57).collect::<Vec<_>>());
-    let results: Vec<i64> = batches
-        .iter()
-        .flat_map(|b| {
-            b.column_by_name("result")
-                .expect("result")
-                .as_primitive::<Int64Type>()
-                .values()
-                .to_vec()
-        })
-        .collect();
+    let results = values::<Int64Type>(&batches, "result");
     let expected: Vec<i64> = ids.iter().map(|&id| 2 * id as i64 + 5).collect();
     assert_eq!(results, expected, "handle_request returns 2 * id + size");
     for latency in u64s(&batches, "latency") {
@@ -719,16 +693,8 @@ fn raw_tracepoints_see_forks_and_exits() {
     engine.drain();
     // This process forked each child: at least ten forks are ours.
     assert!(rows(&engine.batches(forks)) >= 10);
-    let exited: BTreeSet<u32> = engine
-        .batches(exits)
-        .iter()
-        .flat_map(|b| {
-            b.column_by_name("pid")
-                .expect("pid")
-                .as_primitive::<UInt32Type>()
-                .values()
-                .to_vec()
-        })
+    let exited: BTreeSet<u32> = values::<UInt32Type>(&engine.batches(exits), "pid")
+        .into_iter()
         .filter(|pid| children.contains(pid))
         .collect();
     assert_eq!(exited, children, "every child's exit is seen");
