@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use crds::{
     Retention, Tracepoint,
     manifest::{self, Resource},
@@ -463,53 +464,20 @@ impl Standalone {
         };
         let row = batch.num_rows() - 1;
         let mut line = String::from("last:");
+        let options = FormatOptions::default();
         for (field, column) in batch.schema().fields().iter().zip(batch.columns()).skip(2) {
-            let value = arrow_cast_display(column.as_ref(), row);
-            let _ = write!(line, " {}={value}", field.name());
+            let Ok(formatter) = ArrayFormatter::try_new(column.as_ref(), &options) else {
+                continue;
+            };
+            let value = formatter.value(row).to_string();
+            // Strings are quoted, so an empty or spaced value stays readable.
+            let _ = if column.data_type() == &arrow_schema::DataType::Utf8 {
+                write!(line, " {}={value:?}", field.name())
+            } else {
+                write!(line, " {}={value}", field.name())
+            };
         }
         line
-    }
-}
-
-fn arrow_cast_display(column: &dyn arrow_array::Array, row: usize) -> String {
-    use arrow_array::cast::AsArray;
-    use arrow_schema::DataType;
-    match column.data_type() {
-        DataType::Utf8 => format!("{:?}", column.as_string::<i32>().value(row)),
-        DataType::UInt8 => column
-            .as_primitive::<arrow_array::types::UInt8Type>()
-            .value(row)
-            .to_string(),
-        DataType::UInt16 => column
-            .as_primitive::<arrow_array::types::UInt16Type>()
-            .value(row)
-            .to_string(),
-        DataType::UInt32 => column
-            .as_primitive::<arrow_array::types::UInt32Type>()
-            .value(row)
-            .to_string(),
-        DataType::UInt64 => column
-            .as_primitive::<arrow_array::types::UInt64Type>()
-            .value(row)
-            .to_string(),
-        DataType::Int8 => column
-            .as_primitive::<arrow_array::types::Int8Type>()
-            .value(row)
-            .to_string(),
-        DataType::Int16 => column
-            .as_primitive::<arrow_array::types::Int16Type>()
-            .value(row)
-            .to_string(),
-        DataType::Int32 => column
-            .as_primitive::<arrow_array::types::Int32Type>()
-            .value(row)
-            .to_string(),
-        DataType::Int64 => column
-            .as_primitive::<arrow_array::types::Int64Type>()
-            .value(row)
-            .to_string(),
-        DataType::Boolean => column.as_boolean().value(row).to_string(),
-        other => format!("<{other}>"),
     }
 }
 
