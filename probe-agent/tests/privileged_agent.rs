@@ -1,21 +1,15 @@
 //! The `probe-agent` binary, run as users run it: standalone on a folder of
 //! manifests, stopped with Ctrl-C (SIGINT), and refused without privileges.
 
+mod common;
+
 use std::{
-    io::{BufRead, BufReader},
     os::unix::process::CommandExt,
     process::{Command, Stdio},
-    sync::mpsc,
     time::Duration,
 };
 
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
-
-const AGENT: &str = env!("CARGO_BIN_EXE_probe-agent");
-const LOADGEN: &str = env!("CARGO_BIN_EXE_sonde-loadgen");
+use common::{AGENT, AgentProcess, LOADGEN, program_ids};
 
 const GETPPID_TRACEPOINT: &str = "\
 apiVersion: sonde.dev/v1alpha1
@@ -35,19 +29,6 @@ fn loaded_program_ids() -> Vec<u32> {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .map(|p| p.id())
-        .collect()
-}
-
-/// Extracts `programs=[1, 2]` from the agent's start-up line.
-fn program_ids(line: &str) -> Vec<u32> {
-    let start = line
-        .find("programs=[")
-        .expect("start-up line lists programs")
-        + 10;
-    let end = start + line[start..].find(']').expect("closing bracket");
-    line[start..end]
-        .split(',')
-        .filter_map(|id| id.trim().parse().ok())
         .collect()
 }
 
@@ -72,32 +53,8 @@ fn captured_rows_are_served_over_flight_sql_to_real_clients() {
         GETPPID_TRACEPOINT.replace("namespace: default", "namespace: shop"),
     )
     .expect("write manifest");
-    let mut agent = Command::new(AGENT)
-        .args(["--standalone", "--manifests"])
-        .arg(manifests.path())
-        .args(["--flight-addr", "127.0.0.1:0", "--report-interval", "1m"])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start probe-agent");
-    let stderr = agent.stderr.take().expect("stderr is piped");
-    let (lines_tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("agent: {line}");
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let serving = loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(60))
-            .expect("agent logs where it serves Flight");
-        if line.contains("serving Arrow Flight") {
-            break line;
-        }
-    };
+    let agent = AgentProcess::start(manifests.path(), &["--report-interval", "1m"]);
+    let (serving, _) = agent.expect("serving Arrow Flight", Duration::from_secs(60));
     let url = serving
         .split_whitespace()
         .find(|w| w.starts_with("http://"))
@@ -152,8 +109,7 @@ print(",".join(names), n, comm)
     );
     assert_eq!(stdout.trim(), "shop.parent_lookups 2500 sonde-loadgen");
 
-    kill(Pid::from_raw(agent.id() as i32), Signal::SIGINT).expect("send SIGINT");
-    let status = agent.wait().expect("agent exits");
+    let status = agent.stop();
     assert!(status.success(), "agent exit status {status}");
 }
 
@@ -161,33 +117,9 @@ print(",".join(names), n, comm)
 fn ctrl_c_detaches_and_unloads_every_program() {
     let manifests = tempfile::tempdir().expect("temp dir");
     std::fs::write(manifests.path().join("tp.yaml"), GETPPID_TRACEPOINT).expect("write manifest");
-    let mut agent = Command::new(AGENT)
-        .args(["--standalone", "--manifests"])
-        .arg(manifests.path())
-        .args(["--report-interval", "1s", "--flight-addr", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start probe-agent");
-    let (lines_tx, lines) = mpsc::channel();
-    let stderr = agent.stderr.take().expect("stderr is piped");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("agent: {line}");
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let next_line = |what: &str| loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("agent did not log {what:?} in time"));
-        if line.contains(what) {
-            return line;
-        }
-    };
-
+    // Only the final report is logged: it must count every call made.
+    let agent = AgentProcess::start(manifests.path(), &["--report-interval", "60m"]);
+    let next_line = |what: &str| agent.expect(what, Duration::from_secs(60)).0;
     next_line("attached");
     let ids = program_ids(&next_line("standalone agent running"));
     assert_eq!(ids.len(), 1, "one hook, one program");
@@ -200,7 +132,7 @@ fn ctrl_c_detaches_and_unloads_every_program() {
         .expect("run sonde-loadgen");
     assert!(status.success());
 
-    kill(Pid::from_raw(agent.id() as i32), Signal::SIGINT).expect("send SIGINT");
+    agent.interrupt();
     // The final report follows the signal; it counts at least our calls.
     let report = next_line("tracepoint=default/parent-lookups");
     let captured: u64 = report
@@ -210,7 +142,7 @@ fn ctrl_c_detaches_and_unloads_every_program() {
         .expect("report has captured=N");
     assert!(captured >= 1000, "{report}");
     next_line("stopped; every program detached");
-    let status = agent.wait().expect("agent exits");
+    let status = agent.wait();
     assert!(status.success(), "agent exit status {status}");
     let still_loaded: Vec<_> = loaded_program_ids()
         .into_iter()

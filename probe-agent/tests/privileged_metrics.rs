@@ -8,22 +8,17 @@
     reason = "in a test a failed unwrap is a failed assertion"
 )]
 
+mod common;
+
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
-
-const AGENT: &str = env!("CARGO_BIN_EXE_probe-agent");
-const LOADGEN: &str = env!("CARGO_BIN_EXE_sonde-loadgen");
+use common::{AgentProcess, LOADGEN};
 
 /// getppid(2) calls the load generator makes.
 const CALLS: u64 = 5000;
@@ -72,8 +67,7 @@ impl Loadgen {
 }
 
 struct Agent {
-    child: Option<Child>,
-    lines: mpsc::Receiver<String>,
+    process: AgentProcess,
     metrics: SocketAddr,
 }
 
@@ -81,72 +75,30 @@ impl Agent {
     /// Starts the agent on `manifests`, capturing only from `pid`, with both
     /// ports picked by the system, and waits until it serves metrics.
     fn start(manifests: &Path, pid: u32) -> Self {
-        let mut child = Command::new(AGENT)
-            .args(["--standalone", "--manifests"])
-            .arg(manifests)
-            .args([
-                "--flight-addr",
-                "127.0.0.1:0",
+        let process = AgentProcess::start(
+            manifests,
+            &[
                 "--metrics-addr",
                 "127.0.0.1:0",
-            ])
-            .args(["--target-pids", &pid.to_string(), "--report-interval", "1m"])
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (lines_tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("agent: {line}");
-                if lines_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut agent = Self {
-            child: Some(child),
-            lines,
-            metrics: SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
-        let line = agent.wait_for_line("serving Prometheus metrics on http://");
+                "--target-pids",
+                &pid.to_string(),
+                "--report-interval",
+                "1m",
+            ],
+        );
+        let line = process.wait_for_line("serving Prometheus metrics on http://");
         let url = line
             .split_whitespace()
             .find_map(|w| w.strip_prefix("http://"))
             .unwrap();
-        agent.metrics = url.strip_suffix("/metrics").unwrap().parse().unwrap();
-        agent
-    }
-
-    fn wait_for_line(&self, what: &str) -> String {
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|_| panic!("agent did not log {what:?} in time"));
-            if line.contains(what) {
-                return line;
-            }
-        }
+        let metrics = url.strip_suffix("/metrics").unwrap().parse().unwrap();
+        Self { process, metrics }
     }
 
     /// Ctrl-C, as a user stops it; it must exit cleanly.
-    fn stop(mut self) {
-        let mut child = self.child.take().unwrap();
-        kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
-        let status = child.wait().unwrap();
+    fn stop(self) {
+        let status = self.process.stop();
         assert!(status.success(), "agent exit status {status}");
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // Only when a failed assertion unwinds before `stop`.
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 

@@ -1,19 +1,11 @@
 //! Standalone mode watching its manifests folder: editing a file changes the
 //! capture within 2 s, deleting it detaches the program.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    sync::mpsc::{self, Receiver},
-    time::{Duration, Instant},
-};
+mod common;
 
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
+use std::{process::Command, time::Duration};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_probe-agent");
+use common::{AgentProcess, program_ids};
 
 fn tracepoint(table: &str, filter: &str) -> String {
     format!(
@@ -29,56 +21,6 @@ spec:
   table: {table}
 {filter}"
     )
-}
-
-struct Agent {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl Agent {
-    fn start(dir: &std::path::Path) -> Self {
-        let mut child = Command::new(AGENT)
-            .args(["--standalone", "--manifests"])
-            .arg(dir)
-            .args(["--rescan-interval", "200ms", "--report-interval", "1m"])
-            .args(["--flight-addr", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start probe-agent");
-        let (tx, lines) = mpsc::channel();
-        let stderr = child.stderr.take().expect("stderr is piped");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("agent: {line}");
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, lines }
-    }
-
-    /// Waits for a log line containing `what`; returns it and the wait.
-    fn expect(&self, what: &str, within: Duration) -> (String, Duration) {
-        let start = Instant::now();
-        loop {
-            let left = within.saturating_sub(start.elapsed());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(what) => return (line, start.elapsed()),
-                Ok(_) => {}
-                Err(_) => panic!("agent did not log {what:?} within {within:?}"),
-            }
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT);
-        let _ = self.child.wait();
-    }
 }
 
 /// Ids of the programs with an attached link, as bpftool lists them.
@@ -97,21 +39,15 @@ fn linked_programs() -> Vec<u32> {
         .collect()
 }
 
-fn program_ids(line: &str) -> Vec<u32> {
-    let start = line.find("programs=[").expect("programs listed") + 10;
-    let end = start + line[start..].find(']').expect("closing bracket");
-    line[start..end]
-        .split(',')
-        .filter_map(|id| id.trim().parse().ok())
-        .collect()
-}
-
 #[test]
 fn edits_apply_within_two_seconds_and_deletion_detaches() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("watched.yaml");
     std::fs::write(&file, tracepoint("first", "")).expect("write manifest");
-    let agent = Agent::start(dir.path());
+    let agent = AgentProcess::start(
+        dir.path(),
+        &["--rescan-interval", "200ms", "--report-interval", "1m"],
+    );
     agent.expect("table=first", Duration::from_secs(60));
     let (line, _) = agent.expect("standalone agent running", Duration::from_secs(10));
     let ids = program_ids(&line);

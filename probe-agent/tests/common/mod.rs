@@ -1,0 +1,119 @@
+//! The `probe-agent` binary run as users run it, for the integration tests:
+//! standalone on a folder of manifests, its log read line by line, stopped
+//! with Ctrl-C (SIGINT).
+
+#![allow(dead_code)] // Each test file uses part of this module.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc::{self, Receiver},
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+pub const AGENT: &str = env!("CARGO_BIN_EXE_probe-agent");
+pub const LOADGEN: &str = env!("CARGO_BIN_EXE_sonde-loadgen");
+
+/// A running agent. Dropping it stops it (SIGINT, then wait).
+pub struct AgentProcess {
+    child: Option<Child>,
+    lines: Receiver<String>,
+}
+
+impl AgentProcess {
+    /// Starts the agent on `manifests` with Flight on a free port, plus `args`.
+    pub fn start(manifests: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(AGENT)
+            .args(["--standalone", "--manifests"])
+            .arg(manifests)
+            .args(["--flight-addr", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start probe-agent");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("agent: {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child: Some(child),
+            lines,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Waits for a log line containing `what`; returns it and the wait.
+    pub fn expect(&self, what: &str, within: Duration) -> (String, Duration) {
+        let start = Instant::now();
+        loop {
+            let left = within.saturating_sub(start.elapsed());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return (line, start.elapsed()),
+                Ok(_) => {}
+                Err(_) => panic!("agent did not log {what:?} within {within:?}"),
+            }
+        }
+    }
+
+    /// Waits up to a minute for a log line containing `what`.
+    pub fn wait_for_line(&self, what: &str) -> String {
+        self.expect(what, Duration::from_secs(60)).0
+    }
+
+    /// Sends SIGINT, as Ctrl-C does.
+    pub fn interrupt(&self) {
+        kill(Pid::from_raw(self.pid() as i32), Signal::SIGINT).expect("send SIGINT");
+    }
+
+    /// Ctrl-C and wait for the exit.
+    pub fn stop(mut self) -> ExitStatus {
+        self.interrupt();
+        let mut child = self.child.take().expect("the agent is running");
+        child.wait().expect("agent exits")
+    }
+
+    /// Waits for the exit of an agent already told to stop.
+    pub fn wait(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the agent is running");
+        child.wait().expect("agent exits")
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        // Only when an assertion unwinds before `stop` or `wait`.
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGINT);
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Extracts `programs=[1, 2]` from the agent's start-up line.
+pub fn program_ids(line: &str) -> Vec<u32> {
+    let start = line
+        .find("programs=[")
+        .expect("start-up line lists programs")
+        + 10;
+    let end = start + line[start..].find(']').expect("closing bracket");
+    line[start..end]
+        .split(',')
+        .filter_map(|id| id.trim().parse().ok())
+        .collect()
+}
