@@ -15,6 +15,7 @@
 mod error;
 pub mod manifest;
 pub mod reference;
+pub mod selector;
 #[cfg(any(test, feature = "testdata"))]
 pub mod testdata;
 pub mod units;

@@ -156,9 +156,12 @@ pub struct TracepointSpec {
     #[schemars(length(min = 1, max = 63), regex(pattern = NAME_PATTERN))]
     pub table: String,
 
-    /// Drop rows older than this Go-style duration (such as 30m or 1h30m),
-    /// in addition to any Retention. Absent: Retention and the node's
-    /// memory budget decide.
+    /// How long the Tracepoint runs, from its creation, as a Go-style
+    /// duration (such as 30m or 1h30m). Then the operator detaches it from
+    /// every node and its phase becomes Terminated; the resource and the
+    /// rows already captured stay (rows under retention) until deleted.
+    /// Absent: runs until deleted. Standalone agents, which have no
+    /// operator, ignore it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "duration_schema")]
     #[x_kube(validation = (
@@ -752,7 +755,7 @@ pub enum Phase {
     Degraded,
     /// Invalid, or failed on every selected node.
     Failed,
-    /// Being deleted: detaching from nodes.
+    /// Its ttl expired, or it is being deleted: detached from every node.
     Terminated,
 }
 
@@ -777,6 +780,10 @@ pub struct NodeCounts {
     pub running: u32,
     /// Selected nodes where the probe failed.
     pub failed: u32,
+    /// Selected nodes whose agent has not reported for longer than the
+    /// operator's grace period.
+    #[serde(default)]
+    pub unknown: u32,
 }
 
 /// Why a node could not run the probe.
