@@ -1,0 +1,230 @@
+//! Status of Retention and Export resources, summed over the nodes' reports.
+//! Both run on every node; nothing needs detaching before they go (a node
+//! dropping the assignment stops them), so they carry no finalizer.
+
+use std::sync::Arc;
+
+use crds::{
+    Export, Retention,
+    v1alpha1::{AssignmentKind, AssignmentState, ExportStatus, ProbeNode, RetentionStatus},
+};
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp};
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::controller::Action,
+};
+use serde_json::json;
+
+use crate::{
+    Error,
+    context::{Context, MANAGER},
+    state::{self, Liveness},
+    tracepoints::publish,
+};
+
+/// What the reporting nodes say about one resource.
+#[derive(Debug, Default, PartialEq)]
+struct Reports {
+    reporting: u32,
+    attached: u32,
+    events: u64,
+    lost: u64,
+    /// The first failure: node and message.
+    failure: Option<(String, String)>,
+}
+
+fn reports(
+    probe_nodes: &[Arc<ProbeNode>],
+    kind: AssignmentKind,
+    namespace: &str,
+    name: &str,
+    generation: i64,
+    ctx: &Context,
+) -> Reports {
+    let now = Timestamp::now();
+    let mut out = Reports::default();
+    for pn in probe_nodes {
+        if state::liveness(Some(pn), now, ctx.settings.heartbeat_grace) != Liveness::Reporting {
+            continue;
+        }
+        out.reporting += 1;
+        let Some(report) = state::reported(Some(pn), kind, namespace, name) else {
+            continue;
+        };
+        out.events += report.events;
+        out.lost += report.lost;
+        if report.generation != generation {
+            continue;
+        }
+        match report.state {
+            AssignmentState::Attached => out.attached += 1,
+            AssignmentState::Failed | AssignmentState::Unsupported => {
+                if out.failure.is_none() {
+                    out.failure = Some((pn.name_any(), report.message.clone().unwrap_or_default()));
+                }
+            }
+            AssignmentState::Idle => {}
+        }
+    }
+    out
+}
+
+fn conditions(valid: Result<(), String>, reports: &Reports) -> Vec<Condition> {
+    match valid {
+        Err(message) => vec![
+            state::condition("Accepted", false, "InvalidSpec", &message),
+            state::condition("Ready", false, "InvalidSpec", "the spec is invalid"),
+        ],
+        Ok(()) => {
+            let ready = match &reports.failure {
+                Some((node, message)) => {
+                    state::condition("Ready", false, "NodeFailed", &format!("{node}: {message}"))
+                }
+                None => state::condition(
+                    "Ready",
+                    reports.attached == reports.reporting,
+                    "Applied",
+                    &format!(
+                        "applied on {} of {} reporting nodes",
+                        reports.attached, reports.reporting
+                    ),
+                ),
+            };
+            vec![
+                state::condition("Accepted", true, "Valid", "the spec is valid"),
+                ready,
+            ]
+        }
+    }
+}
+
+pub async fn reconcile_retention(
+    retention: Arc<Retention>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = retention_status(&retention, &ctx).await;
+    ctx.metrics
+        .reconciled("retention", &result, started.elapsed());
+    result
+}
+
+async fn retention_status(retention: &Retention, ctx: &Context) -> Result<Action, Error> {
+    let namespace = retention.namespace().unwrap_or_default();
+    let name = retention.name_any();
+    let generation = retention.metadata.generation.unwrap_or_default();
+    let reports = reports(
+        &ctx.caches.probe_nodes.state(),
+        AssignmentKind::Retention,
+        &namespace,
+        &name,
+        generation,
+        ctx,
+    );
+    let valid = retention.spec.validate().map_err(|e| e.to_string());
+    let mut status = RetentionStatus {
+        observed_generation: retention.metadata.generation,
+        tables: retention
+            .status
+            .as_ref()
+            .map(|s| s.tables.clone())
+            .unwrap_or_default(),
+        conditions: conditions(valid.clone(), &reports),
+    };
+    let previous = retention.status.as_ref();
+    state::carry_transition_times(
+        &mut status.conditions,
+        previous
+            .map(|p| p.conditions.as_slice())
+            .unwrap_or_default(),
+    );
+    if previous != Some(&status) {
+        Api::<Retention>::namespaced(ctx.client.clone(), &namespace)
+            .patch_status(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(json!({
+                    "apiVersion": "sonde.dev/v1alpha1",
+                    "kind": "Retention",
+                    "status": status,
+                })),
+            )
+            .await?;
+        if let Err(message) = valid
+            && previous.is_none_or(|p| p.observed_generation != status.observed_generation)
+        {
+            publish(ctx, retention, true, "InvalidSpec", message).await;
+        }
+    }
+    Ok(Action::requeue(ctx.settings.heartbeat_grace / 2))
+}
+
+pub async fn reconcile_export(export: Arc<Export>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = export_status(&export, &ctx).await;
+    ctx.metrics.reconciled("export", &result, started.elapsed());
+    result
+}
+
+async fn export_status(export: &Export, ctx: &Context) -> Result<Action, Error> {
+    let namespace = export.namespace().unwrap_or_default();
+    let name = export.name_any();
+    let generation = export.metadata.generation.unwrap_or_default();
+    let reports = reports(
+        &ctx.caches.probe_nodes.state(),
+        AssignmentKind::Export,
+        &namespace,
+        &name,
+        generation,
+        ctx,
+    );
+    let valid = export.spec.validate().map_err(|e| e.to_string());
+    let previous = export.status.as_ref();
+    let last_error = reports
+        .failure
+        .as_ref()
+        .map(|(node, message)| format!("{node}: {message}"));
+    let mut status = ExportStatus {
+        observed_generation: export.metadata.generation,
+        // Each node counts from its agent's start.
+        rows_exported: reports.events,
+        rows_dropped: reports.lost,
+        last_error_time: match (&last_error, previous) {
+            (Some(e), Some(p)) if p.last_error.as_ref() == Some(e) => p.last_error_time.clone(),
+            (Some(_), _) => Some(crate::tracepoints::now_time()),
+            (None, p) => p.and_then(|p| p.last_error_time.clone()),
+        },
+        last_error: last_error.or_else(|| previous.and_then(|p| p.last_error.clone())),
+        last_success_time: previous.and_then(|p| p.last_success_time.clone()),
+        conditions: conditions(valid.clone(), &reports),
+    };
+    if reports.events > previous.map_or(0, |p| p.rows_exported) {
+        status.last_success_time = Some(crate::tracepoints::now_time());
+    }
+    state::carry_transition_times(
+        &mut status.conditions,
+        previous
+            .map(|p| p.conditions.as_slice())
+            .unwrap_or_default(),
+    );
+    if previous != Some(&status) {
+        Api::<Export>::namespaced(ctx.client.clone(), &namespace)
+            .patch_status(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(json!({
+                    "apiVersion": "sonde.dev/v1alpha1",
+                    "kind": "Export",
+                    "status": status,
+                })),
+            )
+            .await?;
+        if let Err(message) = valid
+            && previous.is_none_or(|p| p.observed_generation != status.observed_generation)
+        {
+            publish(ctx, export, true, "InvalidSpec", message).await;
+        }
+    }
+    Ok(Action::requeue(ctx.settings.heartbeat_grace / 2))
+}
