@@ -65,4 +65,13 @@ mod tests {
             "crds/sonde.dev.yaml is out of date with the Rust types; regenerate it with `{CRD_REGENERATE}`"
         );
     }
+
+    #[test]
+    fn the_chart_ships_the_committed_crds() {
+        let chart = include_str!("../../charts/sonde/crds/sonde.dev.yaml");
+        assert!(
+            chart == include_str!("../sonde.dev.yaml"),
+            "charts/sonde/crds/sonde.dev.yaml differs from crds/sonde.dev.yaml; copy it over"
+        );
+    }
 }

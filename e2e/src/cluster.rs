@@ -363,6 +363,31 @@ impl Cluster {
         run_kubectl(&self.kubeconfig, args, input).await
     }
 
+    /// A kubeconfig that authenticates as a ServiceAccount (with a token from
+    /// the TokenRequest API, valid for two hours), so that a component runs
+    /// with exactly the rights its RBAC manifests grant.
+    pub async fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<PathBuf> {
+        let token = self
+            .kubectl(&["create", "token", name, "-n", namespace, "--duration=2h"])
+            .await
+            .with_context(|| format!("requesting a token for {namespace}/{name}"))?;
+        let admin: serde_json::Value = serde_json::from_slice(&std::fs::read(&self.kubeconfig)?)?;
+        let mut config = admin.clone();
+        config["users"] = json!([{
+            "name": format!("{namespace}-{name}"),
+            "user": {"token": token.trim()},
+        }]);
+        config["contexts"][0]["context"]["user"] = json!(format!("{namespace}-{name}"));
+        let path = self.dir().join(format!("kubeconfig-{namespace}-{name}"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&config)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
     /// Adds a Ready node with the given labels and starts its kubelet stand-in,
     /// which runs every pod bound to the node (`spec.nodeName`) as host processes.
     pub async fn add_node(&self, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<()> {

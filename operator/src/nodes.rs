@@ -53,6 +53,7 @@ async fn apply(node: &Node, ctx: &Context) -> Result<Action, Error> {
     let current = caches.probe_nodes.get(&ObjectRef::new(&name));
     let unchanged = current.as_ref().is_some_and(|pn| {
         pn.spec.assignments == assignments
+            && pn.spec.node == name
             && pn.owner_references().iter().any(|o| o.uid == owner.uid)
     });
     if !unchanged {
@@ -61,7 +62,7 @@ async fn apply(node: &Node, ctx: &Context) -> Result<Action, Error> {
             "apiVersion": "sonde.dev/v1alpha1",
             "kind": "ProbeNode",
             "metadata": {"name": name, "ownerReferences": [owner]},
-            "spec": ProbeNodeSpec { assignments },
+            "spec": ProbeNodeSpec { node: name.clone(), assignments },
         });
         Api::<ProbeNode>::all(ctx.client.clone())
             .patch(

@@ -39,6 +39,10 @@ use crate::error::{ValidationError, at};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ProbeNodeSpec {
+    /// The node this object is for (also its name). Always set, so the
+    /// operator's server-side apply owns a field even with no assignment.
+    #[serde(default)]
+    pub node: String,
     /// Everything this node must run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["kind".into(), "namespace".into(), "name".into()]))]

@@ -61,6 +61,7 @@ fn probe_node(name: &str, heartbeat: &str, reports: Vec<AssignmentStatus>) -> Ar
     let mut pn = ProbeNode::new(
         name,
         ProbeNodeSpec {
+            node: name.to_owned(),
             assignments: Vec::new(),
         },
     );
@@ -136,7 +137,15 @@ fn node_selector_invalid_and_expired_tracepoints_are_not_assigned() {
     let node = node("node-a", "a");
     for tp in [other_pool, invalid, expired] {
         assert!(
-            assignments_for_node(&node, std::slice::from_ref(&tp), &none, &no_exports, &pods, now()).is_empty(),
+            assignments_for_node(
+                &node,
+                std::slice::from_ref(&tp),
+                &none,
+                &no_exports,
+                &pods,
+                now()
+            )
+            .is_empty(),
             "{:?}",
             tp.spec
         );
