@@ -4,11 +4,14 @@
 //! - `sonde tables`: one row per table (ListFlights).
 //! - `sonde query SQL`: a Flight SQL statement.
 //! - `sonde tail TABLE`: DoGet in follow mode, printing rows as they come.
+//! - `sonde status`: the Tracepoints of a cluster with their phase and node
+//!   counts, or (`--nodes`) each node's agent report, from the apiserver.
 //!
 //! Output is a pretty table by default, or CSV, JSON lines or an Arrow IPC
 //! stream (`--output`).
 
 mod output;
+pub mod status;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -74,6 +77,16 @@ pub enum Command {
         #[arg(long, env = "SONDE_LIMIT")]
         limit: Option<u64>,
     },
+    /// Show the cluster's Tracepoints (phase, nodes, problems), read from the
+    /// apiserver with kubectl's kubeconfig; `--nodes`: each node's agent.
+    Status {
+        /// Only this namespace; all namespaces by default.
+        #[arg(long, short, env = "SONDE_NAMESPACE")]
+        namespace: Option<String>,
+        /// One row per node instead: heartbeat, kernel, assignments by state.
+        #[arg(long, env = "SONDE_STATUS_NODES")]
+        nodes: bool,
+    },
 }
 
 /// Why a command failed; each renders as one line.
@@ -111,6 +124,11 @@ pub enum CliError {
     Output {
         #[source]
         source: ArrowError,
+    },
+    #[error("Kubernetes API: {source}")]
+    Kube {
+        #[source]
+        source: kube::Error,
     },
     #[error("cannot write the output: {source}")]
     Io {
@@ -369,6 +387,16 @@ fn parse_since(value: &str, now: std::time::SystemTime) -> Result<serde_json::Va
 /// Runs a parsed command line, writing results to `out`.
 pub async fn run<W: std::io::Write>(cli: Cli, out: W) -> Result<(), CliError> {
     let mut sink = Sink::new(cli.output, out);
+    if let Command::Status { namespace, nodes } = &cli.command {
+        let client = status::client().await?;
+        let batch = if *nodes {
+            status::nodes(client).await?
+        } else {
+            status::tracepoints(client, namespace.as_deref()).await?
+        };
+        sink.write(&batch)?;
+        return sink.finish();
+    }
     let mut connection =
         Connection::open(&cli.addr, cli.token.as_deref(), cli.tls_ca.as_ref()).await?;
     match &cli.command {
@@ -394,6 +422,7 @@ pub async fn run<W: std::io::Write>(cli: Cli, out: W) -> Result<(), CliError> {
             )?;
             connection.tail(&ticket, &mut sink).await?;
         }
+        Command::Status { .. } => {}
     }
     sink.finish()
 }
