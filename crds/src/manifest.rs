@@ -279,8 +279,8 @@ fn parse_document(
     let group = api_version.split_once('/').map(|(group, _)| group);
     let secret = kind == "Secret" && api_version == "v1";
     // Another group's kind of the same name is simply not ours.
-    if !secret && group != Some(GROUP)
-        || !matches!(kind.as_str(), "Tracepoint" | "Retention" | "Export")
+    if !secret
+        && (group != Some(GROUP) || !matches!(kind.as_str(), "Tracepoint" | "Retention" | "Export"))
     {
         return Err(ManifestError::UnknownKind {
             file: file.to_owned(),
@@ -374,6 +374,26 @@ spec:
         assert_eq!(resources[1].kind(), "Retention");
         assert_eq!(resources[1].name(), "keep");
         assert_eq!(resources[1].namespace(), "shop");
+    }
+
+    #[test]
+    fn reads_v1_secrets_for_exports() {
+        let text = format!(
+            "{OPENS}---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: token\n\
+             stringData:\n  authorization: Bearer x\n"
+        );
+        let resources = parse_and_validate(Path::new(FILE), &text).expect("valid manifest");
+        assert_eq!(resources[1].kind(), "Secret");
+        assert_eq!(resources[1].namespace(), "default");
+        let Resource::Secret(secret) = &resources[1] else {
+            panic!("a Secret");
+        };
+        assert!(
+            secret
+                .string_data
+                .as_ref()
+                .is_some_and(|d| d.contains_key("authorization"))
+        );
     }
 
     #[test]

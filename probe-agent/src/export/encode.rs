@@ -180,7 +180,7 @@ impl Encoder<'_> {
                                 .filter_map(|&row| {
                                     Some(NumberDataPoint {
                                         time_unix_nano: rows.time(row),
-                                        value: Some(number(&values, row)?),
+                                        value: Some(number(values, row)?),
                                         attributes: rows.attributes(row),
                                         ..NumberDataPoint::default()
                                     })
@@ -221,7 +221,7 @@ impl Encoder<'_> {
                         .iter()
                         .map(|&row| {
                             let end = rows.time(row);
-                            let duration = match number(&durations, row) {
+                            let duration = match number(durations, row) {
                                 Some(number_data_point::Value::AsInt(ns)) => ns.max(0) as u64,
                                 _ => 0,
                             };
