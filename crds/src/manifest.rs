@@ -13,6 +13,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use k8s_openapi::api::core::v1::Secret;
 use serde::Deserialize;
 
 use crate::{
@@ -29,6 +30,9 @@ pub enum Resource {
     Retention(Retention),
     /// An Export.
     Export(Export),
+    /// A core/v1 Secret, which Exports refer to for headers and TLS
+    /// material (standalone mode has no apiserver to keep it).
+    Secret(Secret),
 }
 
 impl Resource {
@@ -38,6 +42,7 @@ impl Resource {
             Self::Tracepoint(_) => "Tracepoint",
             Self::Retention(_) => "Retention",
             Self::Export(_) => "Export",
+            Self::Secret(_) => "Secret",
         }
     }
 
@@ -47,6 +52,7 @@ impl Resource {
             Self::Tracepoint(r) => &r.metadata,
             Self::Retention(r) => &r.metadata,
             Self::Export(r) => &r.metadata,
+            Self::Secret(r) => &r.metadata,
         };
         metadata.name.as_deref().unwrap_or_default()
     }
@@ -57,6 +63,7 @@ impl Resource {
             Self::Tracepoint(r) => &r.metadata,
             Self::Retention(r) => &r.metadata,
             Self::Export(r) => &r.metadata,
+            Self::Secret(r) => &r.metadata,
         };
         metadata.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
     }
@@ -67,6 +74,8 @@ impl Resource {
             Self::Tracepoint(r) => r.spec.validate(),
             Self::Retention(r) => r.spec.validate(),
             Self::Export(r) => r.spec.validate(),
+            // The apiserver checks nothing more of a Secret than its shape.
+            Self::Secret(_) => Ok(()),
         }
     }
 }
@@ -114,7 +123,7 @@ pub enum ManifestError {
     /// A kind that is not a Sonde resource users write.
     #[error(
         "{}: document {document}: {api_version} {kind} is not a Sonde resource; expected \
-         Tracepoint, Retention or Export of {API_VERSION}",
+         Tracepoint, Retention or Export of {API_VERSION}, or a v1 Secret",
         file.display()
     )]
     UnknownKind {
@@ -268,8 +277,11 @@ fn parse_document(
     let kind = header.kind.ok_or_else(|| missing("kind"))?;
     let api_version = header.api_version.ok_or_else(|| missing("apiVersion"))?;
     let group = api_version.split_once('/').map(|(group, _)| group);
+    let secret = kind == "Secret" && api_version == "v1";
     // Another group's kind of the same name is simply not ours.
-    if group != Some(GROUP) || !matches!(kind.as_str(), "Tracepoint" | "Retention" | "Export") {
+    if !secret
+        && (group != Some(GROUP) || !matches!(kind.as_str(), "Tracepoint" | "Retention" | "Export"))
+    {
         return Err(ManifestError::UnknownKind {
             file: file.to_owned(),
             document,
@@ -277,7 +289,7 @@ fn parse_document(
             api_version,
         });
     }
-    if api_version != API_VERSION {
+    if !secret && api_version != API_VERSION {
         return Err(ManifestError::WrongApiVersion {
             file: file.to_owned(),
             document,
@@ -306,12 +318,14 @@ fn parse_document(
         "Retention" => {
             Resource::Retention(serde_path_to_error::deserialize(value).map_err(malformed)?)
         }
-        _ => Resource::Export(serde_path_to_error::deserialize(value).map_err(malformed)?),
+        "Export" => Resource::Export(serde_path_to_error::deserialize(value).map_err(malformed)?),
+        _ => Resource::Secret(serde_path_to_error::deserialize(value).map_err(malformed)?),
     };
     let metadata = match &mut resource {
         Resource::Tracepoint(r) => &mut r.metadata,
         Resource::Retention(r) => &mut r.metadata,
         Resource::Export(r) => &mut r.metadata,
+        Resource::Secret(r) => &mut r.metadata,
     };
     metadata
         .namespace
@@ -363,13 +377,33 @@ spec:
     }
 
     #[test]
+    fn reads_v1_secrets_for_exports() {
+        let text = format!(
+            "{OPENS}---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: token\n\
+             stringData:\n  authorization: Bearer x\n"
+        );
+        let resources = parse_and_validate(Path::new(FILE), &text).expect("valid manifest");
+        assert_eq!(resources[1].kind(), "Secret");
+        assert_eq!(resources[1].namespace(), "default");
+        let Resource::Secret(secret) = &resources[1] else {
+            panic!("a Secret");
+        };
+        assert!(
+            secret
+                .string_data
+                .as_ref()
+                .is_some_and(|d| d.contains_key("authorization"))
+        );
+    }
+
+    #[test]
     fn names_file_document_and_problem() {
         let unknown =
             format!("{OPENS}---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n");
         assert_eq!(
             parse_err(&unknown),
             "sonde.yaml: document 1: v1 ConfigMap is not a Sonde resource; expected \
-             Tracepoint, Retention or Export of sonde.dev/v1alpha1"
+             Tracepoint, Retention or Export of sonde.dev/v1alpha1, or a v1 Secret"
         );
         let old = OPENS.replace("v1alpha1", "v1beta9");
         assert_eq!(

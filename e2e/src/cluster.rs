@@ -791,6 +791,9 @@ async fn ready(client: &Client) -> bool {
 
 /// A plain-HTTP client for loopback endpoints, never through a proxy.
 pub(crate) fn loopback_http() -> anyhow::Result<reqwest::Client> {
+    // reqwest's rustls (enabled by the agent's OTLP/HTTP exporter in the
+    // same build) takes the process's crypto provider: ring, as above.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     Ok(reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))

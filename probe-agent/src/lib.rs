@@ -11,6 +11,7 @@ pub mod config;
 pub mod elf;
 pub mod engine;
 pub mod error;
+pub mod export;
 pub mod flight;
 pub mod loader;
 pub mod metrics;

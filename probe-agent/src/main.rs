@@ -8,6 +8,7 @@ use clap::Parser;
 use probe_agent::{
     config::Config,
     engine::Engine,
+    export::{ExportCollector, Exports},
     flight::{self, FlightConfig},
     loader::LoadOptions,
     metrics,
@@ -82,9 +83,11 @@ fn run(config: Config) -> Result<(), String> {
         .map_err(|e| chain(&e))?;
         let flight_addr = flight.local_addr();
         let (reports, report_requests) = metrics::report_channel();
+        let exports = Exports::new(store.clone(), config.node_name.clone());
         let metrics_server = match config.metrics_addr {
             Some(addr) => {
-                let registry = metrics::agent_registry(reports, Some(store.clone()));
+                let mut registry = metrics::agent_registry(reports, Some(store.clone()));
+                ExportCollector::new(exports.clone()).register(&mut registry);
                 let server = metrics::bind(addr, Arc::new(registry))
                     .await
                     .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
@@ -126,6 +129,7 @@ fn run(config: Config) -> Result<(), String> {
             store,
         };
         let mut agent = Standalone::start(engine, Some(storage), &dir, config.targets());
+        agent.run_exports(exports.clone());
         if metrics_task.is_some() {
             agent.answer_reports(report_requests);
         }
@@ -168,6 +172,7 @@ fn run(config: Config) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot watch the ring buffer: {e}"))?;
         drop(agent);
+        exports.shutdown();
         info!("stopped; every program detached and unloaded");
         let _ = stop_servers.send(true);
         let metrics = match metrics_task {

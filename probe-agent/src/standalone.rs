@@ -27,6 +27,7 @@ use tracing::{error, info, warn};
 use crate::{
     capture::ProbeTotals,
     engine::{AttachedProbe, Engine},
+    export::{Exports, ManifestExports},
     loader::{ProbeId, Targets},
     metrics::{ProbeReport, ProbeSample, ProbeState, ReportRequest},
     store::{RollupEngine, TableName, TableStore},
@@ -73,6 +74,8 @@ pub struct Standalone {
     seen: BTreeMap<PathBuf, String>,
     /// Scrapes waiting for the engine's counters (see [`Self::answer_reports`]).
     reports: Option<mpsc::Receiver<ReportRequest>>,
+    /// Export resources, once [`Self::run_exports`] is called.
+    exports: Option<ManifestExports>,
 }
 
 impl Standalone {
@@ -92,9 +95,18 @@ impl Standalone {
             applied: BTreeMap::new(),
             seen: BTreeMap::new(),
             reports: None,
+            exports: None,
         };
         agent.rescan();
         agent
+    }
+
+    /// Runs the Export resources of the folder from now on (and the
+    /// Secrets they refer to), rereading it at once.
+    pub fn run_exports(&mut self, exports: Exports) {
+        self.exports = Some(ManifestExports::new(exports));
+        self.seen.clear();
+        self.rescan();
     }
 
     pub fn applied(&self) -> impl Iterator<Item = &Applied> {
@@ -134,6 +146,8 @@ impl Standalone {
         }
         let mut desired: BTreeMap<String, (PathBuf, Tracepoint)> = BTreeMap::new();
         let mut retentions: Vec<Retention> = Vec::new();
+        let mut exports = Vec::new();
+        let mut secrets = Vec::new();
         for (file, text) in &contents {
             let resources = match manifest::parse(file, text) {
                 Ok(resources) => resources,
@@ -164,6 +178,10 @@ impl Standalone {
                             "not applied: {e}"
                         ),
                     },
+                    Resource::Export(export) if self.exports.is_some() => {
+                        exports.push((file.clone(), export));
+                    }
+                    Resource::Secret(secret) => secrets.push(secret),
                     other => {
                         if !self.seen.contains_key(file) {
                             info!(
@@ -207,6 +225,10 @@ impl Standalone {
             }
             let applied = self.apply(key.clone(), file, tp);
             self.applied.insert(key, applied);
+        }
+        // After the Tracepoints, so the tables they create exist.
+        if let Some(manifest_exports) = &mut self.exports {
+            manifest_exports.reconcile(exports, &secrets);
         }
         true
     }

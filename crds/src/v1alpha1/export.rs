@@ -207,8 +207,12 @@ impl std::fmt::Display for Signal {
 }
 
 /// TLS settings.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = (
+    "has(self.certFrom) == has(self.keyFrom)",
+    "certFrom and keyFrom go together: a client certificate needs its key"
+))]
 pub struct Tls {
     /// Accept any server certificate. For testing only.
     #[serde(default)]
@@ -217,6 +221,13 @@ pub struct Tls {
     /// system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_from: Option<SecretKeyRef>,
+    /// Secret key holding the PEM client certificate (chain) to present,
+    /// for receivers that require mutual TLS. Needs keyFrom.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_from: Option<SecretKeyRef>,
+    /// Secret key holding the PEM private key of certFrom.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_from: Option<SecretKeyRef>,
 }
 
 /// How rows become OTLP records. Every record carries the row's time_ as its
@@ -298,6 +309,23 @@ impl ExportSpec {
             return Err(ValidationError::TlsWithoutHttps {
                 path: "spec.destination.otlp.tls".into(),
             });
+        }
+        if let Some(tls) = &otlp.tls {
+            match (&tls.cert_from, &tls.key_from) {
+                (Some(_), None) => {
+                    return Err(ValidationError::Required {
+                        path: "spec.destination.otlp.tls.keyFrom".into(),
+                        why: "a client certificate (certFrom) needs its key",
+                    });
+                }
+                (None, Some(_)) => {
+                    return Err(ValidationError::Required {
+                        path: "spec.destination.otlp.tls.certFrom".into(),
+                        why: "a client key (keyFrom) needs its certificate",
+                    });
+                }
+                _ => {}
+            }
         }
         self.validate_mapping()?;
         check_duration("spec.interval", &self.interval)?;

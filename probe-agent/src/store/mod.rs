@@ -22,8 +22,9 @@ pub use self::{
     retention::{RetentionPolicy, policy_for},
     rollup::{AggregateSpec, RollupEngine, RollupSpec},
     table_store::{
-        Clock, DEFAULT_BUDGET_BYTES, DEFAULT_FOLLOW_CAPACITY, Evicted, EvictionReason, Evictions,
-        ManualClock, StoreConfig, SystemClock, TIME_COLUMN, TableStats, TableStore,
+        Clock, CountedFollow, DEFAULT_BUDGET_BYTES, DEFAULT_FOLLOW_CAPACITY, Evicted,
+        EvictionReason, Evictions, ManualClock, StoreConfig, SystemClock, TIME_COLUMN, TableStats,
+        TableStore,
     },
 };
 

@@ -202,6 +202,17 @@ pub struct TableStats {
     pub limited_by: Option<EvictionReason>,
 }
 
+/// What [`TableStore::follow_counted`] returns: taken under the table's lock.
+#[derive(Debug)]
+pub struct CountedFollow {
+    /// Rows appended to the table since it was created, up to this instant.
+    pub appended_rows: u64,
+    /// The rows held at this instant.
+    pub snapshot: TableSnapshot,
+    /// Every batch appended after this instant.
+    pub feed: broadcast::Receiver<RecordBatch>,
+}
+
 /// A batch held by a table, with what eviction needs to know about it.
 struct Held {
     batch: RecordBatch,
@@ -515,6 +526,24 @@ impl TableStore {
         let snapshot = snapshot_of(&entry, &state);
         drop(state);
         Some((snapshot, receiver))
+    }
+
+    /// [`Self::follow`] plus how many rows the table was ever given, all
+    /// read at one instant: every row counted by `appended_rows` is either
+    /// in the snapshot, already evicted, or nowhere in the feed, and every
+    /// later row comes through the feed. Exports use it to count exactly
+    /// the rows a reader never saw.
+    pub fn follow_counted(&self, name: &TableName) -> Option<CountedFollow> {
+        let entry = self.entry(name).ok()?;
+        let now = self.now_ns();
+        let mut state = lock(&entry.state);
+        self.expire(&entry, &mut state, now);
+        let feed = entry.feed.subscribe();
+        Some(CountedFollow {
+            appended_rows: state.appended_rows,
+            snapshot: snapshot_of(&entry, &state),
+            feed,
+        })
     }
 
     fn entry(&self, name: &TableName) -> Result<Arc<TableEntry>, StoreError> {
