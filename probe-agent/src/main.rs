@@ -84,7 +84,8 @@ fn run(config: Config) -> Result<(), String> {
         let (reports, report_requests) = metrics::report_channel();
         let metrics_server = match config.metrics_addr {
             Some(addr) => {
-                let registry = metrics::agent_registry(reports, Some(store.clone()));
+                let mut registry = metrics::agent_registry(reports, Some(store.clone()));
+                flight.metrics().register(&mut registry);
                 let server = metrics::bind(addr, Arc::new(registry))
                     .await
                     .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
