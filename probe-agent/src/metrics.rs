@@ -191,7 +191,8 @@ fn gauge(value: u64) -> i64 {
 
 /// The labels of a series of a Tracepoint's metric: where it comes from,
 /// then its label columns. A column named like one of Sonde's labels keeps
-/// its name; Sonde's is then prefixed with `sonde_`.
+/// its name; Sonde's is then prefixed with `sonde_`. A histogram's column
+/// named `le` is `column_le`, since `le` names its buckets.
 fn event_metric_labels(
     probe: &ProbeSample,
     metric: &MetricSample,
@@ -207,13 +208,15 @@ fn event_metric_labels(
     let mut labels = Vec::with_capacity(2 + values.len());
     labels.push((own("namespace"), probe.namespace.clone()));
     labels.push((own("tracepoint"), probe.tracepoint.clone()));
-    labels.extend(
-        metric
-            .label_names
-            .iter()
-            .cloned()
-            .zip(values.iter().cloned()),
-    );
+    labels.extend(metric.label_names.iter().zip(values).map(|(name, value)| {
+        // A histogram's buckets own `le`: a column of that name moves.
+        let name = if metric.kind == MetricKind::Histogram && name == "le" {
+            "column_le".to_owned()
+        } else {
+            name.clone()
+        };
+        (name, value.clone())
+    }));
     labels
 }
 
@@ -872,10 +875,10 @@ mod tests {
             MetricSample {
                 name: "lookup_latency".to_owned(),
                 kind: MetricKind::Histogram,
-                label_names: vec!["comm".to_owned()],
+                label_names: vec!["comm".to_owned(), "le".to_owned()],
                 buckets: vec![10.0, 100.0],
                 series: vec![SeriesSample {
-                    labels: vec!["cat".to_owned()],
+                    labels: vec!["cat".to_owned(), "7".to_owned()],
                     counts: vec![2, 0, 1],
                     sum: 1013.0,
                 }],
@@ -910,11 +913,11 @@ mod tests {
         let of = |metric: &str| format!(r#"{{{source},metric="{metric}"}}"#);
         let expected = [
             "# TYPE lookup_latency histogram".to_owned(),
-            format!(r#"lookup_latency_sum{{{source},comm="cat"}} 1013.0"#),
-            format!(r#"lookup_latency_count{{{source},comm="cat"}} 3"#),
-            format!(r#"lookup_latency_bucket{{le="10.0",{source},comm="cat"}} 2"#),
-            format!(r#"lookup_latency_bucket{{le="100.0",{source},comm="cat"}} 2"#),
-            format!(r#"lookup_latency_bucket{{le="+Inf",{source},comm="cat"}} 3"#),
+            format!(r#"lookup_latency_sum{{{source},comm="cat",column_le="7"}} 1013.0"#),
+            format!(r#"lookup_latency_count{{{source},comm="cat",column_le="7"}} 3"#),
+            format!(r#"lookup_latency_bucket{{le="10.0",{source},comm="cat",column_le="7"}} 2"#),
+            format!(r#"lookup_latency_bucket{{le="100.0",{source},comm="cat",column_le="7"}} 2"#),
+            format!(r#"lookup_latency_bucket{{le="+Inf",{source},comm="cat",column_le="7"}} 3"#),
             "# TYPE lookups counter".to_owned(),
             // A label column named `namespace` keeps its name; Sonde's moves.
             r#"lookups_total{sonde_namespace="shop",tracepoint="parent-lookups",namespace="",path="/a\"b"} 5"#.to_owned(),
