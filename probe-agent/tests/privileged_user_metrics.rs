@@ -367,7 +367,7 @@ fn derived_metrics_equal_the_rows_served_over_flight_sql() {
         value(
             body,
             "sonde_flight_requests_total",
-            &[("method", method), ("code", code)],
+            &[("method", method), ("command", ""), ("code", code)],
         )
         .unwrap_or(0.0) as u64
     };
@@ -407,7 +407,33 @@ except pyarrow.ArrowKeyError:
         &[("method", "DoGet")],
     )
     .unwrap();
-    assert_eq!(durations as u64, flight_calls(&after, "DoGet", "Ok"));
+    let do_gets: f64 = samples(&after, "sonde_flight_requests_total")
+        .into_iter()
+        .filter(|(labels, _)| labels["method"] == "DoGet")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(durations, do_gets);
+    // The Flight SQL queries that read the rows (the ADBC driver prepares
+    // each statement, runs it and closes it), by command.
+    let sql_calls = |method: &str, command: &str| {
+        value(
+            &after,
+            "sonde_flight_requests_total",
+            &[("method", method), ("command", command), ("code", "Ok")],
+        )
+        .unwrap_or_else(|| panic!("no {method} {command} in:\n{after}"))
+    };
+    let prepared = sql_calls("DoAction", "CreatePreparedStatement");
+    assert!(prepared >= 1.0, "{after}");
+    assert_eq!(
+        sql_calls("GetFlightInfo", "CommandPreparedStatementQuery"),
+        prepared
+    );
+    assert_eq!(
+        sql_calls("DoGet", "CommandPreparedStatementQuery"),
+        prepared
+    );
+    assert_eq!(sql_calls("DoAction", "ClosePreparedStatement"), prepared);
 
     promtool_check(&after);
     agent.stop();

@@ -9,9 +9,14 @@
 //! its status is known or its body is dropped (a client that went away is
 //! `Cancelled`). The duration runs from the request to that moment, so a
 //! DoGet lasts until its last batch was sent.
+//!
+//! Flight SQL commands travel inside the Flight methods; the service names
+//! the command it found ([`note_command`]) in a slot the layer put in the
+//! request's extensions, so the `command` label costs no second decoding.
 
 use std::{
     pin::Pin,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -50,7 +55,47 @@ const DURATION_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
 ];
 
-type MethodAndCode = [(&'static str, &'static str); 2];
+/// The Flight SQL messages and actions, as the `command` label names them.
+const COMMANDS: [&str; 22] = [
+    "CommandStatementQuery",
+    "CommandStatementUpdate",
+    "CommandStatementSubstraitPlan",
+    "CommandStatementIngest",
+    "CommandPreparedStatementQuery",
+    "CommandPreparedStatementUpdate",
+    "CommandGetCatalogs",
+    "CommandGetDbSchemas",
+    "CommandGetTables",
+    "CommandGetTableTypes",
+    "CommandGetSqlInfo",
+    "CommandGetPrimaryKeys",
+    "CommandGetExportedKeys",
+    "CommandGetImportedKeys",
+    "CommandGetCrossReference",
+    "CommandGetXdbcTypeInfo",
+    "TicketStatementQuery",
+    "CreatePreparedStatement",
+    "ClosePreparedStatement",
+    "CreatePreparedSubstraitPlan",
+    "BeginTransaction",
+    "EndTransaction",
+];
+
+/// Where the service notes the Flight SQL command of a call.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CommandSlot(Arc<OnceLock<&'static str>>);
+
+/// Notes the Flight SQL command a call carries: `name` is a message's type
+/// name (the end of its `Any` type URL) or an action type. Names Sonde does
+/// not know are `other`, so a client cannot grow the label set.
+pub(crate) fn note_command<T>(request: &tonic::Request<T>, name: &str) {
+    if let Some(slot) = request.extensions().get::<CommandSlot>() {
+        let known = COMMANDS.iter().find(|c| **c == name).copied();
+        let _ = slot.0.set(known.unwrap_or("other"));
+    }
+}
+
+type MethodCommandAndCode = [(&'static str, &'static str); 3];
 type MethodOnly = [(&'static str, &'static str); 1];
 
 fn duration_histogram() -> Histogram {
@@ -60,7 +105,7 @@ fn duration_histogram() -> Histogram {
 /// The endpoint's request counters; clones share them.
 #[derive(Clone, Debug)]
 pub struct FlightMetrics {
-    requests: Family<MethodAndCode, Counter>,
+    requests: Family<MethodCommandAndCode, Counter>,
     duration: Family<MethodOnly, Histogram, fn() -> Histogram>,
 }
 
@@ -74,36 +119,44 @@ impl Default for FlightMetrics {
 }
 
 impl FlightMetrics {
-    /// Registers `sonde_flight_requests_total{method,code}` and
+    /// Registers `sonde_flight_requests_total{method,command,code}` and
     /// `sonde_flight_request_duration_seconds{method}`.
     pub fn register(&self, registry: &mut Registry) {
         let sonde = registry.sub_registry_with_prefix(PREFIX);
         sonde.register(
             "flight_requests",
-            "Arrow Flight and Flight SQL calls, by gRPC method and status code.",
+            "Arrow Flight and Flight SQL calls, by gRPC method, Flight SQL command \
+             (empty for plain Flight) and status code",
             self.requests.clone(),
         );
         sonde.register_with_unit(
             "flight_request_duration",
-            "Duration of Arrow Flight and Flight SQL calls, until their status was sent.",
+            "Duration of Arrow Flight and Flight SQL calls, until their status was sent",
             Unit::Seconds,
             self.duration.clone(),
         );
     }
 
-    fn record(&self, method: &'static str, code: &'static str, elapsed: Duration) {
+    fn record(
+        &self,
+        method: &'static str,
+        command: &'static str,
+        code: &'static str,
+        elapsed: Duration,
+    ) {
         self.requests
-            .get_or_create(&[("method", method), ("code", code)])
+            .get_or_create(&[("method", method), ("command", command), ("code", code)])
             .inc();
         self.duration
             .get_or_create(&[("method", method)])
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Calls of `method` that ended with `code` so far.
-    pub fn requests(&self, method: &'static str, code: &'static str) -> u64 {
+    /// Calls of `method` with the Flight SQL `command` (`""` for none)
+    /// that ended with `code` so far.
+    pub fn requests(&self, method: &'static str, command: &'static str, code: &'static str) -> u64 {
         self.requests
-            .get(&[("method", method), ("code", code)])
+            .get(&[("method", method), ("command", command), ("code", code)])
             .map_or(0, |c| c.get())
     }
 
@@ -184,22 +237,26 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<RequestBody>) -> Self::Future {
         let method = method_name(request.uri().path());
         let start = Instant::now();
         let metrics = self.metrics.clone();
+        let command = CommandSlot::default();
+        request.extensions_mut().insert(command.clone());
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = match response.await {
                 Ok(response) => response,
                 Err(e) => {
-                    metrics.record(method, "Unknown", start.elapsed());
+                    let command = command.0.get().copied().unwrap_or("");
+                    metrics.record(method, command, "Unknown", start.elapsed());
                     return Err(e);
                 }
             };
             let call = Call {
                 metrics,
                 method,
+                command,
                 start,
                 // Set when the call failed before answering.
                 header_code: status_code(response.headers()),
@@ -220,6 +277,7 @@ where
 struct Call {
     metrics: FlightMetrics,
     method: &'static str,
+    command: CommandSlot,
     start: Instant,
     header_code: Option<&'static str>,
 }
@@ -229,7 +287,9 @@ impl Call {
         // Neither: the body was dropped before its trailers, as when the
         // client cancels or disconnects mid-stream.
         let code = trailer_code.or(self.header_code).unwrap_or("Cancelled");
-        self.metrics.record(self.method, code, self.start.elapsed());
+        let command = self.command.0.get().copied().unwrap_or("");
+        self.metrics
+            .record(self.method, command, code, self.start.elapsed());
     }
 }
 

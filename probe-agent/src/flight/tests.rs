@@ -786,11 +786,13 @@ async fn calls_are_counted_by_method_and_status_code() {
     let metrics = &server.metrics;
     let counted = || {
         [
-            metrics.requests("DoGet", "Ok"),
-            metrics.requests("GetFlightInfo", "Ok"),
-            metrics.requests("GetFlightInfo", "NotFound"),
-            metrics.requests("DoGet", "Unauthenticated"),
-            metrics.requests("DoGet", "Cancelled"),
+            metrics.requests("DoGet", "", "Ok"),
+            metrics.requests("GetFlightInfo", "", "Ok"),
+            metrics.requests("GetFlightInfo", "", "NotFound"),
+            metrics.requests("DoGet", "", "Unauthenticated"),
+            metrics.requests("DoGet", "", "Cancelled"),
+            metrics.requests("GetFlightInfo", "CommandStatementQuery", "Ok"),
+            metrics.requests("DoGet", "TicketStatementQuery", "Ok"),
         ]
     };
     // The server sees the abandoned stream go within moments.
@@ -800,7 +802,7 @@ async fn calls_are_counted_by_method_and_status_code() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(counted(), [4, 3, 1, 1, 1]);
+    assert_eq!(counted(), [3, 2, 1, 1, 1, 1, 1]);
     server.stop().await;
 }
 
