@@ -17,15 +17,18 @@ use crate::{
     ring::{DecodeError, RawEvent, RecordSink},
     store::{StoreError, TableName, TableStore},
     table::Table,
+    user_metrics::{EventMetrics, MetricSample},
 };
 
 /// How long a captured row may wait in the builders before it is sealed
 /// into a batch readers can see.
 pub const MAX_PENDING: Duration = Duration::from_secs(1);
 
-/// A probe's table and the records it received.
+/// A probe's table, the metrics derived from its rows, and the records it
+/// received.
 struct Slot {
     table: Table,
+    metrics: EventMetrics,
     received: u64,
     decode_errors: u64,
 }
@@ -77,6 +80,7 @@ impl Capture {
         if let Some(slot) = self.slots.get_mut(probe as usize) {
             *slot = Some(Slot {
                 table,
+                metrics: EventMetrics::default(),
                 received: 0,
                 decode_errors: 0,
             });
@@ -106,6 +110,7 @@ impl Capture {
         if let Some(slot) = self.slots.get_mut(probe as usize) {
             *slot = Some(Slot {
                 table: Table::new(schema, &self.node),
+                metrics: EventMetrics::default(),
                 received: 0,
                 decode_errors: 0,
             });
@@ -121,6 +126,21 @@ impl Capture {
             }
             *slot = None;
         }
+    }
+
+    /// Derives `metrics` from the rows of an open probe slot from now on;
+    /// they go when the slot is closed.
+    pub fn set_metrics(&mut self, probe: u32, metrics: EventMetrics) {
+        if let Some(slot) = self.slot_mut(probe) {
+            slot.metrics = metrics;
+        }
+    }
+
+    /// What the metrics of a probe slot counted so far.
+    pub fn metric_samples(&self, probe: u32) -> Vec<MetricSample> {
+        self.slot(probe)
+            .map(|s| s.metrics.samples())
+            .unwrap_or_default()
     }
 
     pub fn table(&mut self, probe: u32) -> Option<&mut Table> {
@@ -164,8 +184,10 @@ impl RecordSink for Capture {
         {
             Some(slot) => {
                 slot.received += 1;
-                if slot.table.append(event, &clock).is_err() {
-                    slot.decode_errors += 1;
+                match slot.table.append(event, &clock) {
+                    // Only rows make it into metrics, so they agree with the table.
+                    Ok(()) => slot.metrics.observe(event, &clock),
+                    Err(_) => slot.decode_errors += 1,
                 }
             }
             None => self.unattributed_errors += 1,

@@ -15,9 +15,10 @@ use crate::{
     capture::{Capture, MAX_PENDING, ProbeTotals},
     loader::{LoadOptions, ProbeId, ProbeSet, Targets},
     plan::{self, BinaryResolver, HookTarget, PlanError, RecordSchema},
-    ring::RingReader,
+    ring::{RingReader, RingUsage},
     store::{StoreError, TableName, TableStore},
     tracefs::Tracefs,
+    user_metrics::{EventMetrics, MetricError, MetricSample},
 };
 
 /// Why a Tracepoint could not be attached.
@@ -29,6 +30,8 @@ pub enum AttachError {
     Plan(#[from] Box<PlanError>),
     #[error("cannot create its table")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Metric(#[from] MetricError),
     #[error("cannot attach {hook}")]
     Attach {
         hook: Box<HookTarget>,
@@ -118,6 +121,9 @@ impl Engine {
             self.probes.options().wakeup_watermark,
         )
         .map_err(Box::new)?;
+        // Resolved before anything is attached: a metric that cannot be
+        // derived leaves nothing behind.
+        let metrics = EventMetrics::compile(&spec.metrics, &plan.schema, &self.node)?;
         let id = self
             .probes
             .attach(&plan.hook, plan.config, targets)
@@ -131,6 +137,7 @@ impl Engine {
             let _ = self.probes.detach(id);
             return Err(e.into());
         }
+        self.capture.set_metrics(id.0, metrics);
         Ok(AttachedProbe {
             id,
             hook: plan.hook,
@@ -169,6 +176,12 @@ impl Engine {
         ))
     }
 
+    /// What the Tracepoint's `spec.metrics` counted so far, for a scrape.
+    /// They are derived from the moment of attach and go with detach.
+    pub fn metrics(&self, probe: ProbeId) -> Vec<MetricSample> {
+        self.capture.metric_samples(probe.0)
+    }
+
     pub fn batches(&mut self, probe: ProbeId) -> Vec<RecordBatch> {
         self.capture.batches(probe.0)
     }
@@ -184,6 +197,11 @@ impl Engine {
 
     pub fn program_ids(&self) -> Vec<u32> {
         self.probes.program_ids()
+    }
+
+    /// How full the ring buffer is now.
+    pub fn ring_usage(&self) -> Option<RingUsage> {
+        self.ring.usage()
     }
 
     /// Records that named no attached probe or could not be decoded at all.

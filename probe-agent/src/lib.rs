@@ -22,5 +22,6 @@ pub mod standalone;
 pub mod store;
 pub mod table;
 pub mod tracefs;
+pub mod user_metrics;
 
 pub use error::{Error, Result};

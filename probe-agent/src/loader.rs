@@ -174,7 +174,12 @@ impl ProbeSet {
         let counters = take_map(&mut ebpf, maps::COUNTERS)?;
         let rates = take_map(&mut ebpf, maps::RATES)?;
         let targets = take_map(&mut ebpf, maps::TARGETS)?;
-        let ring = RingReader::new(take_map::<RingBuf<MapData>>(&mut ebpf, maps::EVENTS)?);
+        let ring_map = take_map::<RingBuf<MapData>>(&mut ebpf, maps::EVENTS)?;
+        // Without the positions only the fill-level gauge is missing.
+        let positions = RingPositions::map(&ring_map, page)
+            .map_err(|e| tracing::warn!("cannot map the ring buffer's positions: {e}"))
+            .ok();
+        let ring = RingReader::new(ring_map, positions, options.ring_bytes);
         // Free lists are popped from the end: the lowest slots go first.
         Ok(Self {
             ebpf,
@@ -681,6 +686,87 @@ where
         action: "type check",
         source,
     })
+}
+
+/// A read-only mapping of a ring buffer's first two pages: the consumer
+/// position (page 0, which the reader advances as it takes records) and the
+/// producer position (page 1, which the kernel advances as programs reserve
+/// records). aya's `RingBuf` keeps its own mapping private, so this is a
+/// second, read-only one of the same pages.
+pub struct RingPositions {
+    base: std::ptr::NonNull<libc::c_void>,
+    page: usize,
+}
+
+// SAFETY: the mapping is process-wide, not tied to a thread, and is only
+// read through atomic loads.
+#[allow(unsafe_code)]
+unsafe impl Send for RingPositions {}
+// SAFETY: as above: shared access only performs atomic loads.
+#[allow(unsafe_code)]
+unsafe impl Sync for RingPositions {}
+
+impl RingPositions {
+    /// Maps the position pages of `ring` read-only. The kernel allows
+    /// read-only mappings of a ring buffer's metadata pages.
+    #[allow(unsafe_code)]
+    pub fn map(ring: &impl std::os::fd::AsRawFd, page: u32) -> std::io::Result<Self> {
+        let page = page as usize;
+        // SAFETY: a fresh shared read-only mapping chosen by the kernel; it
+        // aliases no Rust object, and a failure is checked below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * page,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                ring.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let base = std::ptr::NonNull::new(base).ok_or_else(std::io::Error::last_os_error)?;
+        Ok(Self { base, page })
+    }
+
+    /// Bytes reserved in the ring and not yet taken by the reader: records
+    /// with their 8-byte headers and padding, including those still being
+    /// written by a program.
+    #[allow(unsafe_code)]
+    pub fn used_bytes(&self) -> u64 {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let at = |offset: usize| {
+            // SAFETY: both pages stay mapped while `self` lives; each
+            // position is an aligned machine word at the start of its page,
+            // written by the kernel (producer) or the reader (consumer)
+            // with atomic stores.
+            unsafe {
+                (*self
+                    .base
+                    .as_ptr()
+                    .cast::<u8>()
+                    .add(offset)
+                    .cast::<AtomicUsize>())
+                .load(Ordering::Acquire)
+            }
+        };
+        // Consumer first: it never passes the producer read after it.
+        let consumer = at(0);
+        let producer = at(self.page);
+        producer.wrapping_sub(consumer) as u64
+    }
+}
+
+impl Drop for RingPositions {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe {
+            libc::munmap(self.base.as_ptr(), 2 * self.page);
+        }
+    }
 }
 
 fn page_size() -> u32 {

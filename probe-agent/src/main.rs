@@ -87,7 +87,11 @@ fn run(config: Config) -> Result<(), String> {
         let metrics_server = match config.metrics_addr {
             Some(addr) => {
                 let mut registry = metrics::agent_registry(reports, Some(store.clone()));
-                ExportCollector::new(exports.clone()).register(&mut registry);
+                // Sonde's own families carry the sonde_ prefix; the registry itself has
+                // none, for the metrics users name.
+                ExportCollector::new(exports.clone())
+                    .register(registry.sub_registry_with_prefix(metrics::PREFIX));
+                flight.metrics().register(&mut registry);
                 let server = metrics::bind(addr, Arc::new(registry))
                     .await
                     .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;

@@ -3,12 +3,18 @@
 //! text format 0.0.4 to the others (`curl`, `promtool check metrics`).
 //!
 //! Nothing here is updated per event. The counters live where they are
-//! counted (the eBPF per-CPU maps, the decoder, the table store) and are read
-//! when Prometheus scrapes: [`AgentCollector`] asks the standalone loop, which
-//! owns the engine, for a [`ProbeReport`] over a channel the loop answers
-//! between two drains, and reads the table statistics from the store itself.
+//! counted (the eBPF per-CPU maps, the decoder, the series of the
+//! Tracepoints' own metrics, the table store) and are read when Prometheus
+//! scrapes: [`AgentCollector`] asks the standalone loop, which owns the
+//! engine, for a [`ProbeReport`] over a channel the loop answers between two
+//! drains, and reads the table statistics from the store itself.
+//!
+//! Sonde's own families are named `sonde_*`; the metrics Tracepoints derive
+//! (`spec.metrics`) keep the names their users gave them, with the labels
+//! `namespace` and `tracepoint` added (renamed `sonde_namespace` and
+//! `sonde_tracepoint` when a label column has that name).
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -20,9 +26,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use crds::v1alpha1::MetricKind;
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric, prometheus_text, text},
+    encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet, prometheus_text, text},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::{Registry, Unit},
 };
@@ -31,7 +38,9 @@ use tracing::warn;
 
 use crate::{
     capture::ProbeTotals,
+    ring::RingUsage,
     store::{Evicted, TableStats, TableStore},
+    user_metrics::MetricSample,
 };
 
 /// The content type of the OpenMetrics text format.
@@ -68,7 +77,7 @@ impl ProbeState {
 }
 
 /// One Tracepoint at the moment of a scrape.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ProbeSample {
     pub namespace: String,
     pub tracepoint: String,
@@ -76,14 +85,18 @@ pub struct ProbeSample {
     pub state: ProbeState,
     /// `None` unless attached (or if its counters could not be read).
     pub totals: Option<ProbeTotals>,
+    /// Its `spec.metrics` (`Engine::metrics`); empty unless attached.
+    pub metrics: Vec<MetricSample>,
 }
 
 /// What the engine knows at the moment of a scrape.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProbeReport {
     pub probes: Vec<ProbeSample>,
     /// Records the decoder could not attribute to any probe.
     pub unattributed: u64,
+    /// The ring buffer's fill level (`Engine::ring_usage`).
+    pub ring: Option<RingUsage>,
 }
 
 /// A request for a [`ProbeReport`], answered by whoever owns the engine.
@@ -172,10 +185,45 @@ fn evictions(stats: &TableStats) -> [(&'static str, Evicted); 3] {
 
 const NO_LABELS: [(&str, &str); 0] = [];
 
+fn gauge(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// The labels of a series of a Tracepoint's metric: where it comes from,
+/// then its label columns. A column named like one of Sonde's labels keeps
+/// its name; Sonde's is then prefixed with `sonde_`. A histogram's column
+/// named `le` is `column_le`, since `le` names its buckets.
+fn event_metric_labels(
+    probe: &ProbeSample,
+    metric: &MetricSample,
+    values: &[String],
+) -> Vec<(String, String)> {
+    let own = |name: &str| {
+        if metric.label_names.iter().any(|l| l == name) {
+            format!("{PREFIX}_{name}")
+        } else {
+            name.to_owned()
+        }
+    };
+    let mut labels = Vec::with_capacity(2 + values.len());
+    labels.push((own("namespace"), probe.namespace.clone()));
+    labels.push((own("tracepoint"), probe.tracepoint.clone()));
+    labels.extend(metric.label_names.iter().zip(values).map(|(name, value)| {
+        // A histogram's buckets own `le`: a column of that name moves.
+        let name = if metric.kind == MetricKind::Histogram && name == "le" {
+            "column_le".to_owned()
+        } else {
+            name.clone()
+        };
+        (name, value.clone())
+    }));
+    labels
+}
+
 /// Reads one of a probe's totals.
 type TotalsField = fn(&ProbeTotals) -> u64;
 
-/// One metric family: its descriptor, then one sample per label set.
+/// One `sonde_` metric family: its descriptor, then one sample per label set.
 fn family<L, M>(
     encoder: &mut DescriptorEncoder,
     name: &str,
@@ -188,7 +236,8 @@ where
     L: prometheus_client::encoding::EncodeLabelSet,
     M: EncodeMetric,
 {
-    let mut metric = encoder.encode_descriptor(name, help, unit, metric_type)?;
+    let name = format!("{PREFIX}_{name}");
+    let mut metric = encoder.encode_descriptor(&name, help, unit, metric_type)?;
     for (labels, value) in samples {
         value.encode(metric.encode_family(&labels)?)?;
     }
@@ -294,6 +343,154 @@ impl Snapshot {
             None,
             MetricType::Counter,
             [(NO_LABELS, ConstCounter::new(report.unattributed))],
+        )?;
+        if let Some(ring) = report.ring {
+            family(
+                encoder,
+                "ring_buffer_used",
+                "Bytes waiting in the ring buffer to be drained, at scrape time.",
+                Some(&Unit::Bytes),
+                MetricType::Gauge,
+                [(NO_LABELS, ConstGauge::new(gauge(ring.used_bytes)))],
+            )?;
+            family(
+                encoder,
+                "ring_buffer_size",
+                "The ring buffer's size.",
+                Some(&Unit::Bytes),
+                MetricType::Gauge,
+                [(NO_LABELS, ConstGauge::new(gauge(ring.size_bytes)))],
+            )?;
+        }
+        Self::encode_event_metrics(report, encoder)
+    }
+
+    /// The metrics Tracepoints derive, one family per name across
+    /// Tracepoints, and Sonde's accounting of their series.
+    fn encode_event_metrics(
+        report: &ProbeReport,
+        encoder: &mut DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let mut by_name: BTreeMap<&str, Vec<(&ProbeSample, &MetricSample)>> = BTreeMap::new();
+        for probe in &report.probes {
+            for metric in &probe.metrics {
+                by_name
+                    .entry(&metric.name)
+                    .or_default()
+                    .push((probe, metric));
+            }
+        }
+        // A name two Tracepoints use with different kinds goes to the
+        // first (by namespace and name); the others are reported as
+        // conflicts instead of breaking the exposition.
+        let mut conflicts = Vec::new();
+        for (name, members) in &by_name {
+            let kind = members[0].1.kind;
+            let (metric_type, help) = match kind {
+                MetricKind::Counter => (
+                    MetricType::Counter,
+                    "Counted from Tracepoint events (spec.metrics).",
+                ),
+                MetricKind::Histogram => (
+                    MetricType::Histogram,
+                    "Observed from Tracepoint events (spec.metrics).",
+                ),
+            };
+            let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+            for (probe, metric) in members {
+                if metric.kind != kind {
+                    conflicts.push((*probe, *metric));
+                    continue;
+                }
+                for series in &metric.series {
+                    let labels = event_metric_labels(probe, metric, &series.labels);
+                    let encoder = family.encode_family(&labels)?;
+                    match kind {
+                        MetricKind::Counter => {
+                            ConstCounter::new(series.counts.first().copied().unwrap_or(0))
+                                .encode(encoder)?;
+                        }
+                        MetricKind::Histogram => {
+                            let buckets: Vec<(f64, u64)> = metric
+                                .buckets
+                                .iter()
+                                .copied()
+                                .chain([f64::INFINITY])
+                                .zip(series.counts.iter().copied())
+                                .collect();
+                            let mut encoder = encoder;
+                            encoder.encode_histogram::<NoLabelSet>(
+                                series.sum,
+                                series.count(),
+                                &buckets,
+                                None,
+                            )?;
+                        }
+                    }
+                }
+            }
+        }
+        let metrics: Vec<_> = by_name.values().flatten().collect();
+        let labels = |probe: &ProbeSample, metric: &MetricSample| {
+            [
+                ("namespace", probe.namespace.clone()),
+                ("tracepoint", probe.tracepoint.clone()),
+                ("metric", metric.name.clone()),
+            ]
+        };
+        family(
+            encoder,
+            "metric_series",
+            "Series a Tracepoint's metric has on this node.",
+            None,
+            MetricType::Gauge,
+            metrics.iter().map(|(probe, metric)| {
+                (
+                    labels(probe, metric),
+                    ConstGauge::new(gauge(metric.series.len() as u64)),
+                )
+            }),
+        )?;
+        family(
+            encoder,
+            "metric_series_rejected",
+            "Events of a Tracepoint's metric counted in no series: their label values \
+             would have made more series than its maxSeries.",
+            None,
+            MetricType::Counter,
+            metrics.iter().map(|(probe, metric)| {
+                (
+                    labels(probe, metric),
+                    ConstCounter::new(metric.rejected_series),
+                )
+            }),
+        )?;
+        family(
+            encoder,
+            "metric_negative_values",
+            "Events a Tracepoint's counter did not add: their value was negative.",
+            None,
+            MetricType::Counter,
+            metrics
+                .iter()
+                .filter(|(_, metric)| metric.kind == MetricKind::Counter)
+                .map(|(probe, metric)| {
+                    (
+                        labels(probe, metric),
+                        ConstCounter::new(metric.negative_values),
+                    )
+                }),
+        )?;
+        family(
+            encoder,
+            "metric_conflicts",
+            "Tracepoint metrics not served because another Tracepoint's metric of \
+             the same name has another kind.",
+            None,
+            MetricType::Gauge,
+            conflicts
+                .iter()
+                .map(|(probe, metric)| (labels(probe, metric), ConstGauge::new(1))),
         )
     }
 
@@ -399,8 +596,13 @@ impl Snapshot {
 }
 
 /// The registry the agent serves: every metric is read at scrape time.
+///
+/// It has no prefix, because the metrics Tracepoints derive keep their
+/// users' names; the collector names Sonde's own families `sonde_*`, and
+/// metrics registered later belong under
+/// `registry.sub_registry_with_prefix(PREFIX)`.
 pub fn agent_registry(reports: ReportClient, store: Option<TableStore>) -> Registry {
-    let mut registry = Registry::with_prefix(PREFIX);
+    let mut registry = Registry::default();
     AgentCollector::new(reports, store).register(&mut registry);
     registry
 }
@@ -524,6 +726,7 @@ mod tests {
                     table: "parent_lookups".to_owned(),
                     state: ProbeState::Attached,
                     totals: Some(totals()),
+                    metrics: Vec::new(),
                 },
                 ProbeSample {
                     namespace: "shop".to_owned(),
@@ -531,9 +734,14 @@ mod tests {
                     table: "broken".to_owned(),
                     state: ProbeState::Failed,
                     totals: None,
+                    metrics: Vec::new(),
                 },
             ],
             unattributed: 4,
+            ring: Some(RingUsage {
+                used_bytes: 4096,
+                size_bytes: 1 << 20,
+            }),
         }
     }
 
@@ -572,7 +780,7 @@ mod tests {
     }
 
     fn encoded(snapshot: Snapshot) -> String {
-        let mut registry = Registry::with_prefix(PREFIX);
+        let mut registry = Registry::default();
         registry.register_collector(Box::new(Fixed(snapshot)));
         encode(&registry, Format::OpenMetrics).unwrap()
     }
@@ -661,6 +869,95 @@ mod tests {
         assert!(!text.contains("sonde_events_"), "{text}");
     }
 
+    fn event_metrics() -> Vec<MetricSample> {
+        use crate::user_metrics::SeriesSample;
+        vec![
+            MetricSample {
+                name: "lookup_latency".to_owned(),
+                kind: MetricKind::Histogram,
+                label_names: vec!["comm".to_owned(), "le".to_owned()],
+                buckets: vec![10.0, 100.0],
+                series: vec![SeriesSample {
+                    labels: vec!["cat".to_owned(), "7".to_owned()],
+                    counts: vec![2, 0, 1],
+                    sum: 1013.0,
+                }],
+                rejected_series: 0,
+                negative_values: 0,
+            },
+            MetricSample {
+                name: "lookups".to_owned(),
+                kind: MetricKind::Counter,
+                label_names: vec!["namespace".to_owned(), "path".to_owned()],
+                buckets: Vec::new(),
+                series: vec![SeriesSample {
+                    labels: vec![String::new(), "/a\"b".to_owned()],
+                    counts: vec![5],
+                    sum: 0.0,
+                }],
+                rejected_series: 3,
+                negative_values: 1,
+            },
+        ]
+    }
+
+    #[test]
+    fn tracepoint_metrics_keep_their_names_and_sonde_counts_their_series() {
+        let mut report = report();
+        report.probes[0].metrics = event_metrics();
+        let text = encoded(Snapshot {
+            probes: Some(report),
+            tables: Vec::new(),
+        });
+        let source = r#"namespace="shop",tracepoint="parent-lookups""#;
+        let of = |metric: &str| format!(r#"{{{source},metric="{metric}"}}"#);
+        let expected = [
+            "# TYPE lookup_latency histogram".to_owned(),
+            format!(r#"lookup_latency_sum{{{source},comm="cat",column_le="7"}} 1013.0"#),
+            format!(r#"lookup_latency_count{{{source},comm="cat",column_le="7"}} 3"#),
+            format!(r#"lookup_latency_bucket{{le="10.0",{source},comm="cat",column_le="7"}} 2"#),
+            format!(r#"lookup_latency_bucket{{le="100.0",{source},comm="cat",column_le="7"}} 2"#),
+            format!(r#"lookup_latency_bucket{{le="+Inf",{source},comm="cat",column_le="7"}} 3"#),
+            "# TYPE lookups counter".to_owned(),
+            // A label column named `namespace` keeps its name; Sonde's moves.
+            r#"lookups_total{sonde_namespace="shop",tracepoint="parent-lookups",namespace="",path="/a\"b"} 5"#.to_owned(),
+            format!("sonde_metric_series{} 1", of("lookups")),
+            format!("sonde_metric_series_rejected_total{} 3", of("lookups")),
+            format!("sonde_metric_series_rejected_total{} 0", of("lookup_latency")),
+            format!("sonde_metric_negative_values_total{} 1", of("lookups")),
+            "# TYPE sonde_ring_buffer_used_bytes gauge".to_owned(),
+            "sonde_ring_buffer_used_bytes 4096".to_owned(),
+            "sonde_ring_buffer_size_bytes 1048576".to_owned(),
+        ];
+        let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+        assert_lines(&text, &expected);
+        assert!(!text.contains("sonde_metric_conflicts{"), "{text}");
+    }
+
+    #[test]
+    fn a_name_used_with_two_kinds_is_served_once_and_the_other_reported() {
+        let mut report = report();
+        report.probes[0].metrics = event_metrics();
+        let mut other = report.probes[0].clone();
+        other.tracepoint = "other".to_owned();
+        other.state = ProbeState::Attached;
+        other.metrics[1].name = "lookup_latency".to_owned();
+        other.metrics.truncate(2);
+        other.metrics.remove(0);
+        report.probes.push(other);
+        let text = encoded(Snapshot {
+            probes: Some(report),
+            tables: Vec::new(),
+        });
+        assert_eq!(text.matches("# TYPE lookup_latency ").count(), 1, "{text}");
+        assert_lines(
+            &text,
+            &[
+                r#"sonde_metric_conflicts{namespace="shop",tracepoint="other",metric="lookup_latency"} 1"#,
+            ],
+        );
+    }
+
     #[test]
     fn clients_without_openmetrics_get_the_prometheus_text_format() {
         assert_eq!(
@@ -672,7 +969,7 @@ mod tests {
         assert_eq!(Format::negotiate(Some("*/*")), Format::PrometheusText);
         assert_eq!(Format::negotiate(None), Format::PrometheusText);
 
-        let mut registry = Registry::with_prefix(PREFIX);
+        let mut registry = Registry::default();
         registry.register_collector(Box::new(Fixed(Snapshot {
             probes: Some(report()),
             tables: vec![table()],

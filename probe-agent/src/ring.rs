@@ -9,6 +9,8 @@ use std::os::fd::AsRawFd;
 use aya::maps::{MapData, RingBuf};
 use probe_common::{COMM_LEN, RECORD_HEADER_LEN, RECORD_KIND_EVENT};
 
+use crate::loader::RingPositions;
+
 /// One record as it sits in the ring: the header decoded, the payload not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RawEvent<'a> {
@@ -89,14 +91,43 @@ pub(crate) fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_ne_bytes(word)
 }
 
+/// How full the ring buffer is, at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingUsage {
+    /// Bytes waiting to be drained (records, their headers and padding).
+    pub used_bytes: u64,
+    /// The ring's data size.
+    pub size_bytes: u64,
+}
+
 /// The consumer side of the `EVENTS` ring buffer.
 pub struct RingReader {
     ring: RingBuf<MapData>,
+    positions: Option<RingPositions>,
+    size_bytes: u32,
 }
 
 impl RingReader {
-    pub(crate) fn new(ring: RingBuf<MapData>) -> Self {
-        Self { ring }
+    pub(crate) fn new(
+        ring: RingBuf<MapData>,
+        positions: Option<RingPositions>,
+        size_bytes: u32,
+    ) -> Self {
+        Self {
+            ring,
+            positions,
+            size_bytes,
+        }
+    }
+
+    /// The fill level now, read from the ring's producer and consumer
+    /// positions; `None` if they could not be mapped.
+    pub fn usage(&self) -> Option<RingUsage> {
+        let positions = self.positions.as_ref()?;
+        Some(RingUsage {
+            used_bytes: positions.used_bytes(),
+            size_bytes: u64::from(self.size_bytes),
+        })
     }
 
     /// Takes every record currently in the ring. Returns how many it took.

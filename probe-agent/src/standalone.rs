@@ -349,12 +349,18 @@ impl Standalone {
                         TracepointState::Unsupported(_) => ProbeState::Unsupported,
                     },
                     totals,
+                    metrics: applied
+                        .probe
+                        .as_ref()
+                        .map(|probe| self.engine.metrics(probe.id))
+                        .unwrap_or_default(),
                 }
             })
             .collect();
         ProbeReport {
             probes,
             unattributed: self.engine.unattributed_errors(),
+            ring: self.engine.ring_usage(),
         }
     }
 

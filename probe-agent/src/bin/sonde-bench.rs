@@ -7,7 +7,11 @@
 //! 3. the same with a Sonde Tracepoint (standard columns, host-wide), drained
 //!    into a table as the agent does;
 //! 4. a sustained run of `--seconds` at full speed, reporting the event rate
-//!    and whether anything was lost.
+//!    and whether anything was lost;
+//! 5. the decode path alone (records already in memory, decoded into a
+//!    table): without metrics, then with a Tracepoint's counter and
+//!    histogram metrics (`spec.metrics`), to show what a metric adds per
+//!    event. `--decode-only` runs just this part, which needs no privileges.
 //!
 //! Besides the loop's wall-clock time per call it reports the programs' own
 //! run time per event, from the kernel's BPF statistics (enabled for the run),
@@ -46,6 +50,117 @@ struct Args {
     /// Length of the sustained run.
     #[arg(long, default_value_t = 30)]
     seconds: u64,
+    /// Events per decode-path measurement.
+    #[arg(long, default_value_t = 1_000_000)]
+    decoded: u64,
+    /// Only measure the decode path.
+    #[arg(long)]
+    decode_only: bool,
+}
+
+/// The decode-path cases: a name and the `spec.metrics` YAML.
+const DECODE_CASES: [(&str, &str); 5] = [
+    ("table only, no metric", "[]"),
+    ("+ counter, no labels", "[{name: c, kind: counter}]"),
+    (
+        "+ counter, labels [size, comm]",
+        "[{name: c, kind: counter, labels: [size, comm]}]",
+    ),
+    (
+        "+ histogram (8 buckets), labels [size, comm]",
+        "[{name: h, kind: histogram, value: latency, labels: [size, comm], \
+         buckets: [1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000]}]",
+    ),
+    (
+        "+ both",
+        "[{name: c, kind: counter, labels: [size, comm]}, \
+         {name: h, kind: histogram, value: latency, labels: [size, comm], \
+         buckets: [1000, 2000, 4000, 8000, 16000, 32000, 64000, 128000]}]",
+    ),
+];
+
+/// Records as the ring holds them: the header, `size` (u32 at 48) and
+/// `latency` (u64 at 56); 4 sizes, 3 commands, latencies spread over the
+/// buckets.
+fn decode_records() -> Vec<Vec<u8>> {
+    (0..4096u64)
+        .map(|i| {
+            let mut bytes = vec![0u8; 64];
+            bytes[0..4].copy_from_slice(&probe_common::RECORD_KIND_EVENT.to_ne_bytes());
+            bytes[8..16].copy_from_slice(&(1_000_000 + i).to_ne_bytes());
+            bytes[16..24].copy_from_slice(&((1000u64 << 32) | 1000).to_ne_bytes());
+            let comm: &[u8] = [&b"nginx"[..], b"postgres", b"sonde-demo-app"][(i % 3) as usize];
+            bytes[32..32 + comm.len()].copy_from_slice(comm);
+            bytes[48..56].copy_from_slice(&(64u64 << (i % 4)).to_ne_bytes());
+            bytes[56..64].copy_from_slice(&((i * 37) % 200_000).to_ne_bytes());
+            bytes
+        })
+        .collect()
+}
+
+/// ns per event of decoding `events` records into a table with `metrics`.
+fn decode_ns(metrics: &str, records: &[Vec<u8>], events: u64) -> anyhow::Result<f64> {
+    use probe_agent::{
+        capture::Capture,
+        plan::{ColumnLayout, ColumnPlan, RecordSchema},
+        ring::{RecordSink, decode},
+        user_metrics::EventMetrics,
+    };
+    let schema = RecordSchema {
+        columns: vec![
+            ColumnPlan {
+                name: "size".into(),
+                offset: 48,
+                layout: ColumnLayout::Int(crds::FieldType::U32),
+            },
+            ColumnPlan {
+                name: "latency".into(),
+                offset: 56,
+                layout: ColumnLayout::Int(crds::FieldType::U64),
+            },
+        ],
+        record_len: 64,
+    };
+    let specs: Vec<crds::v1alpha1::MetricSpec> = serde_yaml::from_str(metrics)?;
+    let mut capture = Capture::new("bench");
+    capture.open(0, schema.clone());
+    capture.set_metrics(0, EventMetrics::compile(&specs, &schema, "bench")?);
+    let decoded: Vec<_> = records
+        .iter()
+        .map(|r| decode(r))
+        .collect::<Result<_, _>>()?;
+    let start = Instant::now();
+    for event in decoded.iter().cycle().take(events as usize) {
+        capture.event(std::hint::black_box(event));
+    }
+    capture.seal_all();
+    let elapsed = start.elapsed();
+    std::hint::black_box(capture.metric_samples(0));
+    Ok(elapsed.as_nanos() as f64 / events as f64)
+}
+
+/// Measures every decode case side by side, `rounds` times, and prints the
+/// medians and their ratios to the case without metrics.
+fn decode_costs(events: u64, rounds: usize) -> anyhow::Result<()> {
+    let records = decode_records();
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); DECODE_CASES.len()];
+    for _ in 0..rounds {
+        for (case, (_, metrics)) in DECODE_CASES.iter().enumerate() {
+            times[case].push(decode_ns(metrics, &records, events)?);
+        }
+    }
+    let medians: Vec<f64> = times.into_iter().map(median).collect();
+    println!("decode path, {events} events into a table, median of {rounds} rounds");
+    for ((name, _), ns) in DECODE_CASES.iter().zip(&medians) {
+        println!(
+            "  {:<44} {:>8.1} ns/event  {:.2}x  ({:+.1} ns)",
+            name,
+            ns,
+            ns / medians[0],
+            ns - medians[0]
+        );
+    }
+    Ok(())
 }
 
 /// Runs the load generator and returns its ns per call.
@@ -121,6 +236,10 @@ fn with_drain<T>(engine: Engine, work: impl FnOnce() -> T) -> (Engine, T) {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    decode_costs(args.decoded, args.rounds)?;
+    if args.decode_only {
+        return Ok(());
+    }
     preflight::check_privileges()?;
     let spec: crds::v1alpha1::TracepointSpec = serde_yaml::from_str(
         "probe: {tracepoint: {group: syscalls, name: sys_enter_getppid}}\ntable: bench",

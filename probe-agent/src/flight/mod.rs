@@ -11,6 +11,8 @@
 //! - `sql`: DataFusion over live snapshots, with a memory budget per query.
 //! - Authentication: an optional bearer token checked by an interceptor on
 //!   every call, and optional TLS.
+//! - [`FlightMetrics`]: calls by method and status code, and their duration,
+//!   counted around the whole service.
 //!
 //! Every stream is a `BoxStream<'static, Result<_, Status>>`; request
 //! errors are [`RequestError`]s and become a `tonic::Status` in one place.
@@ -18,6 +20,7 @@
 mod error;
 #[cfg(any(test, feature = "fixture"))]
 pub mod fixture;
+mod metrics;
 mod service;
 mod sql;
 mod table;
@@ -38,6 +41,7 @@ use tonic::{
 
 pub use self::{
     error::{FlightError, RequestError},
+    metrics::FlightMetrics,
     ticket::{TableTicket, TimeBound},
 };
 use self::{service::SondeFlightService, sql::SqlEngine};
@@ -80,6 +84,7 @@ pub struct FlightServer {
     tls: Option<ServerTlsConfig>,
     service: SondeFlightService,
     token: Option<String>,
+    metrics: FlightMetrics,
 }
 
 impl std::fmt::Debug for FlightServer {
@@ -125,6 +130,7 @@ pub async fn bind(
         tls,
         service: SondeFlightService::new(source, engine),
         token: config.token,
+        metrics: FlightMetrics::default(),
     })
 }
 
@@ -145,6 +151,12 @@ impl FlightServer {
         self.local_addr
     }
 
+    /// The endpoint's request metrics, to register with the agent's
+    /// registry ([`FlightMetrics::register`]).
+    pub fn metrics(&self) -> FlightMetrics {
+        self.metrics.clone()
+    }
+
     /// Serves until `shutdown` completes; in-flight calls are then drained.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), FlightError> {
         let auth = BearerAuth {
@@ -152,7 +164,7 @@ impl FlightServer {
         };
         let service =
             FlightServiceServer::with_interceptor(self.service, move |request| auth.check(request));
-        let mut builder = Server::builder();
+        let mut builder = Server::builder().layer(self.metrics.layer());
         if let Some(tls) = self.tls {
             builder = builder
                 .tls_config(tls)

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{
     error::RequestError,
+    metrics::note_command,
     sql::{FlightDataStream, SqlEngine, SqlService, encode},
     table::read_table,
     ticket::{TableRead, TableTicket},
@@ -26,8 +27,29 @@ use crate::store::{TableInfo, TableName, TableSource};
 const SQL_TYPE_PREFIX: &str = "type.googleapis.com/arrow.flight.protocol.sql.";
 
 /// Whether `bytes` hold a Flight SQL command rather than a table request.
+#[cfg(test)]
 pub(super) fn is_sql_command(bytes: &[u8]) -> bool {
-    Any::decode(bytes).is_ok_and(|any| any.type_url.starts_with(SQL_TYPE_PREFIX))
+    sql_command(bytes).is_some()
+}
+
+/// The type name of the Flight SQL command in `bytes`, if they hold one.
+fn sql_command(bytes: &[u8]) -> Option<String> {
+    let any = Any::decode(bytes).ok()?;
+    any.type_url
+        .strip_prefix(SQL_TYPE_PREFIX)
+        .map(str::to_owned)
+}
+
+/// Notes the call's Flight SQL command for the request metrics; true if
+/// `bytes` hold one.
+fn route_sql<T>(request: &Request<T>, bytes: &[u8]) -> bool {
+    match sql_command(bytes) {
+        Some(command) => {
+            note_command(request, &command);
+            true
+        }
+        None => false,
+    }
 }
 
 pub(crate) struct SondeFlightService {
@@ -173,7 +195,7 @@ impl FlightService for SondeFlightService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        if is_sql_command(&request.get_ref().cmd) {
+        if route_sql(&request, &request.get_ref().cmd) {
             return self.sql.get_flight_info(request).await;
         }
         let (ticket, info, read) = self.descriptor_read(request.get_ref())?;
@@ -195,7 +217,7 @@ impl FlightService for SondeFlightService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<SchemaResult>, Status> {
-        if is_sql_command(&request.get_ref().cmd) {
+        if route_sql(&request, &request.get_ref().cmd) {
             let info = self.sql.get_flight_info(request).await?.into_inner();
             return Ok(Response::new(SchemaResult {
                 schema: info.schema,
@@ -209,7 +231,7 @@ impl FlightService for SondeFlightService {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        if is_sql_command(&request.get_ref().ticket) {
+        if route_sql(&request, &request.get_ref().ticket) {
             return self.sql.do_get(request).await;
         }
         Ok(Response::new(self.table_do_get(&request.get_ref().ticket)?))
@@ -233,6 +255,7 @@ impl FlightService for SondeFlightService {
         &self,
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
+        note_command(&request, &request.get_ref().r#type);
         self.sql.do_action(request).await
     }
 

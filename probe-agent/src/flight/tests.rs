@@ -60,6 +60,7 @@ fn source_with_rows() -> Arc<MemorySource> {
 
 struct TestServer {
     addr: std::net::SocketAddr,
+    metrics: super::FlightMetrics,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), FlightError>>,
 }
@@ -70,12 +71,14 @@ impl TestServer {
         configure(&mut config);
         let server = super::bind(source, config).await.unwrap();
         let addr = server.local_addr();
+        let metrics = server.metrics();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(server.run(async {
             let _ = rx.await;
         }));
         Self {
             addr,
+            metrics,
             shutdown: Some(tx),
             task,
         }
@@ -732,6 +735,74 @@ async fn a_token_is_required_when_configured() {
         batches[0].column(0).as_primitive::<Int64Type>().value(0),
         30
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn calls_are_counted_by_method_and_status_code() {
+    let server = TestServer::start(source_with_rows(), |c| c.token = Some("s3cret".into())).await;
+    let mut client = server.client().await;
+    client.add_header("authorization", "Bearer s3cret").unwrap();
+    for _ in 0..3 {
+        let batches = do_get(&mut client, r#"{"table":"shop.opens"}"#)
+            .await
+            .unwrap();
+        assert_eq!(times(&batches).len(), 30);
+    }
+    for _ in 0..2 {
+        client
+            .get_flight_info(FlightDescriptor::new_path(vec![
+                "shop".into(),
+                "opens".into(),
+            ]))
+            .await
+            .unwrap();
+    }
+    let (status, _) = code(
+        client
+            .get_flight_info(FlightDescriptor::new_path(vec![
+                "shop".into(),
+                "nope".into(),
+            ]))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(status, Code::NotFound);
+    sql(&mut client, "SELECT count(*) FROM shop.opens")
+        .await
+        .unwrap();
+    let mut anonymous = server.client().await;
+    do_get(&mut anonymous, r#"{"table":"shop.opens"}"#)
+        .await
+        .unwrap_err();
+    // A stream the client abandons after its first batch.
+    let mut stream = client
+        .do_get(Ticket::new(r#"{"table":"shop.opens","follow":true}"#))
+        .await
+        .unwrap();
+    stream.next().await.unwrap().unwrap();
+    drop(stream);
+
+    let metrics = &server.metrics;
+    let counted = || {
+        [
+            metrics.requests("DoGet", "", "Ok"),
+            metrics.requests("GetFlightInfo", "", "Ok"),
+            metrics.requests("GetFlightInfo", "", "NotFound"),
+            metrics.requests("DoGet", "", "Unauthenticated"),
+            metrics.requests("DoGet", "", "Cancelled"),
+            metrics.requests("GetFlightInfo", "CommandStatementQuery", "Ok"),
+            metrics.requests("DoGet", "TicketStatementQuery", "Ok"),
+        ]
+    };
+    // The server sees the abandoned stream go within moments.
+    for _ in 0..50 {
+        if counted()[4] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(counted(), [3, 2, 1, 1, 1, 1, 1]);
     server.stop().await;
 }
 
