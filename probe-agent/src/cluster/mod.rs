@@ -131,6 +131,10 @@ pub struct ClusterAgent {
     labelled: HashSet<u64>,
     facts: NodeFacts,
     reports: Option<mpsc::Receiver<ReportRequest>>,
+    /// Where [`Self::run`] publishes the status, and the states last
+    /// published (counts zeroed).
+    statuses: Option<channel::Sender<Option<ProbeNodeStatus>>>,
+    published: Option<Vec<AssignmentStatus>>,
 }
 
 impl ClusterAgent {
@@ -156,6 +160,8 @@ impl ClusterAgent {
             labelled: HashSet::new(),
             facts,
             reports: None,
+            statuses: None,
+            published: None,
         }
     }
 
@@ -190,7 +196,7 @@ impl ClusterAgent {
         let mut next_resync = now;
         let mut next_upkeep = now + UPKEEP_INTERVAL;
         let mut next_heartbeat = now + intervals.heartbeat;
-        let mut published: Option<Vec<AssignmentStatus>> = None;
+        self.statuses = Some(statuses);
         let mut changed = true;
         loop {
             let mut request = None;
@@ -217,20 +223,25 @@ impl ClusterAgent {
                     .probe_node()
                     .map(|pn| pn.spec.assignments.clone())
                     .unwrap_or_default();
+                tracing::debug!(
+                    assignments = assignments.len(),
+                    pods = pods.len(),
+                    woken = changed,
+                    "reconciling"
+                );
                 self.reconcile(&assignments, pods.iter().map(Arc::as_ref));
                 changed = false;
                 next_resync = now + RESYNC_INTERVAL;
-                // Published at once when a state changed, not only counts.
-                let states = self.assignment_states();
-                let shape = without_counts(&states);
-                if published.as_ref() != Some(&shape) {
-                    published = Some(shape);
-                    statuses.send_replace(Some(self.node_status(states)));
+                if self.publish_changes() {
                     next_heartbeat = now + intervals.heartbeat;
                 }
             }
             if now >= next_heartbeat {
-                if published.is_some() {
+                // Counts only go out with the heartbeat; nothing before the
+                // first reconcile, which would report nothing applied.
+                if self.published.is_some()
+                    && let Some(statuses) = &self.statuses
+                {
                     statuses.send_replace(Some(self.node_status(self.assignment_states())));
                 }
                 next_heartbeat = now + intervals.heartbeat;
@@ -241,6 +252,7 @@ impl ClusterAgent {
             }
         }
         self.engine.drain();
+        self.statuses = None;
         drop(reports);
         Ok(())
     }
@@ -294,10 +306,35 @@ impl ClusterAgent {
             .chain(self.tracepoints.keys())
             .cloned()
             .collect();
+        // Labels first: the drain that decodes a new target's first
+        // records may come before this reconcile ends.
+        let targeted = self.label_rows(wanted.values());
         for key in keys {
-            self.reconcile_tracepoint(&key, wanted.get(&key));
+            if self.reconcile_tracepoint(&key, wanted.get(&key)) {
+                // Each attach takes a while: report each as it lands.
+                self.publish_changes();
+            }
         }
-        self.label_rows(wanted.values());
+        // Records of containers that went are decoded, with their labels,
+        // before the labels go.
+        self.engine.drain();
+        self.unlabel_rows_except(&targeted);
+    }
+
+    /// Publishes the status if a state changed since the last one (counts
+    /// wait for the heartbeat). Returns whether it published.
+    fn publish_changes(&mut self) -> bool {
+        let Some(statuses) = &self.statuses else {
+            return false;
+        };
+        let states = self.assignment_states();
+        let shape = without_counts(&states);
+        if self.published.as_ref() == Some(&shape) {
+            return false;
+        }
+        statuses.send_replace(Some(self.node_status(states)));
+        self.published = Some(shape);
+        true
     }
 
     /// The selected containers of a Tracepoint, by cgroup id.
@@ -331,7 +368,8 @@ impl ClusterAgent {
         (targets, unresolved)
     }
 
-    fn reconcile_tracepoint(&mut self, key: &AssignmentKey, wanted: Option<&Wanted<'_>>) {
+    /// Applies one Tracepoint's decision; returns whether it did anything.
+    fn reconcile_tracepoint(&mut self, key: &AssignmentKey, wanted: Option<&Wanted<'_>>) -> bool {
         let label = format!("{}/{}", key.1, key.2);
         // A node that cannot target pods runs nothing, and says why.
         if let (Some(wanted), Err(why)) = (wanted, &self.cgroups) {
@@ -346,7 +384,7 @@ impl ClusterAgent {
                     why,
                 );
             }
-            return;
+            return true;
         }
         let desired = wanted.and_then(|w| {
             let spec = w.spec.as_ref().ok()?;
@@ -375,7 +413,7 @@ impl ClusterAgent {
                     why.clone(),
                 );
             }
-            return;
+            return true;
         }
         let decision = {
             let applied = self.tracepoints.get(key).and_then(|a| {
@@ -389,7 +427,7 @@ impl ClusterAgent {
             reconcile::decide(desired.as_ref(), applied.as_ref())
         };
         match decision {
-            Decision::Keep => {}
+            Decision::Keep => return false,
             Decision::Remove => {
                 self.release(key);
                 if let Some(spec) = self.tracepoints.remove(key).and_then(|gone| gone.spec) {
@@ -401,10 +439,10 @@ impl ClusterAgent {
             }
             Decision::Retarget { add, remove } => {
                 let Some(applied) = self.tracepoints.get_mut(key) else {
-                    return;
+                    return true;
                 };
                 let Some(probe) = applied.probe.as_ref().map(|p| p.id) else {
-                    return;
+                    return true;
                 };
                 for id in &add {
                     if let Err(e) = self.engine.add_target(probe, *id) {
@@ -434,7 +472,7 @@ impl ClusterAgent {
             }
             Decision::Idle | Decision::Attach | Decision::Reattach => {
                 let Some(wanted) = wanted else {
-                    return;
+                    return true;
                 };
                 let edited = decision == Decision::Reattach;
                 let carried = match self.tracepoints.get(key) {
@@ -450,7 +488,7 @@ impl ClusterAgent {
                     .get(key)
                     .and_then(|a| Some(a.spec.as_ref()?.table.clone()));
                 let Ok(spec) = wanted.spec else {
-                    return;
+                    return true;
                 };
                 let mut applied = self.apply(&label, wanted, spec, edited);
                 applied.carried = carried;
@@ -464,6 +502,7 @@ impl ClusterAgent {
                 self.tracepoints.insert(key.clone(), applied);
             }
         }
+        true
     }
 
     /// Attaches a Tracepoint to its targets, or records it idle or failed.
@@ -537,6 +576,7 @@ impl ClusterAgent {
                     table = %spec.table,
                     containers = targets.len(),
                     generation = applied.generation,
+                    programs = ?self.engine.program_ids(),
                     "attached"
                 );
                 applied.probe = Some(probe);
@@ -614,9 +654,9 @@ impl ClusterAgent {
         format!("no selected pod runs on node {}", self.node)
     }
 
-    /// Keeps the cgroup → container map current for every targeted
-    /// container, so rows get their pod's names.
-    fn label_rows<'w>(&mut self, wanted: impl Iterator<Item = &'w Wanted<'w>>) {
+    /// Labels every targeted container's cgroup in the engine's identity
+    /// map, so rows get their pod's names. Returns the cgroups targeted.
+    fn label_rows<'w>(&mut self, wanted: impl Iterator<Item = &'w Wanted<'w>>) -> HashSet<u64> {
         let mut now: HashMap<u64, &SelectedContainer> = HashMap::new();
         for w in wanted {
             for (id, target) in &w.targets {
@@ -624,18 +664,27 @@ impl ClusterAgent {
             }
         }
         let identities = self.engine.identities_mut();
-        for gone in self.labelled.iter().filter(|id| !now.contains_key(id)) {
-            identities.remove(*gone);
-        }
         for (id, selected) in &now {
-            if !self.labelled.contains(id) {
+            if self.labelled.insert(*id) {
                 identities.insert(
                     *id,
                     ContainerIdentity::new(&selected.namespace, &selected.pod, &selected.container),
                 );
             }
         }
-        self.labelled = now.into_keys().collect();
+        now.into_keys().collect()
+    }
+
+    /// Forgets the labels of cgroups no longer targeted.
+    fn unlabel_rows_except(&mut self, targeted: &HashSet<u64>) {
+        let identities = self.engine.identities_mut();
+        self.labelled.retain(|id| {
+            let keep = targeted.contains(id);
+            if !keep {
+                identities.remove(*id);
+            }
+            keep
+        });
     }
 
     /// Applies the Retention assignments to the table store and rollups.
@@ -911,7 +960,10 @@ mod tests {
         };
         let mut more = state.clone();
         more.events = 9;
-        assert_eq!(without_counts(&[state.clone()]), without_counts(&[more]));
+        assert_eq!(
+            without_counts(std::slice::from_ref(&state)),
+            without_counts(&[more])
+        );
         let mut idle = state.clone();
         idle.state = AssignmentState::Idle;
         assert_ne!(without_counts(&[state]), without_counts(&[idle]));

@@ -51,7 +51,7 @@ impl ClusterView {
         let tasks = vec![
             tokio::spawn(watch(
                 Api::<ProbeNode>::all(client.clone()),
-                watcher::Config::default().fields(&format!("metadata.name={node}")),
+                watch_config().fields(&format!("metadata.name={node}")),
                 probe_node_writer,
                 view.probe_nodes_ready.clone(),
                 changes.clone(),
@@ -59,7 +59,7 @@ impl ClusterView {
             )),
             tokio::spawn(watch(
                 Api::<Pod>::all(client.clone()),
-                watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+                watch_config().fields(&format!("spec.nodeName={node}")),
                 pod_writer,
                 view.pods_ready.clone(),
                 changes,
@@ -89,6 +89,14 @@ impl ClusterView {
     pub fn pods(&self) -> Vec<Arc<Pod>> {
         self.pods.state()
     }
+}
+
+/// Lists are served from the apiserver's watch cache (any resource
+/// version): a consistent list from etcd can be ahead of that cache, and
+/// the watch that follows then waits seconds for the cache to catch up.
+/// Each agent restarting at once also spares etcd.
+fn watch_config() -> watcher::Config {
+    watcher::Config::default().any_semantic()
 }
 
 async fn watch<K>(

@@ -1,6 +1,6 @@
 //! The `probe-agent` binary run as users run it, for the integration tests:
-//! standalone on a folder of manifests, its log read line by line, stopped
-//! with Ctrl-C (SIGINT).
+//! standalone on a folder of manifests or in cluster mode on a kubeconfig,
+//! its log read line by line, stopped with Ctrl-C (SIGINT) or killed.
 
 #![allow(dead_code)] // Each test file uses part of this module.
 
@@ -29,12 +29,29 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts the agent on `manifests` with Flight on a free port, plus `args`.
     pub fn start(manifests: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(AGENT)
-            .args(["--standalone", "--manifests"])
-            .arg(manifests)
+        let mut command = Command::new(AGENT);
+        command.args(["--standalone", "--manifests"]).arg(manifests);
+        Self::spawn(command, args)
+    }
+
+    /// Starts the agent in cluster mode as node `node` of the cluster
+    /// `kubeconfig` points to, with Flight on a free port, plus `args`.
+    pub fn start_cluster(kubeconfig: &Path, node: &str, args: &[&str]) -> Self {
+        let mut command = Command::new(AGENT);
+        command
+            .args(["--node-name", node])
+            .env("KUBECONFIG", kubeconfig);
+        Self::spawn(command, args)
+    }
+
+    fn spawn(mut command: Command, args: &[&str]) -> Self {
+        let mut child = command
             .args(["--flight-addr", "127.0.0.1:0"])
             .args(args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("SONDE_TEST_AGENT_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .stderr(Stdio::piped())
             .spawn()
             .expect("start probe-agent");
@@ -86,6 +103,25 @@ impl AgentProcess {
         self.interrupt();
         let mut child = self.child.take().expect("the agent is running");
         child.wait().expect("agent exits")
+    }
+
+    /// Kills the agent outright (SIGKILL), as a crash would, and reaps it.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).expect("send SIGKILL");
+            let _ = child.wait();
+        }
+    }
+
+    /// The Flight address from the "serving Arrow Flight" line, as
+    /// `http://127.0.0.1:<port>`.
+    pub fn flight_url(&self, within: Duration) -> String {
+        let (line, _) = self.expect("serving Arrow Flight", within);
+        line.split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .and_then(|w| w.strip_suffix(';'))
+            .expect("a http:// address")
+            .to_owned()
     }
 
     /// Waits for the exit of an agent already told to stop.
