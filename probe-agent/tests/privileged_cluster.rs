@@ -337,6 +337,7 @@ async fn cluster_agent_captures_selected_pods_and_reports() -> anyhow::Result<()
         NODE,
         &["--heartbeat-interval", "2s"],
     );
+    let url = tokio::task::block_in_place(|| agent.flight_url(Duration::from_secs(30)));
     // Two Tracepoints attach, each on its own kernel tracepoint.
     let mut programs_again = program_ids(&line(&agent, "programs=["));
     programs_again.extend(program_ids(&line(&agent, "programs=[")));
@@ -366,8 +367,68 @@ async fn cluster_agent_captures_selected_pods_and_reports() -> anyhow::Result<()
         "re-attached"
     );
 
-    // The pod goes: its Tracepoints go idle and nothing stays linked.
+    // A second selected pod joins the attached probes' target sets: its
+    // load generator polls for its start file, which never comes.
+    let mut web_2 = loadgen_pod("web-2", 1, &work.path().join("never"));
+    web_2.metadata.labels = Some([("app".to_owned(), "web".to_owned())].into());
+    cluster.run_pod("shop", web_2).await?;
+    let from_web_2 = |batches: &[RecordBatch]| {
+        strings(batches, "pod")
+            .iter()
+            .any(|p| p.as_deref() == Some("web-2"))
+    };
+    let start = Instant::now();
+    while !from_web_2(&rows(&url, "shop.naps").await) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no row from web-2"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // An edit that adds a column: reattached, the table made anew with it.
+    let mut node = api.get(NODE).await?;
+    let naps = node
+        .spec
+        .assignments
+        .iter_mut()
+        .find(|a| a.name == "naps")
+        .unwrap();
+    naps.generation = 2;
+    naps.tracepoint.as_mut().unwrap().fields =
+        serde_json::from_value(json!([{"name": "flags", "type": "i32"}]))?;
+    api.replace(NODE, &PostParams::default(), &node).await?;
+    wait_for_entry(&api, "naps", Duration::from_secs(10), |e| {
+        e.generation == 2 && e.state == AssignmentState::Attached
+    })
+    .await;
+    let start = Instant::now();
+    loop {
+        let batches = rows(&url, "shop.naps").await;
+        let has_flags = batches
+            .first()
+            .is_some_and(|b| b.schema().column_with_name("flags").is_some());
+        if has_flags && from_web_2(&batches) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no row with the new column"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    programs_again.extend(program_ids(&line(&agent, "programs=[")));
+
+    // The pods go: one leaves the target sets, then the Tracepoints go idle
+    // and nothing stays linked.
     cluster.delete_pod("shop", "web").await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        entry(&api, "naps").await.map(|e| e.state),
+        Some(AssignmentState::Attached),
+        "web-2 still runs"
+    );
+    cluster.delete_pod("shop", "web-2").await?;
     for name in ["calls", "naps"] {
         let idle = wait_for_entry(&api, name, Duration::from_secs(10), |e| {
             e.state == AssignmentState::Idle
