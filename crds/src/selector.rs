@@ -60,15 +60,17 @@ mod tests {
         LabelSelectorRequirement {
             key: key.to_owned(),
             operator: operator.to_owned(),
-            values: (!values.is_empty())
-                .then(|| values.iter().map(|v| (*v).to_owned()).collect()),
+            values: (!values.is_empty()).then(|| values.iter().map(|v| (*v).to_owned()).collect()),
         }
     }
 
     #[test]
     fn absent_and_empty_selectors_match_every_pod() {
         assert!(matches(None, &labels(&[])));
-        assert!(matches(Some(&LabelSelector::default()), &labels(&[("app", "x")])));
+        assert!(matches(
+            Some(&LabelSelector::default()),
+            &labels(&[("app", "x")])
+        ));
     }
 
     #[test]
