@@ -25,7 +25,7 @@ use std::{
 
 use arrow_array::{Array, RecordBatch, StringArray, UInt32Array};
 use arrow_flight::{FlightClient, Ticket};
-use common::{AgentProcess, LOADGEN, program_ids};
+use common::{AGENT, AgentProcess, LOADGEN, PinnedBinary, program_ids};
 use crds::v1alpha1::{AssignmentState, AssignmentStatus, ProbeNode};
 use e2e::Cluster;
 use futures::TryStreamExt as _;
@@ -180,18 +180,45 @@ fn linked_programs() -> Vec<u32> {
         .collect()
 }
 
+/// `GET /metrics` from `addr`; the body.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
 /// Waits, off the async workers, for an agent log line.
 fn line(agent: &AgentProcess, what: &str) -> String {
     tokio::task::block_in_place(|| agent.expect(what, Duration::from_secs(30)).0)
 }
 
-fn loadgen_pod(name: &str, calls: u64, go: &Path) -> k8s_openapi::api::core::v1::Pod {
+fn loadgen_pod(
+    loadgen: &Path,
+    name: &str,
+    calls: u64,
+    go: &Path,
+) -> k8s_openapi::api::core::v1::Pod {
     let calls = calls.to_string();
-    let go = go.to_str().unwrap();
     e2e::pod(
         name,
         NODE,
-        &[LOADGEN, "getppid", &calls, "--wait-file", go, "--hold"],
+        &[
+            loadgen.to_str().unwrap(),
+            "getppid",
+            &calls,
+            "--wait-file",
+            go.to_str().unwrap(),
+            "--hold",
+        ],
     )
 }
 
@@ -199,6 +226,9 @@ fn loadgen_pod(name: &str, calls: u64, go: &Path) -> k8s_openapi::api::core::v1:
 async fn cluster_agent_captures_selected_pods_and_reports() -> anyhow::Result<()> {
     e2e::require_root()?;
     let test_start = Instant::now();
+    let agent_binary = PinnedBinary::new(AGENT);
+    let loadgen = PinnedBinary::new(LOADGEN);
+    let loadgen = loadgen.path();
     let cluster = Cluster::builder()
         .manifests(include_str!("../../crds/sonde.dev.yaml"))
         .start()
@@ -208,12 +238,12 @@ async fn cluster_agent_captures_selected_pods_and_reports() -> anyhow::Result<()
     let work = tempfile::tempdir()?;
     let go = work.path().join("go");
     cluster
-        .run_pod("shop", loadgen_pod("web", WEB_CALLS, &go))
+        .run_pod("shop", loadgen_pod(loadgen, "web", WEB_CALLS, &go))
         .await?;
     cluster
-        .run_pod("shop", loadgen_pod("other", OTHER_CALLS, &go))
+        .run_pod("shop", loadgen_pod(loadgen, "other", OTHER_CALLS, &go))
         .await?;
-    let mut host = Command::new(LOADGEN)
+    let mut host = Command::new(loadgen)
         .args(["getppid", &HOST_CALLS.to_string(), "--wait-file"])
         .arg(&go)
         .stdout(Stdio::null())
@@ -231,6 +261,7 @@ async fn cluster_agent_captures_selected_pods_and_reports() -> anyhow::Result<()
     api.create(&PostParams::default(), &elsewhere).await?;
 
     let agent = AgentProcess::start_cluster(
+        agent_binary.path(),
         cluster.kubeconfig_path(),
         NODE,
         &["--heartbeat-interval", "2s"],
@@ -333,11 +364,24 @@ async fn cluster_agent_captures_selected_pods_and_reports() -> anyhow::Result<()
     agent.kill();
     let before = api.get(NODE).await?.status.unwrap().heartbeat_time.unwrap();
     let agent = AgentProcess::start_cluster(
+        agent_binary.path(),
         cluster.kubeconfig_path(),
         NODE,
-        &["--heartbeat-interval", "2s"],
+        &[
+            "--heartbeat-interval",
+            "2s",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
     );
     let url = tokio::task::block_in_place(|| agent.flight_url(Duration::from_secs(30)));
+    let metrics = line(&agent, "serving Prometheus metrics");
+    let metrics = metrics
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .and_then(|w| w.strip_suffix("/metrics"))
+        .unwrap()
+        .to_owned();
     // Two Tracepoints attach, each on its own kernel tracepoint.
     let mut programs_again = program_ids(&line(&agent, "programs=["));
     programs_again.extend(program_ids(&line(&agent, "programs=[")));
@@ -369,7 +413,7 @@ async fn cluster_agent_captures_selected_pods_and_reports() -> anyhow::Result<()
 
     // A second selected pod joins the attached probes' target sets: its
     // load generator polls for its start file, which never comes.
-    let mut web_2 = loadgen_pod("web-2", 1, &work.path().join("never"));
+    let mut web_2 = loadgen_pod(loadgen, "web-2", 1, &work.path().join("never"));
     web_2.metadata.labels = Some([("app".to_owned(), "web".to_owned())].into());
     cluster.run_pod("shop", web_2).await?;
     let from_web_2 = |batches: &[RecordBatch]| {
@@ -435,6 +479,13 @@ async fn cluster_agent_captures_selected_pods_and_reports() -> anyhow::Result<()
         })
         .await;
         assert_eq!(idle.reason.as_deref(), Some("NoMatchingPods"));
+    }
+    // Scrapes see the same states, through the engine's report; with no
+    // selected pod the failed uprobe is idle as well.
+    let body = tokio::task::block_in_place(|| scrape(&metrics));
+    for (state, count) in [("attached", 0), ("idle", 3), ("failed", 0)] {
+        let sample = format!("sonde_probes{{state=\"{state}\"}} {count}");
+        assert!(body.lines().any(|l| l == sample), "{sample} in:\n{body}");
     }
     let linked = linked_programs();
     assert!(

@@ -559,6 +559,7 @@ impl ClusterAgent {
                 return applied;
             }
             (_, Some((pid, _))) => ContainerRoot::of(pid),
+            // Nothing to look up: a kernel probe.
             (None, None) => ContainerRoot::of(0),
         };
         let result = self.engine.attach_with(

@@ -6,7 +6,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc::{self, Receiver},
     time::{Duration, Instant},
@@ -34,10 +34,11 @@ impl AgentProcess {
         Self::spawn(command, args)
     }
 
-    /// Starts the agent in cluster mode as node `node` of the cluster
-    /// `kubeconfig` points to, with Flight on a free port, plus `args`.
-    pub fn start_cluster(kubeconfig: &Path, node: &str, args: &[&str]) -> Self {
-        let mut command = Command::new(AGENT);
+    /// Starts the agent (`binary`, such as a [`PinnedBinary`] of [`AGENT`])
+    /// in cluster mode as node `node` of the cluster `kubeconfig` points to,
+    /// with Flight on a free port, plus `args`.
+    pub fn start_cluster(binary: &Path, kubeconfig: &Path, node: &str, args: &[&str]) -> Self {
+        let mut command = Command::new(binary);
         command
             .args(["--node-name", node])
             .env("KUBECONFIG", kubeconfig);
@@ -138,6 +139,38 @@ impl Drop for AgentProcess {
             let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGINT);
             let _ = child.wait();
         }
+    }
+}
+
+/// A hard link to a binary of the target directory, private to one test:
+/// another build sharing the target directory may replace the original
+/// while a long test still starts processes from it. Removed on drop.
+pub struct PinnedBinary(PathBuf);
+
+impl PinnedBinary {
+    pub fn new(binary: &str) -> Self {
+        let name = Path::new(binary)
+            .file_name()
+            .expect("a file name")
+            .to_string_lossy()
+            .into_owned();
+        let pinned = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{name}-pinned-{}", std::process::id()));
+        let _ = std::fs::remove_file(&pinned);
+        std::fs::hard_link(binary, &pinned)
+            .or_else(|_| std::fs::copy(binary, &pinned).map(|_| ()))
+            .expect("pin the binary");
+        Self(pinned)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PinnedBinary {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
