@@ -153,9 +153,9 @@ print(json.dumps({{"flights": flights, "names": table.schema.names,
         answer["flights"],
         json!([
             {"path": ["shop", "opens"], "rows": 1000,
-             "columns": ["time_", "node", "pid", "tid", "comm", "cgroup_id", "path", "flags"]},
+             "columns": ["time_", "node", "pid", "tid", "comm", "cgroup_id", "namespace", "pod", "container", "path", "flags"]},
             {"path": ["sonde", "probe_status"], "rows": 0,
-             "columns": ["time_", "node", "pid", "tid", "comm", "cgroup_id", "path", "flags"]},
+             "columns": ["time_", "node", "pid", "tid", "comm", "cgroup_id", "namespace", "pod", "container", "path", "flags"]},
         ])
     );
     assert_eq!(answer["names"], json!(["time_", "pid", "comm"]));

@@ -13,6 +13,7 @@ use probe_common::{MAX_PROBES, ProbeCounters};
 
 use crate::{
     clock::WallClock,
+    identity::CgroupIdentities,
     plan::RecordSchema,
     ring::{DecodeError, RawEvent, RecordSink},
     store::{StoreError, TableName, TableStore},
@@ -42,6 +43,8 @@ pub struct Capture {
     store: Option<TableStore>,
     /// Records that could not be decoded or named no attached probe.
     unattributed_errors: u64,
+    /// Which pod container each cgroup is, for the identity columns.
+    identities: CgroupIdentities,
 }
 
 impl Capture {
@@ -53,6 +56,7 @@ impl Capture {
             node: node.to_owned(),
             store: None,
             unattributed_errors: 0,
+            identities: CgroupIdentities::default(),
         }
     }
 
@@ -86,6 +90,13 @@ impl Capture {
             });
         }
         Ok(())
+    }
+
+    /// Drops a store table (its columns changed); no-op without a store.
+    pub fn drop_store_table(&mut self, name: &TableName) {
+        if let Some(store) = &self.store {
+            store.drop_table(name);
+        }
     }
 
     /// Seals every table whose oldest pending row waited at least
@@ -160,6 +171,12 @@ impl Capture {
         self.unattributed_errors
     }
 
+    /// The cgroup → container map rows are labelled from; cluster mode
+    /// keeps it current.
+    pub fn identities_mut(&mut self) -> &mut CgroupIdentities {
+        &mut self.identities
+    }
+
     /// Every row of a probe's table.
     pub fn batches(&mut self, probe: u32) -> Vec<RecordBatch> {
         self.table(probe).map(Table::batches).unwrap_or_default()
@@ -184,7 +201,8 @@ impl RecordSink for Capture {
         {
             Some(slot) => {
                 slot.received += 1;
-                match slot.table.append(event, &clock) {
+                let identity = self.identities.lookup(event.cgroup_id);
+                match slot.table.append(event, identity, &clock) {
                     // Only rows make it into metrics, so they agree with the table.
                     Ok(()) => slot.metrics.observe(event, &clock),
                     Err(_) => slot.decode_errors += 1,
@@ -313,6 +331,41 @@ mod tests {
             .downcast_ref::<arrow_array::Int32Array>()
             .expect("i32 column");
         assert_eq!(values.values(), &[1, -5]);
+    }
+
+    #[test]
+    fn rows_carry_the_pod_of_their_cgroup() {
+        let mut capture = Capture::new("node-a");
+        capture.open(3, schema());
+        capture.identities_mut().insert(
+            99,
+            crate::identity::ContainerIdentity::new("shop", "web", "main"),
+        );
+        let mut in_pod = record(3, 1);
+        in_pod[24..32].copy_from_slice(&99u64.to_ne_bytes());
+        let on_host = record(3, 2);
+        for bytes in [&in_pod, &on_host, &in_pod] {
+            capture.event(&crate::ring::decode(bytes).expect("valid"));
+        }
+        let batches = capture.batches(3);
+        let schema = batches[0].schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let standard: Vec<&str> = crds::v1alpha1::STANDARD_COLUMNS
+            .iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(names[..standard.len()], standard[..]);
+        assert_eq!(names[standard.len()..], ["n"]);
+        for (column, value) in [("namespace", "shop"), ("pod", "web"), ("container", "main")] {
+            let values = batches[0]
+                .column_by_name(column)
+                .expect("identity column")
+                .as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .expect("utf8 column");
+            let got: Vec<Option<&str>> = values.iter().collect();
+            assert_eq!(got, [Some(value), None, Some(value)], "{column}");
+        }
     }
 
     #[test]

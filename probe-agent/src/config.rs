@@ -34,9 +34,16 @@ pub struct Config {
     #[arg(long, env = "SONDE_RESCAN_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub rescan_interval: Duration,
 
-    /// This node's name, as the cluster knows it (the downward API sets it).
-    #[arg(long, env = "NODE_NAME", default_value_t = default_node_name())]
-    pub node_name: String,
+    /// This node's name, as the cluster knows it (the downward API sets
+    /// it); required in cluster mode, the host name by default standalone.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Cluster mode: how often the node's status is written when nothing
+    /// changes (a heartbeat older than three intervals marks the agent
+    /// gone). The cluster is reached through KUBECONFIG, or in-cluster.
+    #[arg(long, env = "SONDE_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
 
     /// Where tracefs is mounted; found in /proc/mounts' usual places if unset.
     #[arg(long, env = "SONDE_TRACEFS", value_name = "DIR")]
@@ -90,6 +97,19 @@ pub struct Config {
 }
 
 impl Config {
+    /// The node name: as given, or standalone the host name.
+    pub fn node_name(&self) -> Result<String, String> {
+        match (&self.node_name, self.standalone) {
+            (Some(name), _) if !name.is_empty() => Ok(name.clone()),
+            (_, true) => Ok(default_node_name()),
+            _ => Err(
+                "cluster mode needs the node's name: pass --node-name or set NODE_NAME \
+                 (the downward API's spec.nodeName); or run --standalone --manifests DIR"
+                    .to_owned(),
+            ),
+        }
+    }
+
     /// Whom standalone Tracepoints capture from.
     pub fn targets(&self) -> crate::loader::Targets {
         use crate::loader::Targets;
@@ -187,6 +207,27 @@ mod tests {
         assert_eq!(config.drain_interval, Duration::from_millis(50));
         assert_eq!(config.memory_budget, 512 << 20);
         assert_eq!(config.metrics_addr, None);
+    }
+
+    #[test]
+    fn cluster_mode_needs_a_node_name() {
+        let config = Config::try_parse_from(["probe-agent"]).expect("valid flags");
+        let err = config.node_name().expect_err("no node name");
+        assert!(err.contains("--node-name"), "{err}");
+        let config = Config::try_parse_from([
+            "probe-agent",
+            "--node-name",
+            "node-a",
+            "--heartbeat-interval",
+            "2s",
+        ])
+        .expect("valid flags");
+        assert_eq!(config.node_name(), Ok("node-a".to_owned()));
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(2));
+        let standalone =
+            Config::try_parse_from(["probe-agent", "--standalone", "--manifests", "examples"])
+                .expect("valid flags");
+        assert!(standalone.node_name().is_ok_and(|n| !n.is_empty()));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crds::{ValidationError, v1alpha1::TracepointSpec};
 
 use crate::{
     capture::{Capture, MAX_PENDING, ProbeTotals},
+    identity::CgroupIdentities,
     loader::{LoadOptions, ProbeId, ProbeSet, Targets},
     plan::{self, BinaryResolver, HookTarget, PlanError, RecordSchema},
     ring::{RingReader, RingUsage},
@@ -112,11 +113,30 @@ impl Engine {
         spec: &TracepointSpec,
         targets: Targets,
     ) -> Result<AttachedProbe, AttachError> {
+        let binaries = std::mem::replace(&mut self.binaries, Box::new(plan::HostPaths));
+        let result = self.attach_with(namespace, spec, targets, binaries.as_ref(), false);
+        self.binaries = binaries;
+        result
+    }
+
+    /// Like [`Self::attach_in`], with binaries found through `binaries`
+    /// instead of the resolver given at load (cluster mode: inside the
+    /// selected containers). With `replace_table`, an existing store table
+    /// with other columns is dropped and created anew (an edited spec);
+    /// otherwise that is an error.
+    pub fn attach_with(
+        &mut self,
+        namespace: &str,
+        spec: &TracepointSpec,
+        targets: Targets,
+        binaries: &dyn BinaryResolver,
+        replace_table: bool,
+    ) -> Result<AttachedProbe, AttachError> {
         spec.validate()?;
         let plan = plan::compile(
             spec,
             self.probes.tracefs(),
-            self.binaries.as_ref(),
+            binaries,
             targets.mode(),
             self.probes.options().wakeup_watermark,
         )
@@ -133,7 +153,14 @@ impl Engine {
             })?;
         // The table exists before the drain can see the first record.
         let table = TableName::new(namespace, &spec.table);
-        if let Err(e) = self.capture.open_table(id.0, plan.schema.clone(), table) {
+        let mut opened = self
+            .capture
+            .open_table(id.0, plan.schema.clone(), table.clone());
+        if replace_table && matches!(opened, Err(StoreError::SchemaMismatch { .. })) {
+            self.capture.drop_store_table(&table);
+            opened = self.capture.open_table(id.0, plan.schema.clone(), table);
+        }
+        if let Err(e) = opened {
             let _ = self.probes.detach(id);
             return Err(e.into());
         }
@@ -157,6 +184,16 @@ impl Engine {
 
     pub fn add_target(&mut self, probe: ProbeId, id: u64) -> crate::Result<()> {
         self.probes.add_target(probe, id)
+    }
+
+    /// Removes a process or cgroup from an attached probe's target set.
+    pub fn remove_target(&mut self, probe: ProbeId, id: u64) -> crate::Result<()> {
+        self.probes.remove_target(probe, id)
+    }
+
+    /// The cgroup → pod container map rows are labelled from.
+    pub fn identities_mut(&mut self) -> &mut CgroupIdentities {
+        self.capture.identities_mut()
     }
 
     /// Moves everything in the ring buffer into the tables, and seals rows

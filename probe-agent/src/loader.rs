@@ -533,6 +533,41 @@ impl ProbeSet {
         self.insert_target(probe, mode, id)
     }
 
+    /// Removes a process or cgroup from an attached probe's target set.
+    /// Unknown probes and ids are ignored.
+    pub fn remove_target(&mut self, probe: ProbeId, id: u64) -> Result<()> {
+        let Some(attached) = self.attached.get_mut(&probe) else {
+            return Ok(());
+        };
+        let mode = attached.targets.mode();
+        let known = match &mut attached.targets {
+            Targets::All => return Ok(()),
+            Targets::Pids(p) => {
+                let before = p.len();
+                p.retain(|&pid| u64::from(pid) != id);
+                p.len() != before
+            }
+            Targets::Cgroups(c) => {
+                let before = c.len();
+                c.retain(|&cgroup| cgroup != id);
+                c.len() != before
+            }
+        };
+        if !known {
+            return Ok(());
+        }
+        let key = TargetKey {
+            probe_id: probe.0,
+            mode: mode as u32,
+            id,
+        };
+        self.targets.remove(&key).map_err(|source| Error::Map {
+            map: maps::TARGETS,
+            action: "remove",
+            source,
+        })
+    }
+
     fn insert_target(&mut self, probe: ProbeId, mode: TargetMode, id: u64) -> Result<()> {
         let key = TargetKey {
             probe_id: probe.0,

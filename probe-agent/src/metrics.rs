@@ -60,16 +60,19 @@ pub const PREFIX: &str = "sonde";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProbeState {
     Attached,
+    /// Cluster mode: no selected pod runs on the node, so nothing is attached.
+    Idle,
     Failed,
     Unsupported,
 }
 
 impl ProbeState {
-    pub const ALL: [ProbeState; 3] = [Self::Attached, Self::Failed, Self::Unsupported];
+    pub const ALL: [ProbeState; 4] = [Self::Attached, Self::Idle, Self::Failed, Self::Unsupported];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Attached => "attached",
+            Self::Idle => "idle",
             Self::Failed => "failed",
             Self::Unsupported => "unsupported",
         }
@@ -808,6 +811,7 @@ mod tests {
             "# TYPE sonde_events_lost counter".to_owned(),
             "# TYPE sonde_probes gauge".to_owned(),
             r#"sonde_probes{state="attached"} 1"#.to_owned(),
+            r#"sonde_probes{state="idle"} 0"#.to_owned(),
             r#"sonde_probes{state="failed"} 1"#.to_owned(),
             r#"sonde_probes{state="unsupported"} 0"#.to_owned(),
             "sonde_unattributed_records_total 4".to_owned(),

@@ -286,7 +286,7 @@ impl Standalone {
                     tracepoint = %applied.resource,
                     hook = %probe.hook,
                     table = %applied.table,
-                    columns = probe.schema.columns.len() + 6,
+                    columns = probe.schema.columns.len() + crds::v1alpha1::STANDARD_COLUMNS.len(),
                     "attached"
                 );
                 applied.probe = Some(probe);

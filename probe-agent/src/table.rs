@@ -22,6 +22,7 @@ use crds::FieldType;
 
 use crate::{
     clock::WallClock,
+    identity::ContainerIdentity,
     plan::{ColumnLayout, ColumnPlan, RecordSchema},
     ring::{DecodeError, RawEvent, u64_at},
     store::{StoreError, TableName, TableSource, TableStore},
@@ -148,6 +149,9 @@ pub struct Table {
     tid: UInt32Builder,
     comm: StringBuilder,
     cgroup_id: UInt64Builder,
+    namespace: StringBuilder,
+    pod: StringBuilder,
+    container: StringBuilder,
     fields: Vec<FieldBuilder>,
     pending: usize,
     /// Kernel time of the oldest pending row, for sealing by age.
@@ -193,6 +197,11 @@ impl Table {
             Field::new("tid", DataType::UInt32, false),
             Field::new("comm", DataType::Utf8, false),
             Field::new("cgroup_id", DataType::UInt64, false),
+            // Resolved on the node from the cgroup; null outside any pod
+            // (and in standalone mode).
+            Field::new("namespace", DataType::Utf8, true),
+            Field::new("pod", DataType::Utf8, true),
+            Field::new("container", DataType::Utf8, true),
         ];
         fields.extend(
             record
@@ -215,6 +224,9 @@ impl Table {
             tid: UInt32Builder::new(),
             comm: StringBuilder::new(),
             cgroup_id: UInt64Builder::new(),
+            namespace: StringBuilder::new(),
+            pod: StringBuilder::new(),
+            container: StringBuilder::new(),
             pending: 0,
             first_pending_ktime_ns: 0,
             sink,
@@ -245,8 +257,14 @@ impl Table {
         }
     }
 
-    /// Appends one event; a record shorter than the probe's layout is refused.
-    pub fn append(&mut self, event: &RawEvent<'_>, clock: &WallClock) -> Result<(), DecodeError> {
+    /// Appends one event, with the pod container its cgroup belongs to if
+    /// known; a record shorter than the probe's layout is refused.
+    pub fn append(
+        &mut self,
+        event: &RawEvent<'_>,
+        identity: Option<&ContainerIdentity>,
+        clock: &WallClock,
+    ) -> Result<(), DecodeError> {
         let expected = self.record.record_len as usize;
         if event.record.len() < expected {
             return Err(DecodeError::Short {
@@ -263,6 +281,19 @@ impl Table {
         self.tid.append_value(event.tid);
         self.comm.append_value(&*c_string(&event.comm));
         self.cgroup_id.append_value(event.cgroup_id);
+        // The builders copy the bytes: nothing is allocated per event.
+        match identity {
+            Some(identity) => {
+                self.namespace.append_value(identity.namespace());
+                self.pod.append_value(identity.pod());
+                self.container.append_value(identity.container());
+            }
+            None => {
+                self.namespace.append_null();
+                self.pod.append_null();
+                self.container.append_null();
+            }
+        }
         for (builder, column) in self.fields.iter_mut().zip(&self.record.columns) {
             builder.append(event.record, column);
         }
@@ -301,6 +332,9 @@ impl Table {
             Arc::new(self.tid.finish()),
             Arc::new(self.comm.finish()),
             Arc::new(self.cgroup_id.finish()),
+            Arc::new(self.namespace.finish()),
+            Arc::new(self.pod.finish()),
+            Arc::new(self.container.finish()),
         ];
         columns.extend(self.fields.iter_mut().map(FieldBuilder::finish));
         self.pending = 0;

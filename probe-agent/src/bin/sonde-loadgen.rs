@@ -4,10 +4,15 @@
 //! `sonde-loadgen getppid 100000` calls getppid(2) 100000 times;
 //! `sonde-loadgen openat 1000 /tmp/x` opens (and closes) a path 1000 times.
 //! With `--wait-stdin` it first waits for a line on stdin, which lets the
-//! caller attach probes to its pid before the load starts. It prints the
-//! elapsed nanoseconds per call on exit.
+//! caller attach probes to its pid before the load starts; `--wait-file`
+//! does the same for a process without a usable stdin (a pod's), starting
+//! once the file exists. It prints the elapsed nanoseconds per call when
+//! done, and with `--hold` then keeps running until killed.
 
-use std::{io::BufRead, time::Instant};
+use std::{
+    io::BufRead,
+    time::{Duration, Instant},
+};
 
 use clap::{Parser, ValueEnum};
 
@@ -30,6 +35,12 @@ struct Args {
     /// Wait for a line on stdin before starting.
     #[arg(long)]
     wait_stdin: bool,
+    /// Wait until this file exists before starting (polled every 10 ms).
+    #[arg(long, value_name = "PATH")]
+    wait_file: Option<std::path::PathBuf>,
+    /// Keep running (sleeping) after the load, until killed.
+    #[arg(long)]
+    hold: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,6 +48,11 @@ fn main() -> anyhow::Result<()> {
     if args.wait_stdin {
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line)?;
+    }
+    if let Some(file) = &args.wait_file {
+        while !file.exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
     let start = Instant::now();
     match args.syscall {
@@ -57,5 +73,12 @@ fn main() -> anyhow::Result<()> {
         "{:.1} ns/call",
         elapsed.as_nanos() as f64 / args.count.max(1) as f64
     );
+    if args.hold {
+        use std::io::Write as _;
+        std::io::stdout().flush()?;
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
     Ok(())
 }

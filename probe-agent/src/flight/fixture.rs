@@ -114,7 +114,8 @@ impl TableSource for MemorySource {
     }
 }
 
-/// The standard columns followed by two probe fields, `path` and `flags`.
+/// The standard columns (a pod's rows) followed by two probe fields, `path`
+/// and `flags`.
 pub fn standard_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new(
@@ -127,6 +128,9 @@ pub fn standard_schema() -> SchemaRef {
         Field::new("tid", DataType::UInt32, false),
         Field::new("comm", DataType::Utf8, false),
         Field::new("cgroup_id", DataType::UInt64, false),
+        Field::new("namespace", DataType::Utf8, true),
+        Field::new("pod", DataType::Utf8, true),
+        Field::new("container", DataType::Utf8, true),
         Field::new("path", DataType::Utf8, true),
         Field::new("flags", DataType::Int32, true),
     ]))
@@ -164,6 +168,9 @@ pub fn standard_batch(rows: &[Row]) -> Result<RecordBatch, ArrowError> {
         Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.pid))),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.comm))),
         Arc::new(UInt64Array::from_iter_values(rows.iter().map(|_| 42))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|_| "shop"))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|_| "web-0"))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|_| "main"))),
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.path))),
         Arc::new(Int32Array::from_iter_values(rows.iter().map(|_| 0))),
     ];

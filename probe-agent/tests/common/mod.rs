@@ -1,12 +1,12 @@
 //! The `probe-agent` binary run as users run it, for the integration tests:
-//! standalone on a folder of manifests, its log read line by line, stopped
-//! with Ctrl-C (SIGINT).
+//! standalone on a folder of manifests or in cluster mode on a kubeconfig,
+//! its log read line by line, stopped with Ctrl-C (SIGINT) or killed.
 
 #![allow(dead_code)] // Each test file uses part of this module.
 
 use std::{
     io::{BufRead, BufReader},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc::{self, Receiver},
     time::{Duration, Instant},
@@ -29,12 +29,30 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts the agent on `manifests` with Flight on a free port, plus `args`.
     pub fn start(manifests: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(AGENT)
-            .args(["--standalone", "--manifests"])
-            .arg(manifests)
+        let mut command = Command::new(AGENT);
+        command.args(["--standalone", "--manifests"]).arg(manifests);
+        Self::spawn(command, args)
+    }
+
+    /// Starts the agent (`binary`, such as a [`PinnedBinary`] of [`AGENT`])
+    /// in cluster mode as node `node` of the cluster `kubeconfig` points to,
+    /// with Flight on a free port, plus `args`.
+    pub fn start_cluster(binary: &Path, kubeconfig: &Path, node: &str, args: &[&str]) -> Self {
+        let mut command = Command::new(binary);
+        command
+            .args(["--node-name", node])
+            .env("KUBECONFIG", kubeconfig);
+        Self::spawn(command, args)
+    }
+
+    fn spawn(mut command: Command, args: &[&str]) -> Self {
+        let mut child = command
             .args(["--flight-addr", "127.0.0.1:0"])
             .args(args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("SONDE_TEST_AGENT_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .stderr(Stdio::piped())
             .spawn()
             .expect("start probe-agent");
@@ -88,6 +106,25 @@ impl AgentProcess {
         child.wait().expect("agent exits")
     }
 
+    /// Kills the agent outright (SIGKILL), as a crash would, and reaps it.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).expect("send SIGKILL");
+            let _ = child.wait();
+        }
+    }
+
+    /// The Flight address from the "serving Arrow Flight" line, as
+    /// `http://127.0.0.1:<port>`.
+    pub fn flight_url(&self, within: Duration) -> String {
+        let (line, _) = self.expect("serving Arrow Flight", within);
+        line.split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .and_then(|w| w.strip_suffix(';'))
+            .expect("a http:// address")
+            .to_owned()
+    }
+
     /// Waits for the exit of an agent already told to stop.
     pub fn wait(mut self) -> ExitStatus {
         let mut child = self.child.take().expect("the agent is running");
@@ -102,6 +139,38 @@ impl Drop for AgentProcess {
             let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGINT);
             let _ = child.wait();
         }
+    }
+}
+
+/// A hard link to a binary of the target directory, private to one test:
+/// another build sharing the target directory may replace the original
+/// while a long test still starts processes from it. Removed on drop.
+pub struct PinnedBinary(PathBuf);
+
+impl PinnedBinary {
+    pub fn new(binary: &str) -> Self {
+        let name = Path::new(binary)
+            .file_name()
+            .expect("a file name")
+            .to_string_lossy()
+            .into_owned();
+        let pinned = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{name}-pinned-{}", std::process::id()));
+        let _ = std::fs::remove_file(&pinned);
+        std::fs::hard_link(binary, &pinned)
+            .or_else(|_| std::fs::copy(binary, &pinned).map(|_| ()))
+            .expect("pin the binary");
+        Self(pinned)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PinnedBinary {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 

@@ -1,0 +1,228 @@
+//! What the agent reports in its `ProbeNode`'s status: each assignment's
+//! state with a CamelCase reason and the full error chain, the node's
+//! kernel and probe kinds, and the Ready condition.
+
+use crds::v1alpha1::{AssignmentState, AssignmentStatus, ProbeKind, ProbeNodeStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::{elf::ElfError, engine::AttachError, plan::PlanError};
+
+/// Reasons an assignment is not attached, beyond attach errors.
+pub mod reason {
+    /// No selected pod runs on the node (state Idle).
+    pub const NO_MATCHING_PODS: &str = "NoMatchingPods";
+    /// The copied spec does not validate.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The uprobe's or USDT probe's binary is not in the container.
+    pub const BINARY_NOT_FOUND: &str = "BinaryNotFound";
+    /// Selected containers whose cgroups could not be found.
+    pub const CGROUP_NOT_FOUND: &str = "CgroupNotFound";
+    /// The node has no cgroup v2 hierarchy.
+    pub const CGROUP_V2_MISSING: &str = "CgroupV2Missing";
+    /// No process runs in the selected containers to find the binary in.
+    pub const NO_RUNNING_PROCESS: &str = "NoRunningProcess";
+    /// The agent has no export module yet.
+    pub const EXPORT_NOT_AVAILABLE: &str = "ExportNotAvailable";
+}
+
+/// The state and reason an attach error is reported with.
+pub fn classify(error: &AttachError) -> (AssignmentState, &'static str) {
+    let failed = |reason| (AssignmentState::Failed, reason);
+    match error {
+        AttachError::Invalid(_) => failed(reason::INVALID_SPEC),
+        AttachError::Store(_) => failed("TableConflict"),
+        AttachError::Metric(_) => failed("MetricInvalid"),
+        AttachError::Attach { .. } => failed("AttachFailed"),
+        AttachError::Plan(plan) => match plan.as_ref() {
+            PlanError::Unsupported { .. } => (AssignmentState::Unsupported, "ProbeUnsupported"),
+            PlanError::MissingBinary { .. } => failed(reason::BINARY_NOT_FOUND),
+            PlanError::Tracefs(crate::Error::UnknownTracepoint { .. })
+            | PlanError::UnknownRawTracepoint { .. } => failed("TracepointNotFound"),
+            PlanError::Tracefs(_) => failed("TracefsUnreadable"),
+            PlanError::UnknownField { .. } => failed("FieldNotFound"),
+            PlanError::Elf(elf) => failed(match elf {
+                ElfError::SymbolNotFound { .. }
+                | ElfError::SymbolUndefined { .. }
+                | ElfError::AmbiguousSymbol { .. }
+                | ElfError::NoCode { .. }
+                | ElfError::NotInFile { .. } => "SymbolNotFound",
+                ElfError::UsdtNotFound { .. } | ElfError::UsdtSeveralSites { .. } => {
+                    "UsdtProbeNotFound"
+                }
+                _ => "BadBinary",
+            }),
+            PlanError::UnknownSource { .. }
+            | PlanError::TypeMismatch { .. }
+            | PlanError::MissingType { .. }
+            | PlanError::RecordTooLarge { .. }
+            | PlanError::TooMany { .. }
+            | PlanError::BadFilter { .. } => failed(reason::INVALID_SPEC),
+        },
+    }
+}
+
+/// What does not change while the agent runs.
+#[derive(Clone, Debug)]
+pub struct NodeFacts {
+    pub agent_version: String,
+    pub kernel_version: String,
+    pub supported_probes: Vec<ProbeKind>,
+    /// When the agent became ready: the Ready condition's transition time.
+    pub ready_since: Time,
+}
+
+impl NodeFacts {
+    /// This node's facts; `kprobes` says whether its kernel has them.
+    pub fn of_this_node(kprobes: bool, ready_since: Time) -> Self {
+        // What `uname -r` prints.
+        let kernel_version = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|r| r.trim().to_owned())
+            .unwrap_or_default();
+        Self {
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            kernel_version,
+            supported_probes: ProbeKind::ALL
+                .into_iter()
+                .filter(|k| kprobes || !matches!(k, ProbeKind::Kprobe | ProbeKind::Kretprobe))
+                .collect(),
+            ready_since,
+        }
+    }
+}
+
+/// The status to write, with `heartbeat` as the heartbeat time.
+pub fn node_status(
+    facts: &NodeFacts,
+    mut assignments: Vec<AssignmentStatus>,
+    heartbeat: Time,
+) -> ProbeNodeStatus {
+    assignments
+        .sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
+    let attached = assignments
+        .iter()
+        .filter(|a| a.state == AssignmentState::Attached)
+        .count();
+    let count = |state| assignments.iter().filter(|a| a.state == state).count();
+    let message = format!(
+        "{attached} attached, {} idle, {} failed, {} unsupported of {} assignments",
+        count(AssignmentState::Idle),
+        count(AssignmentState::Failed),
+        count(AssignmentState::Unsupported),
+        assignments.len()
+    );
+    ProbeNodeStatus {
+        heartbeat_time: Some(heartbeat),
+        agent_version: Some(facts.agent_version.clone()),
+        kernel_version: Some(facts.kernel_version.clone()),
+        supported_probes: facts.supported_probes.clone(),
+        attached: u32::try_from(attached).unwrap_or(u32::MAX),
+        assignments,
+        conditions: vec![Condition {
+            type_: "Ready".to_owned(),
+            status: "True".to_owned(),
+            reason: "AgentRunning".to_owned(),
+            message,
+            last_transition_time: facts.ready_since.clone(),
+            observed_generation: None,
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use crds::v1alpha1::AssignmentKind;
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+
+    fn entry(name: &str, state: AssignmentState) -> AssignmentStatus {
+        AssignmentStatus {
+            kind: AssignmentKind::Tracepoint,
+            namespace: "shop".into(),
+            name: name.into(),
+            generation: 1,
+            state,
+            reason: None,
+            message: None,
+            events: 0,
+            lost: 0,
+        }
+    }
+
+    #[test]
+    fn classifies_attach_errors() {
+        let missing = AttachError::Plan(Box::new(PlanError::MissingBinary {
+            path: PathBuf::from("/proc/1/root/usr/bin/nope"),
+        }));
+        assert_eq!(
+            classify(&missing),
+            (AssignmentState::Failed, "BinaryNotFound")
+        );
+        let symbol = AttachError::Plan(Box::new(PlanError::Elf(ElfError::SymbolNotFound {
+            binary: PathBuf::from("/bin/true"),
+            symbol: "nope".into(),
+            suggestions: Vec::new(),
+            stripped: false,
+        })));
+        assert_eq!(
+            classify(&symbol),
+            (AssignmentState::Failed, "SymbolNotFound")
+        );
+        let unsupported = AttachError::Plan(Box::new(PlanError::Unsupported {
+            kind: "kprobe",
+            reason: "no kprobes",
+        }));
+        assert_eq!(
+            classify(&unsupported),
+            (AssignmentState::Unsupported, "ProbeUnsupported")
+        );
+        let tracepoint = AttachError::Plan(Box::new(PlanError::Tracefs(
+            crate::Error::UnknownTracepoint {
+                group: "syscalls".into(),
+                name: "nope".into(),
+                path: PathBuf::from("/sys/kernel/tracing/events/syscalls/nope"),
+            },
+        )));
+        assert_eq!(
+            classify(&tracepoint),
+            (AssignmentState::Failed, "TracepointNotFound")
+        );
+    }
+
+    #[test]
+    fn status_counts_states_and_is_ready() {
+        let facts = NodeFacts {
+            agent_version: "0.1.0".into(),
+            kernel_version: "6.18.0".into(),
+            supported_probes: vec![ProbeKind::Tracepoint],
+            ready_since: Time(Timestamp::UNIX_EPOCH),
+        };
+        let status = node_status(
+            &facts,
+            vec![
+                entry("b", AssignmentState::Idle),
+                entry("a", AssignmentState::Attached),
+                entry("c", AssignmentState::Failed),
+            ],
+            Time(Timestamp::UNIX_EPOCH),
+        );
+        assert_eq!(status.attached, 1);
+        let names: Vec<&str> = status.assignments.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        let ready = &status.conditions[0];
+        assert_eq!(
+            (ready.type_.as_str(), ready.status.as_str()),
+            ("Ready", "True")
+        );
+        assert_eq!(
+            ready.message,
+            "1 attached, 1 idle, 1 failed, 0 unsupported of 3 assignments"
+        );
+        assert_eq!(status.kernel_version.as_deref(), Some("6.18.0"));
+        let json = serde_json::to_value(&status).expect("serializes");
+        assert_eq!(json["assignments"][0]["state"], "Attached");
+        assert!(json["heartbeatTime"].is_string());
+    }
+}

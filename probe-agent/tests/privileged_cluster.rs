@@ -1,0 +1,500 @@
+//! The agent binary in cluster mode against a real control plane (the e2e
+//! harness): the test writes the node's ProbeNode itself, as the operator
+//! would, and checks what the agent captures and reports.
+//!
+//! One node runs a selected `web` pod, a non-selected `other` pod of the
+//! same namespace and a process outside any pod, all making the same
+//! syscalls: rows come only from the web pod, labelled with its namespace,
+//! pod and container, and captured + counted lost equals what it made. A
+//! uprobe naming a missing binary fails alone; an agent killed and started
+//! again re-attaches and reports; a deleted pod leaves its Tracepoints idle
+//! with no program linked.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test a failed unwrap is a failed assertion"
+)]
+
+mod common;
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use arrow_array::{Array, RecordBatch, StringArray, UInt32Array};
+use arrow_flight::{FlightClient, Ticket};
+use common::{AGENT, AgentProcess, LOADGEN, PinnedBinary, program_ids};
+use crds::v1alpha1::{AssignmentState, AssignmentStatus, ProbeNode};
+use e2e::Cluster;
+use futures::TryStreamExt as _;
+use kube::{
+    Api,
+    api::{DeleteParams, PostParams},
+};
+use serde_json::json;
+
+const NODE: &str = "node-a";
+/// getppid(2) calls of the web pod, the other pod and the host process.
+const WEB_CALLS: u64 = 20_000;
+const OTHER_CALLS: u64 = 7_000;
+const HOST_CALLS: u64 = 5_000;
+const MISSING_BINARY: &str = "/usr/local/bin/sonde-not-installed";
+
+fn assignment(
+    name: &str,
+    generation: i64,
+    probe: serde_json::Value,
+    table: &str,
+) -> serde_json::Value {
+    json!({
+        "kind": "Tracepoint",
+        "namespace": "shop",
+        "name": name,
+        "uid": format!("uid-{name}"),
+        "generation": generation,
+        "tracepoint": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "probe": probe,
+            "table": table,
+        },
+    })
+}
+
+fn probe_node() -> ProbeNode {
+    serde_json::from_value(json!({
+        "apiVersion": "sonde.dev/v1alpha1",
+        "kind": "ProbeNode",
+        "metadata": {"name": NODE},
+        "spec": {"assignments": [
+            assignment("calls", 1,
+                json!({"tracepoint": {"group": "syscalls", "name": "sys_enter_getppid"}}), "calls"),
+            // The web pod's load generator polls for its start file with
+            // clock_nanosleep: rows as soon as the probe is attached.
+            assignment("naps", 1,
+                json!({"tracepoint": {"group": "syscalls", "name": "sys_enter_clock_nanosleep"}}),
+                "naps"),
+            assignment("traced-binary", 1,
+                json!({"uprobe": {"binary": MISSING_BINARY, "symbol": "main"}}), "binary_calls"),
+        ]},
+    }))
+    .unwrap()
+}
+
+/// The status entry of Tracepoint `name`, if reported.
+async fn entry(api: &Api<ProbeNode>, name: &str) -> Option<AssignmentStatus> {
+    let node = api.get_opt(NODE).await.ok()??;
+    node.status?
+        .assignments
+        .into_iter()
+        .find(|a| a.name == name)
+}
+
+/// Polls the status until `check` accepts Tracepoint `name`'s entry.
+async fn wait_for_entry(
+    api: &Api<ProbeNode>,
+    name: &str,
+    within: Duration,
+    check: impl Fn(&AssignmentStatus) -> bool,
+) -> AssignmentStatus {
+    let start = Instant::now();
+    loop {
+        let current = entry(api, name).await;
+        if let Some(found) = current.as_ref().filter(|e| check(e)) {
+            return found.clone();
+        }
+        assert!(
+            start.elapsed() < within,
+            "status of {name} not as expected within {within:?}; last: {current:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every row of a table, over Flight.
+async fn rows(url: &str, table: &str) -> Vec<RecordBatch> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = FlightClient::new(channel);
+    let ticket = Ticket::new(json!({"table": table}).to_string());
+    match client.do_get(ticket).await {
+        Ok(stream) => stream.try_collect().await.unwrap(),
+        // Not created yet.
+        Err(_) => Vec::new(),
+    }
+}
+
+fn count(batches: &[RecordBatch]) -> u64 {
+    batches.iter().map(|b| b.num_rows() as u64).sum()
+}
+
+fn strings(batches: &[RecordBatch], column: &str) -> Vec<Option<String>> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let values = b
+                .column_by_name(column)
+                .unwrap()
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .clone();
+            (0..values.len())
+                .map(|i| (!values.is_null(i)).then(|| values.value(i).to_owned()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn pids(batches: &[RecordBatch]) -> Vec<u32> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name("pid")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<UInt32Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        })
+        .collect()
+}
+
+/// Ids of the programs with an attached link, as bpftool lists them.
+fn linked_programs() -> Vec<u32> {
+    let output = Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .expect("run bpftool (scripts/install.sh installs it)");
+    assert!(output.status.success(), "bpftool link show failed");
+    let links: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    links
+        .iter()
+        .filter_map(|l| l["prog_id"].as_u64())
+        .map(|id| id as u32)
+        .collect()
+}
+
+/// `GET /metrics` from `addr`; the body.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+/// Waits, off the async workers, for an agent log line.
+fn line(agent: &AgentProcess, what: &str) -> String {
+    tokio::task::block_in_place(|| agent.expect(what, Duration::from_secs(30)).0)
+}
+
+fn loadgen_pod(
+    loadgen: &Path,
+    name: &str,
+    calls: u64,
+    go: &Path,
+) -> k8s_openapi::api::core::v1::Pod {
+    let calls = calls.to_string();
+    e2e::pod(
+        name,
+        NODE,
+        &[
+            loadgen.to_str().unwrap(),
+            "getppid",
+            &calls,
+            "--wait-file",
+            go.to_str().unwrap(),
+            "--hold",
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_agent_captures_selected_pods_and_reports() -> anyhow::Result<()> {
+    e2e::require_root()?;
+    let test_start = Instant::now();
+    let agent_binary = PinnedBinary::new(AGENT);
+    let loadgen = PinnedBinary::new(LOADGEN);
+    let loadgen = loadgen.path();
+    let cluster = Cluster::builder()
+        .manifests(include_str!("../../crds/sonde.dev.yaml"))
+        .start()
+        .await?;
+    cluster.add_node(NODE, &[]).await?;
+    cluster.kubectl(&["create", "namespace", "shop"]).await?;
+    let work = tempfile::tempdir()?;
+    let go = work.path().join("go");
+    cluster
+        .run_pod("shop", loadgen_pod(loadgen, "web", WEB_CALLS, &go))
+        .await?;
+    cluster
+        .run_pod("shop", loadgen_pod(loadgen, "other", OTHER_CALLS, &go))
+        .await?;
+    let mut host = Command::new(loadgen)
+        .args(["getppid", &HOST_CALLS.to_string(), "--wait-file"])
+        .arg(&go)
+        .stdout(Stdio::null())
+        .spawn()?;
+    let web = cluster.pod_processes("shop", "web");
+    assert_eq!(web.len(), 1, "one container: {web:?}");
+    let web_pid = web[0].pid;
+
+    // Another node's ProbeNode: the agent must not see it. Written first
+    // also because the apiserver's first write of a kind takes seconds,
+    // which is not the agent's latency.
+    let api: Api<ProbeNode> = Api::all(cluster.client());
+    let mut elsewhere = probe_node();
+    elsewhere.metadata.name = Some("node-z".to_owned());
+    api.create(&PostParams::default(), &elsewhere).await?;
+
+    let agent = AgentProcess::start_cluster(
+        agent_binary.path(),
+        cluster.kubeconfig_path(),
+        NODE,
+        &["--heartbeat-interval", "2s"],
+    );
+    line(&agent, "cluster agent running");
+    let url = tokio::task::block_in_place(|| agent.flight_url(Duration::from_secs(30)));
+
+    // The assignments, as the operator would write them.
+    let written = Instant::now();
+    api.create(&PostParams::default(), &probe_node()).await?;
+    let attached = wait_for_entry(&api, "calls", Duration::from_secs(10), |e| {
+        e.state == AssignmentState::Attached
+    })
+    .await;
+    let to_attached = written.elapsed();
+    assert_eq!(attached.generation, 1);
+    let start = Instant::now();
+    while count(&rows(&url, "shop.naps").await) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no row in shop.naps"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let to_first_row = written.elapsed();
+    eprintln!("ProbeNode written -> Attached in {to_attached:?}, -> first row in {to_first_row:?}");
+
+    // A missing binary fails that Tracepoint alone, naming path and pod.
+    let failed = wait_for_entry(&api, "traced-binary", Duration::from_secs(10), |e| {
+        e.state == AssignmentState::Failed
+    })
+    .await;
+    assert_eq!(failed.reason.as_deref(), Some("BinaryNotFound"));
+    let message = failed.message.clone().unwrap_or_default();
+    assert!(
+        message.contains(MISSING_BINARY) && message.contains("pod shop/web"),
+        "{message}"
+    );
+    assert_eq!(
+        entry(&api, "calls").await.map(|e| e.state),
+        Some(AssignmentState::Attached)
+    );
+    assert!(
+        api.get("node-z").await?.status.is_none(),
+        "the agent writes only its own node's status"
+    );
+    let status = api.get(NODE).await?.status.unwrap();
+    assert_eq!(status.attached, 2);
+    assert!(status.kernel_version.is_some_and(|k| !k.is_empty()));
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    );
+
+    // The same load everywhere; rows only from the web pod.
+    std::fs::write(&go, "")?;
+    assert!(tokio::task::block_in_place(|| host.wait())?.success());
+    let start = Instant::now();
+    while !cluster.pod_log("shop", "web", "main")?.contains("ns/call")
+        || !cluster
+            .pod_log("shop", "other", "main")?
+            .contains("ns/call")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the pods' load did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The heartbeat carries the counts: captured + lost adds up once drained.
+    let done = wait_for_entry(&api, "calls", Duration::from_secs(15), |e| {
+        e.events + e.lost == WEB_CALLS
+    })
+    .await;
+    let start = Instant::now();
+    let batches = loop {
+        let batches = rows(&url, "shop.calls").await;
+        if count(&batches) == done.events || start.elapsed() > Duration::from_secs(5) {
+            break batches;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(count(&batches), done.events, "status events equal the rows");
+    assert_eq!(count(&batches) + done.lost, WEB_CALLS);
+    assert!(
+        pids(&batches).iter().all(|&pid| pid == web_pid),
+        "rows only from the web pod"
+    );
+    for (column, value) in [("namespace", "shop"), ("pod", "web"), ("container", "main")] {
+        let values = strings(&batches, column);
+        assert!(
+            values.iter().all(|v| v.as_deref() == Some(value)),
+            "every row's {column} is {value}"
+        );
+    }
+
+    // Killed and started again: it re-attaches from the ProbeNode and reports.
+    agent.kill();
+    let before = api.get(NODE).await?.status.unwrap().heartbeat_time.unwrap();
+    let agent = AgentProcess::start_cluster(
+        agent_binary.path(),
+        cluster.kubeconfig_path(),
+        NODE,
+        &[
+            "--heartbeat-interval",
+            "2s",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+    );
+    let url = tokio::task::block_in_place(|| agent.flight_url(Duration::from_secs(30)));
+    let metrics = line(&agent, "serving Prometheus metrics");
+    let metrics = metrics
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .and_then(|w| w.strip_suffix("/metrics"))
+        .unwrap()
+        .to_owned();
+    // Two Tracepoints attach, each on its own kernel tracepoint.
+    let mut programs_again = program_ids(&line(&agent, "programs=["));
+    programs_again.extend(program_ids(&line(&agent, "programs=[")));
+    assert!(!programs_again.is_empty());
+    let start = Instant::now();
+    loop {
+        let status = api.get(NODE).await?.status.unwrap();
+        // Written by the new agent: its counts start again from zero.
+        let reported = status
+            .heartbeat_time
+            .as_ref()
+            .is_some_and(|t| t.0 >= before.0);
+        let calls = status.assignments.iter().find(|a| a.name == "calls");
+        if reported && calls.is_some_and(|c| c.state == AssignmentState::Attached && c.events == 0)
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no report after the restart: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let linked = linked_programs();
+    assert!(
+        programs_again.iter().any(|id| linked.contains(id)),
+        "re-attached"
+    );
+
+    // A second selected pod joins the attached probes' target sets: its
+    // load generator polls for its start file, which never comes.
+    let mut web_2 = loadgen_pod(loadgen, "web-2", 1, &work.path().join("never"));
+    web_2.metadata.labels = Some([("app".to_owned(), "web".to_owned())].into());
+    cluster.run_pod("shop", web_2).await?;
+    let from_web_2 = |batches: &[RecordBatch]| {
+        strings(batches, "pod")
+            .iter()
+            .any(|p| p.as_deref() == Some("web-2"))
+    };
+    let start = Instant::now();
+    while !from_web_2(&rows(&url, "shop.naps").await) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no row from web-2"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // An edit that adds a column: reattached, the table made anew with it.
+    let mut node = api.get(NODE).await?;
+    let naps = node
+        .spec
+        .assignments
+        .iter_mut()
+        .find(|a| a.name == "naps")
+        .unwrap();
+    naps.generation = 2;
+    naps.tracepoint.as_mut().unwrap().fields =
+        serde_json::from_value(json!([{"name": "flags", "type": "i32"}]))?;
+    api.replace(NODE, &PostParams::default(), &node).await?;
+    wait_for_entry(&api, "naps", Duration::from_secs(10), |e| {
+        e.generation == 2 && e.state == AssignmentState::Attached
+    })
+    .await;
+    let start = Instant::now();
+    loop {
+        let batches = rows(&url, "shop.naps").await;
+        let has_flags = batches
+            .first()
+            .is_some_and(|b| b.schema().column_with_name("flags").is_some());
+        if has_flags && from_web_2(&batches) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no row with the new column"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    programs_again.extend(program_ids(&line(&agent, "programs=[")));
+
+    // The pods go: one leaves the target sets, then the Tracepoints go idle
+    // and nothing stays linked.
+    cluster.delete_pod("shop", "web").await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        entry(&api, "naps").await.map(|e| e.state),
+        Some(AssignmentState::Attached),
+        "web-2 still runs"
+    );
+    cluster.delete_pod("shop", "web-2").await?;
+    for name in ["calls", "naps"] {
+        let idle = wait_for_entry(&api, name, Duration::from_secs(10), |e| {
+            e.state == AssignmentState::Idle
+        })
+        .await;
+        assert_eq!(idle.reason.as_deref(), Some("NoMatchingPods"));
+    }
+    // Scrapes see the same states, through the engine's report; with no
+    // selected pod the failed uprobe is idle as well.
+    let body = tokio::task::block_in_place(|| scrape(&metrics));
+    for (state, count) in [("attached", 0), ("idle", 3), ("failed", 0)] {
+        let sample = format!("sonde_probes{{state=\"{state}\"}} {count}");
+        assert!(body.lines().any(|l| l == sample), "{sample} in:\n{body}");
+    }
+    let linked = linked_programs();
+    assert!(
+        programs_again.iter().all(|id| !linked.contains(id)),
+        "no program of the agent is linked: {programs_again:?} in {linked:?}"
+    );
+    let status = agent.stop();
+    assert!(status.success(), "agent exit status {status}");
+    api.delete(NODE, &DeleteParams::default()).await?;
+    eprintln!("test took {:?}", test_start.elapsed());
+    Ok(())
+}
