@@ -32,6 +32,9 @@ struct Reports {
     lost: u64,
     /// The first failure: node and message.
     failure: Option<(String, String)>,
+    /// The first message of any state (an Export that runs but cannot
+    /// deliver reports its last error so): node and message.
+    message: Option<(String, String)>,
 }
 
 fn reports(
@@ -54,6 +57,9 @@ fn reports(
         };
         out.events += report.events;
         out.lost += report.lost;
+        if let (None, Some(message)) = (&out.message, &report.message) {
+            out.message = Some((pn.name_any(), message.clone()));
+        }
         if report.generation != generation {
             continue;
         }
@@ -184,6 +190,7 @@ async fn export_status(export: &Export, ctx: &Context) -> Result<Action, Error> 
     let last_error = reports
         .failure
         .as_ref()
+        .or(reports.message.as_ref())
         .map(|(node, message)| format!("{node}: {message}"));
     let mut status = ExportStatus {
         observed_generation: export.metadata.generation,

@@ -194,11 +194,15 @@ fn run(config: Config) -> Result<(), String> {
                 };
                 let (view, watches) = ClusterView::start(&client, &node_name);
                 let (statuses, published) = tokio::sync::watch::channel(None);
-                let writer =
-                    tokio::spawn(report::write_statuses(client, node_name.clone(), published));
+                let writer = tokio::spawn(report::write_statuses(
+                    client.clone(),
+                    node_name.clone(),
+                    published,
+                ));
                 let facts = NodeFacts::of_this_node(kprobes, Time(Timestamp::now()));
                 let mut agent =
                     ClusterAgent::new(engine, storage, &node_name, CgroupResolver::detect(), facts);
+                agent.run_exports(exports.clone(), client);
                 if metrics_task.is_some() {
                     agent.answer_reports(report_requests);
                 }

@@ -23,12 +23,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use arrow_array::{Array, RecordBatch, StringArray, UInt32Array};
-use arrow_flight::{FlightClient, Ticket};
-use common::{AGENT, AgentProcess, LOADGEN, PinnedBinary, program_ids};
+use arrow_array::RecordBatch;
+use common::{
+    AGENT, AgentProcess, LOADGEN, PinnedBinary, count, linked_programs, pids, program_ids, rows,
+    scrape, strings,
+};
 use crds::v1alpha1::{AssignmentState, AssignmentStatus, ProbeNode};
 use e2e::Cluster;
-use futures::TryStreamExt as _;
 use kube::{
     Api,
     api::{DeleteParams, PostParams},
@@ -110,90 +111,6 @@ async fn wait_for_entry(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Every row of a table, over Flight.
-async fn rows(url: &str, table: &str) -> Vec<RecordBatch> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = FlightClient::new(channel);
-    let ticket = Ticket::new(json!({"table": table}).to_string());
-    match client.do_get(ticket).await {
-        Ok(stream) => stream.try_collect().await.unwrap(),
-        // Not created yet.
-        Err(_) => Vec::new(),
-    }
-}
-
-fn count(batches: &[RecordBatch]) -> u64 {
-    batches.iter().map(|b| b.num_rows() as u64).sum()
-}
-
-fn strings(batches: &[RecordBatch], column: &str) -> Vec<Option<String>> {
-    batches
-        .iter()
-        .flat_map(|b| {
-            let values = b
-                .column_by_name(column)
-                .unwrap()
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .unwrap()
-                .clone();
-            (0..values.len())
-                .map(|i| (!values.is_null(i)).then(|| values.value(i).to_owned()))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-fn pids(batches: &[RecordBatch]) -> Vec<u32> {
-    batches
-        .iter()
-        .flat_map(|b| {
-            b.column_by_name("pid")
-                .unwrap()
-                .as_any()
-                .downcast_ref::<UInt32Array>()
-                .unwrap()
-                .values()
-                .to_vec()
-        })
-        .collect()
-}
-
-/// Ids of the programs with an attached link, as bpftool lists them.
-fn linked_programs() -> Vec<u32> {
-    let output = Command::new("bpftool")
-        .args(["-j", "link", "show"])
-        .output()
-        .expect("run bpftool (scripts/install.sh installs it)");
-    assert!(output.status.success(), "bpftool link show failed");
-    let links: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
-    links
-        .iter()
-        .filter_map(|l| l["prog_id"].as_u64())
-        .map(|id| id as u32)
-        .collect()
-}
-
-/// `GET /metrics` from `addr`; the body.
-fn scrape(addr: &str) -> String {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_owned()
 }
 
 /// Waits, off the async workers, for an agent log line.

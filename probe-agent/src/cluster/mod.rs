@@ -16,6 +16,7 @@
 pub mod cgroups;
 pub mod reconcile;
 pub mod report;
+pub mod secrets;
 pub mod selection;
 pub mod status;
 pub mod watch;
@@ -127,6 +128,9 @@ pub struct ClusterAgent {
     /// `(namespace, name, uid, generation)` of the Retentions applied.
     retentions_applied: Option<Vec<(String, String, String, i64)>>,
     exports_logged: HashSet<(String, String, i64)>,
+    /// The Exports this node runs, and the Secrets they read (see
+    /// [`Self::run_exports`]); without them Exports are Unsupported.
+    exports: Option<(crate::export::Exports, secrets::SecretCache)>,
     /// Cgroup ids labelled in the engine's identity map.
     labelled: HashSet<u64>,
     facts: NodeFacts,
@@ -157,12 +161,19 @@ impl ClusterAgent {
             other_states: Vec::new(),
             retentions_applied: None,
             exports_logged: HashSet::new(),
+            exports: None,
             labelled: HashSet::new(),
             facts,
             reports: None,
             statuses: None,
             published: None,
         }
+    }
+
+    /// Runs the node's Export assignments on `exports`, with the Secrets
+    /// they name read through `client`.
+    pub fn run_exports(&mut self, exports: crate::export::Exports, client: kube::Client) {
+        self.exports = Some((exports, secrets::SecretCache::new(client)));
     }
 
     /// Lets [`Self::run`] answer scrapes with a [`ProbeReport`].
@@ -223,6 +234,10 @@ impl ClusterAgent {
                     .probe_node()
                     .map(|pn| pn.spec.assignments.clone())
                     .unwrap_or_default();
+                if let Some((_, secrets)) = &mut self.exports {
+                    // Only when the names change or every few seconds.
+                    secrets.refresh(&assignments).await;
+                }
                 tracing::debug!(
                     assignments = assignments.len(),
                     pods = pods.len(),
@@ -741,29 +756,93 @@ impl ClusterAgent {
         states
     }
 
-    /// Export assignments: where the export module plugs in. Until then
-    /// each is reported as not available on this agent.
+    /// Export assignments: started, reconfigured or removed on the export
+    /// module, with their Secrets' values; reported Attached with the rows
+    /// exported and dropped (see [`Self::assignment_states`]), or Failed
+    /// when the spec or its Secrets are wrong (the Export then holds its
+    /// rows, up to bufferRows, until they are fixed).
     fn apply_exports(&mut self, assignments: &[&Assignment]) -> Vec<AssignmentStatus> {
+        let Some((exports, secrets)) = &self.exports else {
+            return assignments
+                .iter()
+                .map(|assignment| {
+                    let id = (
+                        assignment.namespace.clone(),
+                        assignment.name.clone(),
+                        assignment.generation,
+                    );
+                    if self.exports_logged.insert(id) {
+                        info!(
+                            export = %format!("{}/{}", assignment.namespace, assignment.name),
+                            "Export assignment read; not applied: this agent runs no exports"
+                        );
+                    }
+                    state_of(
+                        assignment,
+                        AssignmentState::Unsupported,
+                        Some(reason::EXPORT_NOT_AVAILABLE),
+                        Some("this agent does not run exports".to_owned()),
+                    )
+                })
+                .collect();
+        };
+        let wanted: HashSet<(String, String)> = assignments
+            .iter()
+            .map(|a| (a.namespace.clone(), a.name.clone()))
+            .collect();
+        for (namespace, name) in exports.keys() {
+            if !wanted.contains(&(namespace.clone(), name.clone()))
+                && let Some(last) = exports.remove(&namespace, &name)
+            {
+                info!(
+                    export = %format!("{namespace}/{name}"),
+                    exported = last.rows_exported,
+                    dropped = last.rows_dropped(),
+                    "assignment removed; export stopped"
+                );
+            }
+        }
         assignments
             .iter()
             .map(|assignment| {
-                let id = (
-                    assignment.namespace.clone(),
-                    assignment.name.clone(),
-                    assignment.generation,
-                );
-                if self.exports_logged.insert(id) {
-                    info!(
-                        export = %format!("{}/{}", assignment.namespace, assignment.name),
-                        "Export assignment read; not applied yet: this agent has no export module"
+                let Some(spec) = &assignment.export else {
+                    return state_of(
+                        assignment,
+                        AssignmentState::Failed,
+                        Some(reason::INVALID_SPEC),
+                        Some("the assignment carries no Export spec".to_owned()),
                     );
+                };
+                let (namespace, name) = (&assignment.namespace, &assignment.name);
+                let credentials = crate::export::resolve_credentials(namespace, spec, secrets);
+                let secret_error = credentials.as_ref().err().map(|e| chain(e));
+                let first = self.exports_logged.insert((
+                    namespace.clone(),
+                    name.clone(),
+                    assignment.generation,
+                ));
+                match exports.apply(namespace, name, spec, credentials) {
+                    Err(e) => state_of(
+                        assignment,
+                        AssignmentState::Failed,
+                        Some(reason::INVALID_SPEC),
+                        Some(chain(&e)),
+                    ),
+                    Ok(()) => {
+                        if first {
+                            info!(export = %format!("{namespace}/{name}"), "export running");
+                        }
+                        match secret_error {
+                            Some(message) => state_of(
+                                assignment,
+                                AssignmentState::Failed,
+                                Some(reason::SECRET_NOT_READABLE),
+                                Some(message),
+                            ),
+                            None => state_of(assignment, AssignmentState::Attached, None, None),
+                        }
+                    }
                 }
-                state_of(
-                    assignment,
-                    AssignmentState::Unsupported,
-                    Some(reason::EXPORT_NOT_AVAILABLE),
-                    Some("this agent does not run exports yet".to_owned()),
-                )
             })
             .collect()
     }
@@ -799,7 +878,20 @@ impl ClusterAgent {
                 }
             })
             .collect();
-        states.extend(self.other_states.iter().cloned());
+        states.extend(self.other_states.iter().cloned().map(|mut state| {
+            // An Export's counts and last error are live.
+            if state.kind == AssignmentKind::Export
+                && let Some((exports, _)) = &self.exports
+                && let Some(report) = exports.status(&state.namespace, &state.name)
+            {
+                state.events = report.rows_exported;
+                state.lost = report.rows_dropped();
+                if state.state == AssignmentState::Attached {
+                    state.message = report.last_error;
+                }
+            }
+            state
+        }));
         states
     }
 

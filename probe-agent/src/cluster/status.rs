@@ -23,6 +23,8 @@ pub mod reason {
     pub const NO_RUNNING_PROCESS: &str = "NoRunningProcess";
     /// The agent has no export module yet.
     pub const EXPORT_NOT_AVAILABLE: &str = "ExportNotAvailable";
+    /// A Secret an Export names is missing or lacks a key.
+    pub const SECRET_NOT_READABLE: &str = "SecretNotReadable";
 }
 
 /// The state and reason an attach error is reported with.

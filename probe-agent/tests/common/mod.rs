@@ -3,7 +3,15 @@
 //! its log read line by line, stopped with Ctrl-C (SIGINT) or killed.
 
 #![allow(dead_code)] // Each test file uses part of this module.
+#![allow(
+    clippy::unwrap_used,
+    reason = "in a test a failed unwrap is a failed assertion"
+)]
 
+use arrow_array::{Array, RecordBatch, StringArray, UInt32Array};
+use arrow_flight::{FlightClient, Ticket};
+use futures::TryStreamExt as _;
+use serde_json::json;
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -185,4 +193,88 @@ pub fn program_ids(line: &str) -> Vec<u32> {
         .split(',')
         .filter_map(|id| id.trim().parse().ok())
         .collect()
+}
+
+/// Every row of a table, over Flight.
+pub async fn rows(url: &str, table: &str) -> Vec<RecordBatch> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = FlightClient::new(channel);
+    let ticket = Ticket::new(json!({"table": table}).to_string());
+    match client.do_get(ticket).await {
+        Ok(stream) => stream.try_collect().await.unwrap(),
+        // Not created yet.
+        Err(_) => Vec::new(),
+    }
+}
+
+pub fn count(batches: &[RecordBatch]) -> u64 {
+    batches.iter().map(|b| b.num_rows() as u64).sum()
+}
+
+pub fn strings(batches: &[RecordBatch], column: &str) -> Vec<Option<String>> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let values = b
+                .column_by_name(column)
+                .unwrap()
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .clone();
+            (0..values.len())
+                .map(|i| (!values.is_null(i)).then(|| values.value(i).to_owned()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+pub fn pids(batches: &[RecordBatch]) -> Vec<u32> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name("pid")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<UInt32Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        })
+        .collect()
+}
+
+/// Ids of the programs with an attached link, as bpftool lists them.
+pub fn linked_programs() -> Vec<u32> {
+    let output = Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .expect("run bpftool (scripts/install.sh installs it)");
+    assert!(output.status.success(), "bpftool link show failed");
+    let links: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    links
+        .iter()
+        .filter_map(|l| l["prog_id"].as_u64())
+        .map(|id| id as u32)
+        .collect()
+}
+
+/// `GET /metrics` from `addr`; the body.
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
 }
