@@ -281,6 +281,7 @@ async fn kubectl_apply_to_rows_on_the_right_nodes() -> anyhow::Result<()> {
     .await;
     let to_first_row = applied.elapsed();
     eprintln!("kubectl apply → Running: {to_running:?}; → first row: {to_first_row:?}");
+    let programs_a = program_ids(&line(&agent_a, "programs=["));
 
     // The same load from all three; rows only from the web pod, labelled.
     std::fs::write(go("go-a"), "")?;
@@ -487,6 +488,9 @@ async fn kubectl_apply_to_rows_on_the_right_nodes() -> anyhow::Result<()> {
     })
     .await;
     let linked = linked_programs();
+    for id in &programs_a {
+        assert!(!linked.contains(id), "program {id} of node-a still linked");
+    }
     for id in programs_b.iter().chain(&programs_b_again) {
         assert!(!linked.contains(id), "program {id} of node-b still linked");
     }
