@@ -457,8 +457,13 @@ async fn kubectl_apply_to_rows_on_the_right_nodes() -> anyhow::Result<()> {
             .filter(|r| r.events + r.lost == CALLS)
     })
     .await;
-    let batches = rows(&url_b, "shop.calls").await;
-    let from_c = pids(&batches).iter().filter(|&&pid| pid == web_c).count() as u64;
+    // Rows are sealed into the table within a second of their capture.
+    let from_c = until("web-c rows", Duration::from_secs(5), || async {
+        let batches = rows(&url_b, "shop.calls").await;
+        let from_c = pids(&batches).iter().filter(|&&pid| pid == web_c).count() as u64;
+        (from_c == done_c.events).then_some(from_c)
+    })
+    .await;
     assert_eq!(
         from_c + done_c.lost,
         CALLS,
