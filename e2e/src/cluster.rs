@@ -363,6 +363,17 @@ impl Cluster {
         run_kubectl(&self.kubeconfig, args, input).await
     }
 
+    /// Creates `namespace` and applies Sonde's RBAC there, as the Helm chart
+    /// does (`charts/sonde/templates/rbac.yaml`): ServiceAccounts
+    /// `sonde-operator` and `sonde-agent` with their roles.
+    pub async fn install_sonde_rbac(&self, namespace: &str) -> anyhow::Result<()> {
+        const RBAC: &str = include_str!("../../charts/sonde/templates/rbac.yaml");
+        self.kubectl(&["create", "namespace", namespace]).await?;
+        self.apply(&RBAC.replace("{{ .Release.Namespace }}", namespace))
+            .await?;
+        Ok(())
+    }
+
     /// A kubeconfig that authenticates as a ServiceAccount (with a token from
     /// the TokenRequest API, valid for two hours), so that a component runs
     /// with exactly the rights its RBAC manifests grant.

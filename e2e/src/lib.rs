@@ -36,7 +36,7 @@ pub use error::{Component, HarnessError};
 pub use installation::{Installation, python, python_venv};
 pub use ports::free_port;
 pub use process::{SpawnedProcess, process_running, spawned_processes};
-pub use prometheus::{Prometheus, PrometheusBuilder, Sample};
+pub use prometheus::{Prometheus, PrometheusBuilder, Sample, promtool_check, sample_value};
 
 /// Fails with a clear message unless the test runs as root: the cluster
 /// harness writes cgroups, and so will the eBPF tests that build on it.

@@ -303,3 +303,49 @@ impl Drop for Prometheus {
         }
     }
 }
+
+/// Runs `promtool check metrics` on an exposition text: it must exit 0 and
+/// find nothing to say. The error carries what it said and the text.
+pub fn promtool_check(text: &str) -> anyhow::Result<()> {
+    let prometheus = crate::Installation::from_env().path_of(crate::Component::Prometheus);
+    let promtool = prometheus.with_file_name("promtool");
+    let mut check = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| {
+            format!(
+                "running {} (scripts/install-harness.sh installs it)",
+                promtool.display()
+            )
+        })?;
+    std::io::Write::write_all(
+        &mut check.stdin.take().context("promtool's stdin")?,
+        text.as_bytes(),
+    )?;
+    let output = check.wait_with_output()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Lint findings are printed even when promtool exits 0: none allowed.
+    if !output.status.success() || !said.trim().is_empty() {
+        bail!(
+            "promtool check metrics (exit {}): {said}\n{text}",
+            output.status
+        );
+    }
+    Ok(())
+}
+
+/// The value of the first sample whose line starts with `series` (a name,
+/// or a name and its labels as exposed), in an exposition text.
+pub fn sample_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}

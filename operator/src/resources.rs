@@ -105,6 +105,40 @@ fn conditions(valid: Result<(), String>, reports: &Reports) -> Vec<Condition> {
     }
 }
 
+/// Applies a resource's status as the operator, and publishes an
+/// InvalidSpec Event with `invalid`'s message.
+async fn write_status<K>(
+    ctx: &Context,
+    resource: &K,
+    status: &impl serde::Serialize,
+    invalid: Option<String>,
+) -> Result<(), Error>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(
+        ctx.client.clone(),
+        &resource.namespace().unwrap_or_default(),
+    );
+    api.patch_status(
+        &resource.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": status,
+        })),
+    )
+    .await?;
+    if let Some(message) = invalid {
+        publish(ctx, resource, true, "InvalidSpec", message).await;
+    }
+    Ok(())
+}
+
 pub async fn reconcile_retention(
     retention: Arc<Retention>,
     ctx: Arc<Context>,
@@ -146,22 +180,10 @@ async fn retention_status(retention: &Retention, ctx: &Context) -> Result<Action
             .unwrap_or_default(),
     );
     if previous != Some(&status) {
-        Api::<Retention>::namespaced(ctx.client.clone(), &namespace)
-            .patch_status(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(json!({
-                    "apiVersion": "sonde.dev/v1alpha1",
-                    "kind": "Retention",
-                    "status": status,
-                })),
-            )
-            .await?;
-        if let Err(message) = valid
-            && previous.is_none_or(|p| p.observed_generation != status.observed_generation)
-        {
-            publish(ctx, retention, true, "InvalidSpec", message).await;
-        }
+        let invalid = valid.err().filter(|_| {
+            previous.is_none_or(|p| p.observed_generation != status.observed_generation)
+        });
+        write_status(ctx, retention, &status, invalid).await?;
     }
     Ok(Action::requeue(ctx.settings.heartbeat_grace / 2))
 }
@@ -216,22 +238,10 @@ async fn export_status(export: &Export, ctx: &Context) -> Result<Action, Error> 
             .unwrap_or_default(),
     );
     if previous != Some(&status) {
-        Api::<Export>::namespaced(ctx.client.clone(), &namespace)
-            .patch_status(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(json!({
-                    "apiVersion": "sonde.dev/v1alpha1",
-                    "kind": "Export",
-                    "status": status,
-                })),
-            )
-            .await?;
-        if let Err(message) = valid
-            && previous.is_none_or(|p| p.observed_generation != status.observed_generation)
-        {
-            publish(ctx, export, true, "InvalidSpec", message).await;
-        }
+        let invalid = valid.err().filter(|_| {
+            previous.is_none_or(|p| p.observed_generation != status.observed_generation)
+        });
+        write_status(ctx, export, &status, invalid).await?;
     }
     Ok(Action::requeue(ctx.settings.heartbeat_grace / 2))
 }

@@ -78,18 +78,13 @@ async fn apply(tp: &Tracepoint, ctx: &Context) -> Result<Action, Error> {
             write_status(&api, tp, status, ctx).await?;
             return Ok(Action::requeue(DETACH_POLL));
         }
-        let finalizers: Vec<&String> = tp.finalizers().iter().filter(|f| *f != FINALIZER).collect();
-        api.patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({
-                "metadata": {
-                    "resourceVersion": tp.resource_version(),
-                    "finalizers": finalizers,
-                }
-            })),
-        )
-        .await?;
+        let finalizers: Vec<String> = tp
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .cloned()
+            .collect();
+        set_finalizers(&api, tp, finalizers).await?;
         info!(tracepoint = %format!("{namespace}/{name}"), "detached from every node; finalizer released");
         publish(
             ctx,
@@ -105,17 +100,7 @@ async fn apply(tp: &Tracepoint, ctx: &Context) -> Result<Action, Error> {
     if !tp.finalizers().iter().any(|f| f == FINALIZER) {
         let mut finalizers = tp.finalizers().to_vec();
         finalizers.push(FINALIZER.to_owned());
-        api.patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({
-                "metadata": {
-                    "resourceVersion": tp.resource_version(),
-                    "finalizers": finalizers,
-                }
-            })),
-        )
-        .await?;
+        set_finalizers(&api, tp, finalizers).await?;
     }
 
     let status = status_of(tp, ctx, now);
@@ -130,6 +115,27 @@ async fn apply(tp: &Tracepoint, ctx: &Context) -> Result<Action, Error> {
         next = next.min(until(now, at));
     }
     Ok(Action::requeue(next))
+}
+
+/// Replaces the finalizers, if the Tracepoint did not change meanwhile
+/// (a conflict is retried by the controller).
+async fn set_finalizers(
+    api: &Api<Tracepoint>,
+    tp: &Tracepoint,
+    finalizers: Vec<String>,
+) -> Result<(), Error> {
+    api.patch(
+        &tp.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({
+            "metadata": {
+                "resourceVersion": tp.resource_version(),
+                "finalizers": finalizers,
+            }
+        })),
+    )
+    .await?;
+    Ok(())
 }
 
 fn status_of(tp: &Tracepoint, ctx: &Context, now: Timestamp) -> TracepointStatus {

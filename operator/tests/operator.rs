@@ -29,7 +29,6 @@ use nix::{
 };
 
 const OPERATOR: &str = env!("CARGO_BIN_EXE_sonde-operator");
-const RBAC: &str = include_str!("../../charts/sonde/templates/rbac.yaml");
 const NAMESPACE: &str = "sonde-system";
 
 /// A running operator; killed on drop.
@@ -115,11 +114,8 @@ async fn cluster() -> anyhow::Result<(Cluster, PathBuf)> {
         .manifests(include_str!("../../crds/sonde.dev.yaml"))
         .start()
         .await?;
-    cluster.kubectl(&["create", "namespace", NAMESPACE]).await?;
+    cluster.install_sonde_rbac(NAMESPACE).await?;
     cluster.kubectl(&["create", "namespace", "shop"]).await?;
-    cluster
-        .apply(&RBAC.replace("{{ .Release.Namespace }}", NAMESPACE))
-        .await?;
     let kubeconfig = cluster
         .service_account_kubeconfig(NAMESPACE, "sonde-operator")
         .await?;
@@ -159,11 +155,6 @@ spec:
   table: {name}
 {extra}"
     )
-}
-
-fn promtool() -> PathBuf {
-    let prometheus = e2e::Installation::from_env().path_of(e2e::Component::Prometheus);
-    prometheus.with_file_name("promtool")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,27 +357,8 @@ async fn tracepoints_get_nodes_status_events_and_a_clean_end() -> anyhow::Result
         .await?
         .text()
         .await?;
-    let mut check = Command::new(promtool())
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running promtool")?;
-    std::io::Write::write_all(&mut check.stdin.take().context("stdin")?, body.as_bytes())?;
-    let output = check.wait_with_output()?;
-    assert!(
-        output.status.success(),
-        "promtool: {}{}\n{body}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let value = |series: &str| -> Option<f64> {
-        body.lines()
-            .find(|l| l.starts_with(series))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-    };
+    e2e::promtool_check(&body)?;
+    let value = |series: &str| e2e::sample_value(&body, series);
     assert!(
         value("sonde_operator_reconciles_total{controller=\"tracepoint\",result=\"success\"}")
             .is_some_and(|v| v > 0.0),

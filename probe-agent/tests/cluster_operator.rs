@@ -31,7 +31,6 @@ use nix::{
 };
 
 const NAMESPACE: &str = "sonde-system";
-const RBAC: &str = include_str!("../../charts/sonde/templates/rbac.yaml");
 const MISSING_BINARY: &str = "/usr/local/bin/sonde-not-installed";
 /// getppid(2) calls each load makes.
 const CALLS: u64 = 10_000;
@@ -70,6 +69,25 @@ impl Drop for Operator {
         let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGKILL);
         let _ = self.0.wait();
     }
+}
+
+/// A control plane with the CRDs, the chart's RBAC in `sonde-system`, a
+/// `shop` namespace, and kubeconfigs of the operator's and the agents'
+/// ServiceAccounts.
+async fn sonde_cluster() -> anyhow::Result<(Cluster, PathBuf, PathBuf)> {
+    let cluster = Cluster::builder()
+        .manifests(include_str!("../../crds/sonde.dev.yaml"))
+        .start()
+        .await?;
+    cluster.install_sonde_rbac(NAMESPACE).await?;
+    cluster.kubectl(&["create", "namespace", "shop"]).await?;
+    let operator = cluster
+        .service_account_kubeconfig(NAMESPACE, "sonde-operator")
+        .await?;
+    let agent = cluster
+        .service_account_kubeconfig(NAMESPACE, "sonde-agent")
+        .await?;
+    Ok((cluster, operator, agent))
 }
 
 /// The load generator outside any pod; killed if the test ends first.
@@ -190,21 +208,7 @@ spec:
 async fn kubectl_apply_to_rows_on_the_right_nodes() -> anyhow::Result<()> {
     e2e::require_root()?;
     let test_start = Instant::now();
-    let cluster = Cluster::builder()
-        .manifests(include_str!("../../crds/sonde.dev.yaml"))
-        .start()
-        .await?;
-    cluster.kubectl(&["create", "namespace", NAMESPACE]).await?;
-    cluster.kubectl(&["create", "namespace", "shop"]).await?;
-    cluster
-        .apply(&RBAC.replace("{{ .Release.Namespace }}", NAMESPACE))
-        .await?;
-    let operator_config = cluster
-        .service_account_kubeconfig(NAMESPACE, "sonde-operator")
-        .await?;
-    let agent_config = cluster
-        .service_account_kubeconfig(NAMESPACE, "sonde-agent")
-        .await?;
+    let (cluster, operator_config, agent_config) = sonde_cluster().await?;
     cluster.add_node("node-a", &[]).await?;
     cluster.add_node("node-b", &[]).await?;
     let work = tempfile::tempdir()?;
@@ -523,21 +527,7 @@ fn attribute_int(record: &serde_json::Value, key: &str) -> Option<i64> {
 async fn exports_run_on_the_nodes_and_report_back() -> anyhow::Result<()> {
     e2e::require_root()?;
     let collector = e2e::Collector::start().await?;
-    let cluster = Cluster::builder()
-        .manifests(include_str!("../../crds/sonde.dev.yaml"))
-        .start()
-        .await?;
-    cluster.kubectl(&["create", "namespace", NAMESPACE]).await?;
-    cluster.kubectl(&["create", "namespace", "shop"]).await?;
-    cluster
-        .apply(&RBAC.replace("{{ .Release.Namespace }}", NAMESPACE))
-        .await?;
-    let operator_config = cluster
-        .service_account_kubeconfig(NAMESPACE, "sonde-operator")
-        .await?;
-    let agent_config = cluster
-        .service_account_kubeconfig(NAMESPACE, "sonde-agent")
-        .await?;
+    let (cluster, operator_config, agent_config) = sonde_cluster().await?;
     cluster.add_node("node-a", &[]).await?;
     let work = tempfile::tempdir()?;
     let go = work.path().join("go");

@@ -13,7 +13,7 @@ mod common;
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -191,18 +191,6 @@ fn scrape_until(addr: SocketAddr, done: impl Fn(&str) -> bool) -> String {
     }
 }
 
-/// promtool from the harness, beside the Prometheus it installs.
-fn promtool() -> PathBuf {
-    let prometheus = e2e::Installation::from_env().path_of(e2e::Component::Prometheus);
-    let promtool = prometheus.with_file_name("promtool");
-    assert!(
-        promtool.exists(),
-        "{} is missing: run scripts/install-harness.sh",
-        promtool.display()
-    );
-    promtool
-}
-
 #[test]
 fn served_counters_equal_the_load_and_the_losses_and_promtool_accepts_them() {
     let manifests = tempfile::tempdir().unwrap();
@@ -324,28 +312,7 @@ fn served_counters_equal_the_load_and_the_losses_and_promtool_accepts_them() {
     // What `curl | promtool check metrics` sees.
     let (content_type, text) = scrape(agent.metrics, None);
     assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
-    let mut check = Command::new(promtool())
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let output = check.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    eprintln!("promtool check metrics: exit {}; {said:?}", output.status);
-    assert!(output.status.success(), "promtool: {said}\n{text}");
-    assert_eq!(said.trim(), "", "promtool found problems");
+    e2e::promtool_check(&text).unwrap();
 
     // What Prometheus asks for.
     let (content_type, text) = scrape(

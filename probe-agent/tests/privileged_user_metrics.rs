@@ -241,39 +241,8 @@ for size, request_id in rows:
 }
 
 /// promtool from the harness, beside the Prometheus it installs.
-fn promtool() -> PathBuf {
-    let prometheus = e2e::Installation::from_env().path_of(e2e::Component::Prometheus);
-    let promtool = prometheus.with_file_name("promtool");
-    assert!(
-        promtool.exists(),
-        "{} is missing: run scripts/install-harness.sh",
-        promtool.display()
-    );
-    promtool
-}
-
 fn promtool_check(text: &str) {
-    let mut check = Command::new(promtool())
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let output = check.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "promtool: {said}\n{text}");
-    assert_eq!(said.trim(), "", "promtool found problems in:\n{text}");
+    e2e::promtool_check(text).unwrap();
 }
 
 #[test]
