@@ -182,6 +182,8 @@ impl Standalone {
                         exports.push((file.clone(), export));
                     }
                     Resource::Secret(secret) => secrets.push(secret),
+                    // Applied once `run_exports` hands over the export module.
+                    Resource::Export(_) => {}
                     other => {
                         if !self.seen.contains_key(file) {
                             info!(
