@@ -184,17 +184,6 @@ impl Standalone {
                     Resource::Secret(secret) => secrets.push(secret),
                     // Applied once `run_exports` hands over the export module.
                     Resource::Export(_) => {}
-                    other => {
-                        if !self.seen.contains_key(file) {
-                            info!(
-                                file = %file.display(),
-                                kind = other.kind(),
-                                name = other.name(),
-                                "read; this agent does not apply {} resources yet",
-                                other.kind()
-                            );
-                        }
-                    }
                 }
             }
         }
