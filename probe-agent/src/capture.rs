@@ -204,7 +204,7 @@ impl RecordSink for Capture {
                 let identity = self.identities.lookup(event.cgroup_id);
                 match slot.table.append(event, identity, &clock) {
                     // Only rows make it into metrics, so they agree with the table.
-                    Ok(()) => slot.metrics.observe(event, &clock),
+                    Ok(()) => slot.metrics.observe(event, identity, &clock),
                     Err(_) => slot.decode_errors += 1,
                 }
             }

@@ -19,6 +19,7 @@ use crds::{
 
 use crate::{
     clock::WallClock,
+    identity::ContainerIdentity,
     plan::{ColumnLayout, RecordSchema},
     ring::{RawEvent, u64_at},
 };
@@ -255,6 +256,9 @@ enum LabelSource {
     CgroupId,
     /// `time_`, as Unix nanoseconds.
     Time,
+    /// The row's namespace, pod or container, resolved on the node (cluster
+    /// mode); its name fills the key, empty where it is not resolved.
+    Identity(IdentityPart),
     /// The same on every event: `node`, and the columns this agent does
     /// not resolve yet (`namespace`, `pod`, `container`), which are empty.
     Constant,
@@ -309,6 +313,19 @@ impl Number {
     }
 }
 
+/// Which name of a container's identity a label shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IdentityPart {
+    Namespace,
+    Pod,
+    Container,
+}
+
+/// Key bytes for a namespace or container name (at most 63 characters).
+const NAME_KEY_LEN: usize = 64;
+/// Key bytes for a pod name (at most 253 characters).
+const POD_KEY_LEN: usize = 256;
+
 /// One metric of a Tracepoint with its series.
 pub struct EventMetric {
     name: String,
@@ -340,7 +357,21 @@ impl EventMetric {
                 "cgroup_id" => (LabelSource::CgroupId, 8, String::new()),
                 "time_" => (LabelSource::Time, 8, String::new()),
                 "node" => (LabelSource::Constant, 0, node.to_owned()),
-                "namespace" | "pod" | "container" => (LabelSource::Constant, 0, String::new()),
+                "namespace" => (
+                    LabelSource::Identity(IdentityPart::Namespace),
+                    NAME_KEY_LEN,
+                    String::new(),
+                ),
+                "pod" => (
+                    LabelSource::Identity(IdentityPart::Pod),
+                    POD_KEY_LEN,
+                    String::new(),
+                ),
+                "container" => (
+                    LabelSource::Identity(IdentityPart::Container),
+                    NAME_KEY_LEN,
+                    String::new(),
+                ),
                 field => {
                     let plan =
                         schema
@@ -423,7 +454,12 @@ impl EventMetric {
     }
 
     /// Counts one event. Allocates only when the event starts a new series.
-    pub fn observe(&mut self, event: &RawEvent<'_>, clock: &WallClock) {
+    pub fn observe(
+        &mut self,
+        event: &RawEvent<'_>,
+        identity: Option<&ContainerIdentity>,
+        clock: &WallClock,
+    ) {
         let value = self.value.map(|v| v.read(event.record));
         let add = match (self.kind, value) {
             (MetricKind::Counter, None) => 1,
@@ -438,7 +474,7 @@ impl EventMetric {
             },
             (MetricKind::Histogram, _) => 1,
         };
-        self.fill_key(event, clock);
+        self.fill_key(event, identity, clock);
         let Some(series) = self.series.series(&self.key) else {
             self.rejected_series += 1;
             return;
@@ -455,7 +491,12 @@ impl EventMetric {
         }
     }
 
-    fn fill_key(&mut self, event: &RawEvent<'_>, clock: &WallClock) {
+    fn fill_key(
+        &mut self,
+        event: &RawEvent<'_>,
+        identity: Option<&ContainerIdentity>,
+        clock: &WallClock,
+    ) {
         for label in &self.labels {
             let key = &mut self.key[label.key_at..label.key_at + label.key_len];
             match label.source {
@@ -471,6 +512,14 @@ impl EventMetric {
                 LabelSource::CgroupId => key.copy_from_slice(&event.cgroup_id.to_ne_bytes()),
                 LabelSource::Time => {
                     key.copy_from_slice(&clock.to_unix_ns(event.ktime_ns).to_ne_bytes());
+                }
+                LabelSource::Identity(part) => {
+                    let name = identity.map_or("", |id| match part {
+                        IdentityPart::Namespace => id.namespace(),
+                        IdentityPart::Pod => id.pod(),
+                        IdentityPart::Container => id.container(),
+                    });
+                    copy_c_string(key, name.as_bytes());
                 }
                 LabelSource::Constant => {}
             }
@@ -497,7 +546,7 @@ impl EventMetric {
                 FieldType::U64 | FieldType::String => word().to_string(),
                 FieldType::Bool => (word() != 0).to_string(),
             },
-            LabelSource::Str { .. } | LabelSource::Comm => {
+            LabelSource::Str { .. } | LabelSource::Comm | LabelSource::Identity(_) => {
                 let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
                 String::from_utf8_lossy(&bytes[..end]).into_owned()
             }
@@ -578,9 +627,14 @@ impl EventMetrics {
 
     /// Counts one event in every metric.
     #[inline]
-    pub fn observe(&mut self, event: &RawEvent<'_>, clock: &WallClock) {
+    pub fn observe(
+        &mut self,
+        event: &RawEvent<'_>,
+        identity: Option<&ContainerIdentity>,
+        clock: &WallClock,
+    ) {
         for metric in &mut self.0 {
-            metric.observe(event, clock);
+            metric.observe(event, identity, clock);
         }
     }
 
@@ -757,7 +811,7 @@ mod tests {
             (0, b"/a", 100),
         ] {
             let bytes = record(7, code, path, latency);
-            metric.observe(&crate::ring::decode(&bytes).unwrap(), &clock);
+            metric.observe(&crate::ring::decode(&bytes).unwrap(), None, &clock);
         }
         let sample = metric.sample();
         assert_eq!(sample.label_names, ["code", "comm", "node"]);
@@ -784,7 +838,7 @@ mod tests {
         let clock = WallClock::now();
         for path in [&b"/a"[..], b"/b", b"/c", b"/a", b"/d", b"/c", b"/abcdefgh"] {
             let bytes = record(7, 0, path, 0);
-            metric.observe(&crate::ring::decode(&bytes).unwrap(), &clock);
+            metric.observe(&crate::ring::decode(&bytes).unwrap(), None, &clock);
         }
         let sample = metric.sample();
         let series: Vec<_> = sample
@@ -794,6 +848,38 @@ mod tests {
             .collect();
         assert_eq!(series, [("/a", 2), ("/b", 1)]);
         assert_eq!(sample.rejected_series, 4);
+    }
+
+    #[test]
+    fn pod_labels_come_from_the_rows_container() {
+        let mut metric = EventMetric::compile(
+            &spec("{name: calls, kind: counter, labels: [namespace, pod, container]}"),
+            &schema(),
+            "node-a",
+        )
+        .unwrap();
+        let clock = WallClock::now();
+        let web = ContainerIdentity::new("shop", "web-7f9c", "main");
+        let sidecar = ContainerIdentity::new("shop", "web-7f9c", "proxy");
+        for identity in [Some(&web), Some(&sidecar), Some(&web), None] {
+            let bytes = record(7, 0, b"/", 0);
+            metric.observe(&crate::ring::decode(&bytes).unwrap(), identity, &clock);
+        }
+        let sample = metric.sample();
+        let series: Vec<_> = sample
+            .series
+            .iter()
+            .map(|s| (s.labels.join("/"), s.counts[0]))
+            .collect();
+        // A row of no known container (standalone) has empty labels.
+        assert_eq!(
+            series,
+            [
+                ("shop/web-7f9c/main".to_owned(), 2),
+                ("shop/web-7f9c/proxy".to_owned(), 1),
+                ("//".to_owned(), 1)
+            ]
+        );
     }
 
     #[test]
@@ -807,7 +893,7 @@ mod tests {
         let clock = WallClock::now();
         for code in [3, 4, -1] {
             let bytes = record(7, code, b"/", 0);
-            metric.observe(&crate::ring::decode(&bytes).unwrap(), &clock);
+            metric.observe(&crate::ring::decode(&bytes).unwrap(), None, &clock);
         }
         let sample = metric.sample();
         assert_eq!(sample.series.len(), 1);

@@ -104,14 +104,14 @@ fn known_series_count_without_allocating() {
 
     let before = allocations();
     for bytes in &records[..8] {
-        metrics.observe(&decode(bytes).unwrap(), &clock);
+        metrics.observe(&decode(bytes).unwrap(), None, &clock);
     }
     assert!(allocations() > before, "new series allocate");
 
     let before = allocations();
     for _ in 0..100 {
         for bytes in &records {
-            metrics.observe(&decode(bytes).unwrap(), &clock);
+            metrics.observe(&decode(bytes).unwrap(), None, &clock);
         }
     }
     assert_eq!(allocations() - before, 0, "known series allocate nothing");

@@ -63,14 +63,32 @@ fn assignment(
     })
 }
 
+/// `127.0.0.1:<port>` from the "serving Prometheus metrics" line.
+fn metrics_addr(line: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .and_then(|w| w.strip_suffix("/metrics"))
+        .unwrap()
+        .to_owned()
+}
+
 fn probe_node() -> ProbeNode {
+    let mut calls = assignment(
+        "calls",
+        1,
+        json!({"tracepoint": {"group": "syscalls", "name": "sys_enter_getppid"}}),
+        "calls",
+    );
+    // A derived metric labelled with what the node resolves per row.
+    calls["tracepoint"]["metrics"] = json!([
+        {"name": "web_calls", "kind": "counter", "labels": ["namespace", "pod", "container"]}
+    ]);
     serde_json::from_value(json!({
         "apiVersion": "sonde.dev/v1alpha1",
         "kind": "ProbeNode",
         "metadata": {"name": NODE},
         "spec": {"assignments": [
-            assignment("calls", 1,
-                json!({"tracepoint": {"group": "syscalls", "name": "sys_enter_getppid"}}), "calls"),
+            calls,
             // The web pod's load generator polls for its start file with
             // clock_nanosleep: rows as soon as the probe is attached.
             assignment("naps", 1,
@@ -181,10 +199,16 @@ async fn cluster_agent_captures_selected_pods_and_reports() -> anyhow::Result<()
         agent_binary.path(),
         cluster.kubeconfig_path(),
         NODE,
-        &["--heartbeat-interval", "2s"],
+        &[
+            "--heartbeat-interval",
+            "2s",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
     );
     line(&agent, "cluster agent running");
     let url = tokio::task::block_in_place(|| agent.flight_url(Duration::from_secs(30)));
+    let first_metrics = metrics_addr(&line(&agent, "serving Prometheus metrics"));
 
     // The assignments, as the operator would write them.
     let written = Instant::now();
@@ -276,6 +300,23 @@ async fn cluster_agent_captures_selected_pods_and_reports() -> anyhow::Result<()
             "every row's {column} is {value}"
         );
     }
+    // The derived counter has one series, the web pod's container, equal
+    // to its rows.
+    let body = tokio::task::block_in_place(|| scrape(&first_metrics));
+    let series: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("web_calls_total{"))
+        .collect();
+    assert_eq!(series.len(), 1, "{body}");
+    assert!(
+        series[0].contains("namespace=\"shop\",pod=\"web\",container=\"main\""),
+        "{}",
+        series[0]
+    );
+    assert_eq!(
+        e2e::sample_value(series[0], "web_calls_total"),
+        Some(count(&batches) as f64)
+    );
 
     // Killed and started again: it re-attaches from the ProbeNode and reports.
     agent.kill();
@@ -292,13 +333,7 @@ async fn cluster_agent_captures_selected_pods_and_reports() -> anyhow::Result<()
         ],
     );
     let url = tokio::task::block_in_place(|| agent.flight_url(Duration::from_secs(30)));
-    let metrics = line(&agent, "serving Prometheus metrics");
-    let metrics = metrics
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http://"))
-        .and_then(|w| w.strip_suffix("/metrics"))
-        .unwrap()
-        .to_owned();
+    let metrics = metrics_addr(&line(&agent, "serving Prometheus metrics"));
     // Two Tracepoints attach, each on its own kernel tracepoint.
     let mut programs_again = program_ids(&line(&agent, "programs=["));
     programs_again.extend(program_ids(&line(&agent, "programs=[")));
