@@ -544,46 +544,41 @@ impl Snapshot {
                 .iter()
                 .map(|s| (labels(s), ConstCounter::new(s.appended_bytes))),
         )?;
-        family(
-            encoder,
-            "table_evicted_rows",
-            "Rows evicted from a table, by the limit that evicted them.",
-            None,
-            MetricType::Counter,
-            self.tables.iter().flat_map(|s| {
-                let [namespace, table] = labels(s);
-                evictions(s).map(move |(reason, evicted)| {
-                    (
-                        [
-                            namespace.clone(),
-                            table.clone(),
-                            ("reason", reason.to_owned()),
-                        ],
-                        ConstCounter::new(evicted.rows),
-                    )
-                })
-            }),
-        )?;
-        family(
-            encoder,
-            "table_evicted",
-            "Memory evicted from a table, by the limit that evicted it.",
-            Some(&Unit::Bytes),
-            MetricType::Counter,
-            self.tables.iter().flat_map(|s| {
-                let [namespace, table] = labels(s);
-                evictions(s).map(move |(reason, evicted)| {
-                    (
-                        [
-                            namespace.clone(),
-                            table.clone(),
-                            ("reason", reason.to_owned()),
-                        ],
-                        ConstCounter::new(evicted.bytes),
-                    )
-                })
-            }),
-        )?;
+        for (name, help, unit, amount) in [
+            (
+                "table_evicted_rows",
+                "Rows evicted from a table, by the limit that evicted them.",
+                None,
+                (|e: &Evicted| e.rows) as fn(&Evicted) -> u64,
+            ),
+            (
+                "table_evicted",
+                "Memory evicted from a table, by the limit that evicted it.",
+                Some(&Unit::Bytes),
+                |e: &Evicted| e.bytes,
+            ),
+        ] {
+            family(
+                encoder,
+                name,
+                help,
+                unit,
+                MetricType::Counter,
+                self.tables.iter().flat_map(|s| {
+                    let [namespace, table] = labels(s);
+                    evictions(s).map(move |(reason, evicted)| {
+                        (
+                            [
+                                namespace.clone(),
+                                table.clone(),
+                                ("reason", reason.to_owned()),
+                            ],
+                            ConstCounter::new(amount(&evicted)),
+                        )
+                    })
+                }),
+            )?;
+        }
         family(
             encoder,
             "table_retention_window",

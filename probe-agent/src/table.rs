@@ -138,6 +138,27 @@ enum Sink {
     Store { store: TableStore, name: TableName },
 }
 
+/// The columns every Tracepoint table starts with, in order.
+pub fn standard_fields() -> Vec<Field> {
+    vec![
+        Field::new(
+            "time_",
+            DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("node", DataType::Utf8, false),
+        Field::new("pid", DataType::UInt32, false),
+        Field::new("tid", DataType::UInt32, false),
+        Field::new("comm", DataType::Utf8, false),
+        Field::new("cgroup_id", DataType::UInt64, false),
+        // Resolved on the node from the cgroup; null outside any pod (and in
+        // standalone mode).
+        Field::new("namespace", DataType::Utf8, true),
+        Field::new("pod", DataType::Utf8, true),
+        Field::new("container", DataType::Utf8, true),
+    ]
+}
+
 /// One table: the standard columns and the probe's fields.
 pub struct Table {
     schema: SchemaRef,
@@ -186,23 +207,7 @@ impl Table {
     }
 
     fn with_sink(record: RecordSchema, node: &str, sink: Sink) -> Self {
-        let mut fields = vec![
-            Field::new(
-                "time_",
-                DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
-                false,
-            ),
-            Field::new("node", DataType::Utf8, false),
-            Field::new("pid", DataType::UInt32, false),
-            Field::new("tid", DataType::UInt32, false),
-            Field::new("comm", DataType::Utf8, false),
-            Field::new("cgroup_id", DataType::UInt64, false),
-            // Resolved on the node from the cgroup; null outside any pod
-            // (and in standalone mode).
-            Field::new("namespace", DataType::Utf8, true),
-            Field::new("pod", DataType::Utf8, true),
-            Field::new("container", DataType::Utf8, true),
-        ];
+        let mut fields = standard_fields();
         fields.extend(
             record
                 .columns

@@ -18,6 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use arrow_array::RecordBatch;
 use common::{AgentProcess, LOADGEN, count, linked_programs, pids, program_ids, rows, strings};
 use crds::{
     Tracepoint,
@@ -172,6 +173,36 @@ async fn report(api: &Api<ProbeNode>, node: &str, name: &str) -> Option<Assignme
         .find(|a| a.name == name)
 }
 
+/// Waits until `node`'s agent has accounted for all `CALLS` of a load in
+/// Tracepoint `calls` (captured + counted lost), then until every captured
+/// row is in the table it serves at `url` (rows are sealed within a second).
+async fn accounted(
+    probe_nodes: &Api<ProbeNode>,
+    node: &str,
+    url: &str,
+) -> (AssignmentStatus, Vec<RecordBatch>) {
+    let done = until(
+        "captured + lost = made",
+        Duration::from_secs(15),
+        || async {
+            report(probe_nodes, node, "calls")
+                .await
+                .filter(|r| r.events + r.lost == CALLS)
+        },
+    )
+    .await;
+    let batches = until(
+        "every captured row served",
+        Duration::from_secs(5),
+        || async {
+            let batches = rows(url, "shop.calls").await;
+            (count(&batches) == done.events).then_some(batches)
+        },
+    )
+    .await;
+    (done, batches)
+}
+
 /// Waits until a pod's load generator printed its summary.
 async fn load_done(cluster: &Cluster, pod: &str) {
     until(pod, Duration::from_secs(30), || async {
@@ -293,17 +324,7 @@ async fn kubectl_apply_to_rows_on_the_right_nodes() -> anyhow::Result<()> {
     load_done(&cluster, "web-a").await;
     load_done(&cluster, "other-a").await;
     let web_a = cluster.pod_processes("shop", "web-a")[0].pid;
-    let done = until("node-a counts", Duration::from_secs(15), || async {
-        report(&probe_nodes, "node-a", "calls")
-            .await
-            .filter(|r| r.events + r.lost == CALLS)
-    })
-    .await;
-    let batches = until("node-a rows", Duration::from_secs(5), || async {
-        let batches = rows(&url_a, "shop.calls").await;
-        (count(&batches) == done.events).then_some(batches)
-    })
-    .await;
+    let (done, batches) = accounted(&probe_nodes, "node-a", &url_a).await;
     assert_eq!(count(&batches) + done.lost, CALLS);
     assert!(pids(&batches).iter().all(|&pid| pid == web_a));
     for (column, value) in [
@@ -349,17 +370,7 @@ async fn kubectl_apply_to_rows_on_the_right_nodes() -> anyhow::Result<()> {
     std::fs::write(go("go-b"), "")?;
     load_done(&cluster, "web-b").await;
     let web_b = cluster.pod_processes("shop", "web-b")[0].pid;
-    let done_b = until("node-b counts", Duration::from_secs(15), || async {
-        report(&probe_nodes, "node-b", "calls")
-            .await
-            .filter(|r| r.events + r.lost == CALLS)
-    })
-    .await;
-    let batches = until("node-b rows", Duration::from_secs(5), || async {
-        let batches = rows(&url_b, "shop.calls").await;
-        (count(&batches) == done_b.events).then_some(batches)
-    })
-    .await;
+    let (_, batches) = accounted(&probe_nodes, "node-b", &url_b).await;
     assert!(pids(&batches).iter().all(|&pid| pid == web_b));
 
     // The pod on node-a goes: node-a reports idle, one node runs.
@@ -455,19 +466,9 @@ async fn kubectl_apply_to_rows_on_the_right_nodes() -> anyhow::Result<()> {
     std::fs::write(go("go-c"), "")?;
     load_done(&cluster, "web-c").await;
     let web_c = cluster.pod_processes("shop", "web-c")[0].pid;
-    let done_c = until("node-b counts", Duration::from_secs(15), || async {
-        report(&probe_nodes, "node-b", "calls")
-            .await
-            .filter(|r| r.events + r.lost == CALLS)
-    })
-    .await;
-    // Rows are sealed into the table within a second of their capture.
-    let from_c = until("web-c rows", Duration::from_secs(5), || async {
-        let batches = rows(&url_b, "shop.calls").await;
-        let from_c = pids(&batches).iter().filter(|&&pid| pid == web_c).count() as u64;
-        (from_c == done_c.events).then_some(from_c)
-    })
-    .await;
+    // The restarted agent counts from zero and only web-c makes calls.
+    let (done_c, batches) = accounted(&probe_nodes, "node-b", &url_b).await;
+    let from_c = pids(&batches).iter().filter(|&&pid| pid == web_c).count() as u64;
     assert_eq!(
         from_c + done_c.lost,
         CALLS,

@@ -10,7 +10,7 @@ use arrow_array::{
     ArrayRef, Int32Array, RecordBatch, StringArray, TimestampNanosecondArray, UInt32Array,
     UInt64Array,
 };
-use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use tokio::sync::broadcast;
 
 use crate::store::{TableInfo, TableName, TableSnapshot, TableSource};
@@ -117,23 +117,12 @@ impl TableSource for MemorySource {
 /// The standard columns (a pod's rows) followed by two probe fields, `path`
 /// and `flags`.
 pub fn standard_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new(
-            "time_",
-            DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
-            false,
-        ),
-        Field::new("node", DataType::Utf8, false),
-        Field::new("pid", DataType::UInt32, false),
-        Field::new("tid", DataType::UInt32, false),
-        Field::new("comm", DataType::Utf8, false),
-        Field::new("cgroup_id", DataType::UInt64, false),
-        Field::new("namespace", DataType::Utf8, true),
-        Field::new("pod", DataType::Utf8, true),
-        Field::new("container", DataType::Utf8, true),
+    let mut fields = crate::table::standard_fields();
+    fields.extend([
         Field::new("path", DataType::Utf8, true),
         Field::new("flags", DataType::Int32, true),
-    ]))
+    ]);
+    Arc::new(Schema::new(fields))
 }
 
 /// One row of [`standard_schema`].
