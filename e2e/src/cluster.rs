@@ -363,6 +363,19 @@ impl Cluster {
         run_kubectl(&self.kubeconfig, args, input).await
     }
 
+    /// A cluster with Sonde's CRDs (given to the garbage collector from the
+    /// start), its RBAC in `namespace` and a `shop` namespace for the
+    /// resources under test.
+    pub async fn start_with_sonde(namespace: &str) -> anyhow::Result<Self> {
+        let cluster = Self::builder()
+            .manifests(include_str!("../../crds/sonde.dev.yaml"))
+            .start()
+            .await?;
+        cluster.install_sonde_rbac(namespace).await?;
+        cluster.kubectl(&["create", "namespace", "shop"]).await?;
+        Ok(cluster)
+    }
+
     /// Creates `namespace` and applies Sonde's RBAC there, as the Helm chart
     /// does (`charts/sonde/templates/rbac.yaml`): ServiceAccounts
     /// `sonde-operator` and `sonde-agent` with their roles.

@@ -66,13 +66,21 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts one reconcile of `controller` and its duration.
-    pub fn reconciled<T, E>(
+    /// Runs one reconcile of `controller`, counting it by result and timing
+    /// it.
+    pub async fn timed<T, E>(
         &self,
         controller: &'static str,
-        result: &Result<T, E>,
-        took: Duration,
-    ) {
+        reconcile: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let started = std::time::Instant::now();
+        let result = reconcile.await;
+        self.reconciled(controller, &result, started.elapsed());
+        result
+    }
+
+    /// Counts one reconcile of `controller` and its duration.
+    fn reconciled<T, E>(&self, controller: &'static str, result: &Result<T, E>, took: Duration) {
         let result = if result.is_ok() { "success" } else { "error" };
         self.reconciles
             .get_or_create(&ReconcileLabels { controller, result })

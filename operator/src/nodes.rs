@@ -25,10 +25,7 @@ use crate::{
 const RESYNC: Duration = Duration::from_secs(300);
 
 pub async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
-    let result = apply(&node, &ctx).await;
-    ctx.metrics.reconciled("node", &result, started.elapsed());
-    result
+    ctx.metrics.timed("node", apply(&node, &ctx)).await
 }
 
 async fn apply(node: &Node, ctx: &Context) -> Result<Action, Error> {

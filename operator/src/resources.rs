@@ -37,17 +37,16 @@ struct Reports {
     message: Option<(String, String)>,
 }
 
-fn reports(
-    probe_nodes: &[Arc<ProbeNode>],
-    kind: AssignmentKind,
-    namespace: &str,
-    name: &str,
-    generation: i64,
-    ctx: &Context,
-) -> Reports {
+/// What the nodes whose agent reports say of `resource` (of `kind`).
+fn reports(resource: &impl ResourceExt, kind: AssignmentKind, ctx: &Context) -> Reports {
+    let namespace = resource.namespace().unwrap_or_default();
+    let name = resource.name_any();
+    let generation = resource.meta().generation.unwrap_or_default();
+    let probe_nodes: Vec<Arc<ProbeNode>> = ctx.caches.probe_nodes.state();
+    let (namespace, name) = (namespace.as_str(), name.as_str());
     let now = Timestamp::now();
     let mut out = Reports::default();
-    for pn in probe_nodes {
+    for pn in &probe_nodes {
         if state::liveness(Some(pn), now, ctx.settings.heartbeat_grace) != Liveness::Reporting {
             continue;
         }
@@ -143,25 +142,13 @@ pub async fn reconcile_retention(
     retention: Arc<Retention>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
-    let result = retention_status(&retention, &ctx).await;
     ctx.metrics
-        .reconciled("retention", &result, started.elapsed());
-    result
+        .timed("retention", retention_status(&retention, &ctx))
+        .await
 }
 
 async fn retention_status(retention: &Retention, ctx: &Context) -> Result<Action, Error> {
-    let namespace = retention.namespace().unwrap_or_default();
-    let name = retention.name_any();
-    let generation = retention.metadata.generation.unwrap_or_default();
-    let reports = reports(
-        &ctx.caches.probe_nodes.state(),
-        AssignmentKind::Retention,
-        &namespace,
-        &name,
-        generation,
-        ctx,
-    );
+    let reports = reports(retention, AssignmentKind::Retention, ctx);
     let valid = retention.spec.validate().map_err(|e| e.to_string());
     let mut status = RetentionStatus {
         observed_generation: retention.metadata.generation,
@@ -189,24 +176,13 @@ async fn retention_status(retention: &Retention, ctx: &Context) -> Result<Action
 }
 
 pub async fn reconcile_export(export: Arc<Export>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
-    let result = export_status(&export, &ctx).await;
-    ctx.metrics.reconciled("export", &result, started.elapsed());
-    result
+    ctx.metrics
+        .timed("export", export_status(&export, &ctx))
+        .await
 }
 
 async fn export_status(export: &Export, ctx: &Context) -> Result<Action, Error> {
-    let namespace = export.namespace().unwrap_or_default();
-    let name = export.name_any();
-    let generation = export.metadata.generation.unwrap_or_default();
-    let reports = reports(
-        &ctx.caches.probe_nodes.state(),
-        AssignmentKind::Export,
-        &namespace,
-        &name,
-        generation,
-        ctx,
-    );
+    let reports = reports(export, AssignmentKind::Export, ctx);
     let valid = export.spec.validate().map_err(|e| e.to_string());
     let previous = export.status.as_ref();
     let last_error = reports

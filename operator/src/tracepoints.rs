@@ -32,11 +32,7 @@ use crate::{
 const DETACH_POLL: Duration = Duration::from_millis(500);
 
 pub async fn reconcile(tp: Arc<Tracepoint>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = std::time::Instant::now();
-    let result = apply(&tp, &ctx).await;
-    ctx.metrics
-        .reconciled("tracepoint", &result, started.elapsed());
-    result
+    ctx.metrics.timed("tracepoint", apply(&tp, &ctx)).await
 }
 
 async fn apply(tp: &Tracepoint, ctx: &Context) -> Result<Action, Error> {

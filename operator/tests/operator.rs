@@ -110,12 +110,7 @@ impl Drop for Operator {
 /// `shop` namespace, and a kubeconfig of the operator's ServiceAccount.
 async fn cluster() -> anyhow::Result<(Cluster, PathBuf)> {
     e2e::require_root()?;
-    let cluster = Cluster::builder()
-        .manifests(include_str!("../../crds/sonde.dev.yaml"))
-        .start()
-        .await?;
-    cluster.install_sonde_rbac(NAMESPACE).await?;
-    cluster.kubectl(&["create", "namespace", "shop"]).await?;
+    let cluster = Cluster::start_with_sonde(NAMESPACE).await?;
     let kubeconfig = cluster
         .service_account_kubeconfig(NAMESPACE, "sonde-operator")
         .await?;

@@ -76,12 +76,7 @@ impl Drop for Operator {
 /// `shop` namespace, and kubeconfigs of the operator's and the agents'
 /// ServiceAccounts.
 async fn sonde_cluster() -> anyhow::Result<(Cluster, PathBuf, PathBuf)> {
-    let cluster = Cluster::builder()
-        .manifests(include_str!("../../crds/sonde.dev.yaml"))
-        .start()
-        .await?;
-    cluster.install_sonde_rbac(NAMESPACE).await?;
-    cluster.kubectl(&["create", "namespace", "shop"]).await?;
+    let cluster = Cluster::start_with_sonde(NAMESPACE).await?;
     let operator = cluster
         .service_account_kubeconfig(NAMESPACE, "sonde-operator")
         .await?;
