@@ -20,8 +20,10 @@ install:
 install-test: install
 	@scripts/install-harness.sh
 
+# The agent, and the demo application the examples trace.
 build: install
-	cargo build --release --locked -p probe-agent --bins
+	cargo build --release --locked -p probe-agent --bin probe-agent
+	cargo build --release --locked -p probe-capture --bin sonde-demo-app
 
 run: build
 	scripts/run-standalone.sh
@@ -42,6 +44,7 @@ privileged-test:
 	cargo test --locked --workspace --exclude probe-ebpf --test '*' -- --test-threads=2
 
 # Benchmarks are not tests: they measure and print ratios, asserting nothing.
-bench: build
-	cargo build --release --locked -p probe-agent --bin sonde-bench
+# The benchmark builds on the capture crate alone (no query engine).
+bench: install
+	cargo build --release --locked -p probe-capture --bin sonde-bench --bin sonde-loadgen
 	$(CARGO_TARGET_DIR)/release/sonde-bench

@@ -9,12 +9,10 @@ use std::{sync::Arc, time::Duration};
 
 use arrow_array::{RecordBatch, cast::AsArray, types::Int64Type};
 use clap::Parser;
-use probe_agent::{
-    flight::{
-        FlightConfig,
-        fixture::{MemorySource, Row, standard_batch, standard_schema},
-    },
-    store::TableName,
+use crds::TableName;
+use probe_serve::flight::{
+    FlightConfig,
+    fixture::{MemorySource, Row, standard_batch, standard_schema},
 };
 use tokio::sync::oneshot;
 
@@ -41,7 +39,7 @@ async fn agent(token: Option<&str>) -> Agent {
     assert!(source.append(&opens, standard_batch(&rows).unwrap()));
     let mut config = FlightConfig::new("127.0.0.1:0".parse().unwrap());
     config.token = token.map(str::to_owned);
-    let server = probe_agent::flight::bind(source.clone(), config)
+    let server = probe_serve::flight::bind(source.clone(), config)
         .await
         .unwrap();
     let addr = format!("http://{}", server.local_addr());

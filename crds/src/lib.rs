@@ -16,6 +16,7 @@ mod error;
 pub mod manifest;
 pub mod reference;
 pub mod selector;
+mod table_name;
 #[cfg(any(test, feature = "testdata"))]
 pub mod testdata;
 pub mod units;
@@ -24,7 +25,7 @@ pub mod v1alpha1;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-pub use crate::{error::ValidationError, v1alpha1::*};
+pub use crate::{error::ValidationError, table_name::TableName, v1alpha1::*};
 
 /// The command that regenerates the committed CRD manifests.
 pub const CRD_REGENERATE: &str = "cargo run -p crds --bin crdgen > crds/sonde.dev.yaml";

@@ -11,12 +11,10 @@
 use std::{collections::BTreeMap, process::Stdio, sync::Arc, time::Duration};
 
 use anyhow::{Context, ensure};
-use probe_agent::{
-    flight::{
-        FlightConfig,
-        fixture::{MemorySource, Row, standard_batch, standard_schema},
-    },
-    store::TableName,
+use crds::TableName;
+use probe_serve::flight::{
+    FlightConfig,
+    fixture::{MemorySource, Row, standard_batch, standard_schema},
 };
 use serde_json::{Value, json};
 use tokio::{
@@ -50,7 +48,7 @@ struct Agent {
     port: u16,
     source: Arc<MemorySource>,
     shutdown: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), probe_agent::flight::FlightError>>,
+    task: tokio::task::JoinHandle<Result<(), probe_serve::flight::FlightError>>,
 }
 
 impl Agent {
@@ -64,7 +62,7 @@ impl Agent {
         let mut config = FlightConfig::new("127.0.0.1:0".parse()?);
         config.token = Some(TOKEN.to_owned());
         config.query_memory_limit = query_memory_limit;
-        let server = probe_agent::flight::bind(source.clone(), config).await?;
+        let server = probe_serve::flight::bind(source.clone(), config).await?;
         let port = server.local_addr().port();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(server.run(async {

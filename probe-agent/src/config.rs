@@ -94,6 +94,12 @@ pub struct Config {
     /// How often a summary of what was captured and lost is logged.
     #[arg(long, env = "SONDE_REPORT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub report_interval: Duration,
+
+    /// How long a /metrics scrape waits for the drive loop's counters;
+    /// past it the scrape serves the last ones it got and counts the miss
+    /// (sonde_scrape_report_misses_total).
+    #[arg(long, env = "SONDE_SCRAPE_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
+    pub scrape_timeout: Duration,
 }
 
 impl Config {
@@ -111,8 +117,8 @@ impl Config {
     }
 
     /// Whom standalone Tracepoints capture from.
-    pub fn targets(&self) -> crate::loader::Targets {
-        use crate::loader::Targets;
+    pub fn targets(&self) -> probe_capture::loader::Targets {
+        use probe_capture::loader::Targets;
         if !self.target_pids.is_empty() {
             Targets::Pids(self.target_pids.clone())
         } else if !self.target_cgroups.is_empty() {

@@ -1,29 +1,16 @@
-//! Sonde's node agent.
+//! Sonde's node agent: the run modes around the capture path.
 //!
-//! It loads the eBPF object ([`loader`]), attaches probes as resources ask,
-//! drains and decodes the ring buffer ([`ring`]), and reports what it
-//! captured and lost. [`cluster`] runs it from its node's `ProbeNode`;
-//! [`standalone`] runs it from manifest files, without a cluster.
+//! The capture path (`probe-capture`) turns Tracepoint specs into eBPF
+//! programs and ring-buffer records into Arrow rows; the store
+//! (`probe-store`) keeps them under retention; `probe-serve` serves them
+//! over Flight, Flight SQL, `/metrics` and OTLP. This crate runs them:
+//! [`standalone`] from manifest files, [`cluster`] from the node's
+//! `ProbeNode`, each on the one drive loop of `probe_capture::drive`, with
+//! [`storage`] upkeep and everything that waits on the network on the async
+//! runtime. [`run`] wires it together for `main`.
 
-pub mod capture;
-pub mod clock;
 pub mod cluster;
 pub mod config;
-pub mod elf;
-pub mod engine;
-pub mod error;
-pub mod export;
-pub mod flight;
-pub mod identity;
-pub mod loader;
-pub mod metrics;
-pub mod plan;
-pub mod preflight;
-pub mod ring;
+pub mod run;
 pub mod standalone;
-pub mod store;
-pub mod table;
-pub mod tracefs;
-pub mod user_metrics;
-
-pub use error::{Error, Result};
+pub mod storage;

@@ -7,38 +7,30 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    os::fd::{AsRawFd, RawFd},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use crds::{
-    Retention, Tracepoint,
+    Retention, TableName, Tracepoint,
     manifest::{self, Resource},
     v1alpha1::TracepointSpec,
 };
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    sync::mpsc,
+use probe_capture::{
+    capture::ProbeTotals,
+    drive::Driven,
+    engine::{AttachedProbe, Engine},
+    loader::{ProbeId, Targets},
 };
+use probe_serve::{
+    export::{Exports, ManifestExports},
+    metrics::{ProbeReport, ProbeSample, ProbeState, ReportRequests},
+};
+use sonde_daemon::chain;
 use tracing::{error, info, warn};
 
-use crate::{
-    capture::ProbeTotals,
-    engine::{AttachedProbe, Engine},
-    export::{Exports, ManifestExports},
-    loader::{ProbeId, Targets},
-    metrics::{ProbeReport, ProbeSample, ProbeState, ReportRequest},
-    store::{RollupEngine, TableName, TableStore},
-};
-
-/// Where captured rows are kept: the store that retention bounds and
-/// readers query, and the rollups Retention resources ask for.
-pub struct Storage {
-    pub store: TableStore,
-    pub rollups: RollupEngine,
-}
+use crate::storage::Storage;
 
 /// State of one Tracepoint from the manifests.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,7 +65,10 @@ pub struct Standalone {
     /// Contents of the files last read, to notice changes cheaply.
     seen: BTreeMap<PathBuf, String>,
     /// Scrapes waiting for the engine's counters (see [`Self::answer_reports`]).
-    reports: Option<mpsc::Receiver<ReportRequest>>,
+    reports: Option<ReportRequests>,
+    intervals: Intervals,
+    next_rescan: Instant,
+    next_report: Instant,
     /// Export resources, once [`Self::run_exports`] is called.
     exports: Option<ManifestExports>,
 }
@@ -82,11 +77,18 @@ impl Standalone {
     /// Applies every resource in `dir`. Invalid or unsupported resources are
     /// logged with their file and kept in [`Self::applied`] with the reason:
     /// the others keep running.
-    pub fn start(engine: Engine, storage: Option<Storage>, dir: &Path, targets: Targets) -> Self {
+    pub fn start(
+        engine: Engine,
+        storage: Option<Storage>,
+        dir: &Path,
+        targets: Targets,
+        intervals: Intervals,
+    ) -> Self {
         let engine = match &storage {
-            Some(storage) => engine.with_store(storage.store.clone()),
+            Some(storage) => engine.with_sink(storage.sink()),
             None => engine,
         };
+        let now = Instant::now();
         let mut agent = Self {
             engine,
             storage,
@@ -95,6 +97,9 @@ impl Standalone {
             applied: BTreeMap::new(),
             seen: BTreeMap::new(),
             reports: None,
+            intervals,
+            next_rescan: now + intervals.rescan,
+            next_report: now + intervals.report,
             exports: None,
         };
         agent.rescan();
@@ -227,16 +232,13 @@ impl Standalone {
     /// Applies the Retentions found in the folder: table limits at once,
     /// rollups from the next tick.
     fn apply_retentions(&mut self, retentions: Vec<Retention>) {
-        let Some(storage) = &mut self.storage else {
+        let Some(storage) = &self.storage else {
             if !retentions.is_empty() {
                 warn!("Retention resources need the table store, which is off");
             }
             return;
         };
-        for e in storage.rollups.set_retentions(&retentions) {
-            error!("rollup not applied: {}", chain(&e));
-        }
-        storage.store.set_retentions(retentions);
+        storage.set_retentions(retentions);
     }
 
     /// Detaches a Tracepoint and drops its table: a changed spec may change
@@ -305,10 +307,10 @@ impl Standalone {
         self.engine.totals(probe.id).ok()
     }
 
-    /// Lets [`Self::run`] answer these requests with a [`ProbeReport`] read
+    /// Lets the drive loop answer these requests with a [`ProbeReport`] read
     /// from the kernel's counters right then: the engine has one owner, so
     /// scrapes ask it rather than share it.
-    pub fn answer_reports(&mut self, requests: mpsc::Receiver<ReportRequest>) {
+    pub fn answer_reports(&mut self, requests: ReportRequests) {
         self.reports = Some(requests);
     }
 
@@ -358,81 +360,6 @@ impl Standalone {
     /// The probe id of an attached Tracepoint, by `namespace/name`.
     pub fn probe(&self, resource: &str) -> Option<ProbeId> {
         Some(self.applied.get(resource)?.probe.as_ref()?.id)
-    }
-
-    /// Drains the ring until `shutdown` resolves: on a timer, early on a
-    /// watermark wake-up. Rescans the folder every `rescan_interval` and logs
-    /// a summary every `report_interval`. Then drains once more and reports.
-    pub async fn run(
-        &mut self,
-        intervals: Intervals,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) -> std::io::Result<()> {
-        // SAFETY: the fd belongs to the engine's ring buffer, which outlives
-        // `wakeups`: both live in this call, the engine in `self`.
-        #[allow(unsafe_code)]
-        let wakeups = unsafe {
-            AsyncFd::register_with_interest(RingFd(self.engine.as_raw_fd()), Interest::READABLE)
-        }?;
-        tokio::pin!(shutdown);
-        // Moved out of `self` so that waiting on it borrows nothing the
-        // answer needs.
-        let mut reports = self.reports.take();
-        let now = Instant::now();
-        let mut next_report = now + intervals.report;
-        let mut next_rescan = now + intervals.rescan;
-        let mut next_upkeep = now + UPKEEP_INTERVAL;
-        loop {
-            let mut request = None;
-            tokio::select! {
-                () = &mut shutdown => break,
-                ready = wakeups.readable() => {
-                    if let Ok(mut guard) = ready {
-                        guard.clear_ready();
-                    }
-                }
-                Some(r) = next_request(&mut reports) => request = Some(r),
-                () = tokio::time::sleep(intervals.drain) => {}
-            }
-            self.engine.drain();
-            // After the drain, so that what the kernel counted and what was
-            // decoded are read together.
-            if let Some(request) = request {
-                // The scrape may have given up; nothing to do then.
-                let _ = request.send(self.probe_report());
-            }
-            let now = Instant::now();
-            if now >= next_rescan {
-                self.rescan();
-                next_rescan = now + intervals.rescan;
-            }
-            if now >= next_upkeep {
-                self.upkeep();
-                next_upkeep = now + UPKEEP_INTERVAL;
-            }
-            if now >= next_report {
-                self.report();
-                next_report = now + intervals.report;
-            }
-        }
-        self.engine.drain();
-        self.report();
-        // Scrapes from now on go without probe metrics instead of waiting.
-        drop(reports);
-        Ok(())
-    }
-
-    /// Retention and rollups, once a second.
-    fn upkeep(&mut self) {
-        let Some(storage) = &mut self.storage else {
-            return;
-        };
-        storage.store.enforce();
-        for (table, result) in storage.rollups.tick(storage.store.now_ns()) {
-            if let Err(e) = result {
-                warn!(table = %table, "rollup failed: {}", chain(&e));
-            }
-        }
     }
 
     fn report(&mut self) {
@@ -500,33 +427,39 @@ impl Standalone {
     }
 }
 
-/// The next scrape's request; never, without a channel.
-async fn next_request(
-    reports: &mut Option<mpsc::Receiver<ReportRequest>>,
-) -> Option<ReportRequest> {
-    match reports {
-        Some(reports) => reports.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// How often retention is enforced and rollups run.
-const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
-
-/// How often the standalone loop does each of its jobs.
+/// How often the standalone agent does each of its jobs (draining is the
+/// drive loop's).
 #[derive(Clone, Copy, Debug)]
 pub struct Intervals {
-    pub drain: Duration,
     pub rescan: Duration,
     pub report: Duration,
 }
 
-/// The ring's fd, borrowed from the engine for readiness notifications.
-struct RingFd(RawFd);
+impl Driven for Standalone {
+    fn engine(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
 
-impl AsRawFd for RingFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
+    fn after_drain(&mut self, now: Instant) {
+        // After the drain, so that what the kernel counted and what was
+        // decoded are read together.
+        if let Some(reports) = &self.reports {
+            reports.answer(|| self.probe_report());
+        }
+        if now >= self.next_rescan {
+            self.rescan();
+            self.next_rescan = now + self.intervals.rescan;
+        }
+        if now >= self.next_report {
+            self.report();
+            self.next_report = now + self.intervals.report;
+        }
+    }
+
+    fn stopped(&mut self) {
+        self.report();
+        // Scrapes from now on go without probe metrics instead of waiting.
+        self.reports = None;
     }
 }
 
@@ -561,15 +494,4 @@ fn key(tp: &Tracepoint) -> String {
             .unwrap_or(manifest::DEFAULT_NAMESPACE),
         tp.metadata.name.as_deref().unwrap_or("<unnamed>")
     )
-}
-
-/// An error and its sources on one line: `a: b: c`.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let _ = write!(line, ": {e}");
-        source = e.source();
-    }
-    line
 }

@@ -19,7 +19,7 @@ use std::{
 };
 
 use arrow_array::RecordBatch;
-use common::{AgentProcess, LOADGEN, count, linked_programs, pids, program_ids, rows, strings};
+use common::{AgentProcess, count, linked_programs, loadgen, pids, program_ids, rows, strings};
 use crds::{
     Tracepoint,
     v1alpha1::{AssignmentState, AssignmentStatus, Phase, ProbeNode, TracepointStatus},
@@ -112,7 +112,7 @@ fn loadgen_pod(name: &str, node: &str, go: &Path) -> k8s_openapi::api::core::v1:
         name,
         node,
         &[
-            LOADGEN,
+            loadgen(),
             "getppid",
             &CALLS.to_string(),
             "--wait-file",
@@ -249,7 +249,7 @@ async fn kubectl_apply_to_rows_on_the_right_nodes() -> anyhow::Result<()> {
         .run_pod("shop", loadgen_pod("other-a", "node-a", &go("go-a")))
         .await?;
     let mut host = Host(
-        Command::new(LOADGEN)
+        Command::new(loadgen())
             .args(["getppid", &CALLS.to_string(), "--wait-file"])
             .arg(go("go-a"))
             .stdout(Stdio::null())

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use common::{AGENT, AgentProcess, LOADGEN, program_ids};
+use common::{AGENT, AgentProcess, loadgen, program_ids};
 
 const GETPPID_TRACEPOINT: &str = "\
 apiVersion: sonde.dev/v1alpha1
@@ -62,7 +62,7 @@ fn captured_rows_are_served_over_flight_sql_to_real_clients() {
         .expect("a http:// address")
         .replace("http://", "grpc://");
 
-    let loadgen = Command::new(LOADGEN)
+    let loadgen = Command::new(loadgen())
         .args(["getppid", "2500", "--wait-stdin"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -125,7 +125,7 @@ fn ctrl_c_detaches_and_unloads_every_program() {
     assert_eq!(ids.len(), 1, "one hook, one program");
     assert!(loaded_program_ids().contains(&ids[0]));
 
-    let status = Command::new(LOADGEN)
+    let status = Command::new(loadgen())
         .args(["getppid", "1000"])
         .stdout(Stdio::null())
         .status()

@@ -25,7 +25,7 @@ use std::{
 
 use arrow_array::RecordBatch;
 use common::{
-    AGENT, AgentProcess, LOADGEN, PinnedBinary, count, linked_programs, pids, program_ids, rows,
+    AGENT, AgentProcess, PinnedBinary, count, linked_programs, loadgen, pids, program_ids, rows,
     scrape, strings,
 };
 use crds::v1alpha1::{AssignmentState, AssignmentStatus, ProbeNode};
@@ -162,7 +162,7 @@ async fn cluster_agent_captures_selected_pods_and_reports() -> anyhow::Result<()
     e2e::require_root()?;
     let test_start = Instant::now();
     let agent_binary = PinnedBinary::new(AGENT);
-    let loadgen = PinnedBinary::new(LOADGEN);
+    let loadgen = PinnedBinary::new(loadgen());
     let loadgen = loadgen.path();
     let cluster = Cluster::builder()
         .manifests(include_str!("../../crds/sonde.dev.yaml"))

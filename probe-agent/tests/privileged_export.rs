@@ -14,7 +14,7 @@ use std::{
 };
 
 use arrow_flight::{Criteria, flight_service_client::FlightServiceClient};
-use common::{AgentProcess, LOADGEN};
+use common::{AgentProcess, loadgen};
 use e2e::Collector;
 use futures::TryStreamExt;
 use serde_json::Value;
@@ -167,7 +167,7 @@ async fn captured_rows_reach_the_collector_and_a_missing_secret_is_reported() {
         .expect("a http:// address")
         .to_owned();
 
-    let mut loadgen = Command::new(LOADGEN)
+    let mut loadgen = Command::new(loadgen())
         .args(["getppid", &CALLS.to_string(), "--wait-stdin"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

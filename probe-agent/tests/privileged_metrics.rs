@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{AgentProcess, LOADGEN};
+use common::{AgentProcess, loadgen};
 
 /// getppid(2) calls the load generator makes.
 const CALLS: u64 = 5000;
@@ -47,7 +47,7 @@ struct Loadgen(Child);
 
 impl Loadgen {
     fn start() -> Self {
-        let child = Command::new(LOADGEN)
+        let child = Command::new(loadgen())
             .args(["getppid", &CALLS.to_string(), "--wait-stdin"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())

@@ -22,15 +22,13 @@ use std::{
 
 use common::AgentProcess;
 use crds::v1alpha1::TracepointSpec;
-use probe_agent::{
+use probe_capture::{
     engine::Engine,
     loader::{LoadOptions, Targets},
     plan::HostPaths,
     preflight,
     tracefs::Tracefs,
 };
-
-const DEMO_APP: &str = env!("CARGO_BIN_EXE_sonde-demo-app");
 
 /// Histogram bucket upper bounds of the request-id histogram.
 const BUCKETS: [u64; 4] = [10, 50, 100, 250];
@@ -41,7 +39,7 @@ struct DemoApp(Child);
 
 impl DemoApp {
     fn start(requests: u64, start_id: u64, size: u32) -> Self {
-        let child = Command::new(DEMO_APP)
+        let child = Command::new(common::demo_app())
             .args(["--requests", &requests.to_string()])
             .args(["--start-id", &start_id.to_string()])
             .args(["--size", &size.to_string(), "--wait-stdin"])
@@ -63,6 +61,7 @@ impl DemoApp {
 }
 
 fn tracepoint(name: &str, table: &str, metrics: &str) -> String {
+    let demo_app = common::demo_app();
     format!(
         "\
 apiVersion: sonde.dev/v1alpha1
@@ -73,7 +72,7 @@ metadata:
 spec:
   probe:
     uprobe:
-      binary: {DEMO_APP}
+      binary: {demo_app}
       symbol: handle_request
   fields:
     - {{name: request_id, source: arg0, type: u64}}
@@ -484,8 +483,9 @@ fn the_ring_fill_level_is_the_bytes_not_drained_yet() {
     let mut engine = engine();
     let requests = 1000;
     let app = DemoApp::start(requests, 1, 16);
+    let demo_app = common::demo_app();
     let spec: TracepointSpec = serde_yaml::from_str(&format!(
-        "probe: {{uprobe: {{binary: {DEMO_APP:?}, symbol: handle_request}}}}
+        "probe: {{uprobe: {{binary: {demo_app:?}, symbol: handle_request}}}}
 table: requests
 fields:
   - {{name: size, source: arg1, type: u32}}

@@ -53,8 +53,13 @@ pub const MAX_FIELDS: usize = 16;
 pub const MAX_FILTERS: usize = 8;
 /// Longest string a field keeps, without its NUL.
 pub const MAX_STRING: u32 = 256;
-/// Largest record, header included.
-pub const MAX_RECORD: u32 = 4096;
+/// Mask the eBPF side applies to record lengths and offsets so the verifier
+/// can bound every access into the record buffer.
+pub const OFFSET_MASK: u32 = 4095;
+/// Largest record, header included. A length the mask would change (4096
+/// would become 0) must never reach the kernel: plans refuse longer records.
+pub const MAX_RECORD: u32 = OFFSET_MASK;
+const _: () = assert!(MAX_RECORD & OFFSET_MASK == MAX_RECORD);
 /// 8-byte words of a string filter operand: `MAX_STRING` bytes and a NUL.
 pub const FILTER_WORDS: usize = (MAX_STRING as usize + 8) / 8;
 
@@ -349,6 +354,56 @@ pub struct RecordHeader {
 pub const RECORD_KIND_EVENT: u32 = 2;
 pub const RECORD_HEADER_LEN: u32 = 48;
 
+impl RecordHeader {
+    /// The header at the start of `record`, if it is long enough. Reads
+    /// native-endian fields one by one: records in the ring are only
+    /// 8-byte aligned, and this needs no `unsafe`.
+    pub fn read(record: &[u8]) -> Option<Self> {
+        let bytes = record.get(..RECORD_HEADER_LEN as usize)?;
+        let u32_at = |at: usize| {
+            let mut word = [0; 4];
+            word.copy_from_slice(&bytes[at..at + 4]);
+            u32::from_ne_bytes(word)
+        };
+        let u64_at = |at: usize| {
+            let mut word = [0; 8];
+            word.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_ne_bytes(word)
+        };
+        let mut comm = [0; COMM_LEN];
+        comm.copy_from_slice(&bytes[header_offsets::COMM as usize..][..COMM_LEN]);
+        Some(Self {
+            kind: u32_at(0),
+            probe_id: u32_at(4),
+            ktime_ns: u64_at(8),
+            pid_tgid: u64_at(header_offsets::TID as usize),
+            cgroup_id: u64_at(header_offsets::CGROUP_ID as usize),
+            comm,
+        })
+    }
+
+    /// The header as the bytes the eBPF side writes (tests and benchmarks
+    /// build records with it).
+    pub fn to_bytes(&self) -> [u8; RECORD_HEADER_LEN as usize] {
+        let mut bytes = [0; RECORD_HEADER_LEN as usize];
+        bytes[0..4].copy_from_slice(&self.kind.to_ne_bytes());
+        bytes[4..8].copy_from_slice(&self.probe_id.to_ne_bytes());
+        bytes[8..16].copy_from_slice(&self.ktime_ns.to_ne_bytes());
+        bytes[16..24].copy_from_slice(&self.pid_tgid.to_ne_bytes());
+        bytes[24..32].copy_from_slice(&self.cgroup_id.to_ne_bytes());
+        bytes[32..48].copy_from_slice(&self.comm);
+        bytes
+    }
+
+    /// The command name as the kernel keeps it: NUL-padded to [`COMM_LEN`].
+    pub fn comm_from(name: &[u8]) -> [u8; COMM_LEN] {
+        let mut comm = [0; COMM_LEN];
+        let len = name.len().min(COMM_LEN - 1);
+        comm[..len].copy_from_slice(&name[..len]);
+        comm
+    }
+}
+
 /// Offsets of the standard values in a record, for filters on them.
 pub mod header_offsets {
     pub const TID: u32 = 16;
@@ -400,5 +455,21 @@ mod tests {
         assert_eq!(size_of::<EntryKey>(), 8);
         assert_eq!(size_of::<ProbeCounters>(), 72);
         assert_eq!(FILTER_WORDS * 8, MAX_STRING as usize + 8);
+    }
+
+    #[test]
+    fn headers_round_trip_through_bytes() {
+        let header = RecordHeader {
+            kind: RECORD_KIND_EVENT,
+            probe_id: 7,
+            ktime_ns: 123_456,
+            pid_tgid: (42 << 32) | 43,
+            cgroup_id: 99,
+            comm: RecordHeader::comm_from(b"cat"),
+        };
+        let bytes = header.to_bytes();
+        assert_eq!(RecordHeader::read(&bytes), Some(header));
+        assert_eq!(RecordHeader::read(&bytes[..47]), None);
+        assert_eq!(&bytes[32..36], b"cat\0");
     }
 }

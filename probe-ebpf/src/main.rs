@@ -35,18 +35,18 @@ use aya_ebpf::{
     programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
 };
 use probe_common::{
-    ENTRY_REGS, EntryKey, EntryState, FILTER_WORDS, FieldSource, FilterOp, HookProbes,
+    COMM_LEN, ENTRY_REGS, EntryKey, EntryState, FILTER_WORDS, FieldSource, FilterOp, HookProbes,
     MAX_ENTRIES_IN_FLIGHT, MAX_FIELDS, MAX_FILTERS, MAX_HOOKS, MAX_PROBES, MAX_TARGETS, NO_PROBE,
-    PROBES_PER_HOOK, ProbeConfig, ProbeCounters, RECORD_HEADER_LEN, RECORD_KIND_EVENT, RateWindow,
-    TargetKey, TargetMode, filter_kind,
+    OFFSET_MASK, PROBES_PER_HOOK, ProbeConfig, ProbeCounters, RECORD_HEADER_LEN, RECORD_KIND_EVENT,
+    RateWindow, RecordHeader, TargetKey, TargetMode, filter_kind,
 };
 
 /// Default ring size; the agent sets the real one at load time.
 const DEFAULT_RING_BYTES: u32 = 1 << 22;
 
-/// Offsets into the scratch buffer are masked with this; the buffer is twice
-/// as large, so a masked offset plus any value written stays inside it.
-const OFFSET_MASK: u32 = 4095;
+/// Offsets into the scratch buffer are masked with `OFFSET_MASK`; the buffer
+/// is twice as large, so a masked offset plus any value written stays inside
+/// it.
 const SCRATCH_LEN: usize = 8192;
 
 #[repr(C)]
@@ -332,13 +332,17 @@ fn on_probe(ctx: *mut c_void, probe_id: u32, config: &ProbeConfig, half: Half) {
     // SAFETY: `base` is this CPU's scratch buffer, SCRATCH_LEN bytes; every
     // write below stays inside it.
     unsafe {
-        write_u32(base, 0, RECORD_KIND_EVENT);
-        write_u32(base, 4, probe_id);
-        write_u64(base, 8, now);
-        write_u64(base, 16, pid_tgid);
-        write_u64(base, 24, cgroup_id);
-        let comm = bpf_get_current_comm().unwrap_or([0; 16]);
-        core::ptr::write_unaligned(base.add(32).cast::<[u8; 16]>(), comm);
+        core::ptr::write_unaligned(
+            base.cast::<RecordHeader>(),
+            RecordHeader {
+                kind: RECORD_KIND_EVENT,
+                probe_id,
+                ktime_ns: now,
+                pid_tgid,
+                cgroup_id,
+                comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+            },
+        );
     }
 
     for i in 0..MAX_FIELDS {
@@ -375,6 +379,8 @@ fn on_probe(ctx: *mut c_void, probe_id: u32, config: &ProbeConfig, half: Half) {
         return;
     }
 
+    // Plans keep record_len within MAX_RECORD (== OFFSET_MASK), so the mask
+    // changes nothing; it is there for the verifier.
     let len = (config.record_len & OFFSET_MASK) as usize;
     if len < RECORD_HEADER_LEN as usize {
         return;
@@ -636,12 +642,6 @@ fn over_rate(probe_id: u32, limit: u64, now: u64) -> bool {
         (*window).count += 1;
         (*window).count > limit
     }
-}
-
-#[inline(always)]
-unsafe fn write_u32(base: *mut u8, at: u32, value: u32) {
-    // SAFETY: callers pass offsets inside the scratch buffer.
-    unsafe { core::ptr::write_unaligned(base.add(at as usize).cast::<u32>(), value) }
 }
 
 #[inline(always)]

@@ -6,9 +6,11 @@
 //! ([`selection`]), resolves their containers to cgroup ids ([`cgroups`]),
 //! and keeps each probe's in-kernel target set equal to them
 //! ([`reconcile`]): attached while a selected container runs, detached
-//! (idle) while none does. One loop owns the [`Engine`], as in standalone
-//! mode: it drains the ring, answers metric scrapes, applies changes, and
-//! publishes the status ([`status`]) that [`report`] writes.
+//! (idle) while none does. The drive loop owns the [`Engine`], as in
+//! standalone mode: it drains the ring, answers metric scrapes, applies
+//! changes, and publishes the status ([`status`]) that [`report`] writes
+//! from the async runtime. Secrets are read there too ([`secrets`]): the
+//! drive thread never waits on the apiserver.
 //!
 //! Rows are labelled with their pod's namespace, name and container from
 //! the cgroup id, through the engine's identity map kept current here.
@@ -23,54 +25,52 @@ pub mod watch;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    os::fd::{AsRawFd, RawFd},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use crds::{
-    Retention,
+    Retention, TableName,
     v1alpha1::{
         AssignedSpec, Assignment, AssignmentKind, AssignmentState, AssignmentStatus, Probe,
         ProbeNodeStatus, TracepointSpec,
     },
 };
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    sync::{mpsc, watch as channel},
+use probe_capture::{
+    drive::Driven,
+    engine::{AttachedProbe, Engine},
+    identity::ContainerIdentity,
+    loader::Targets,
+    plan::{BinaryResolver, PlanError},
 };
+use probe_serve::{
+    export::Exports,
+    metrics::{ProbeReport, ProbeSample, ProbeState, ReportRequests},
+};
+use sonde_daemon::chain;
+use tokio::sync::watch as channel;
 use tracing::{error, info, warn};
 
 use self::{
     cgroups::{CgroupResolver, ContainerCgroup, ContainerId},
     reconcile::{AppliedProbe, AppliedState, Decision, DesiredProbe},
+    secrets::SecretValues,
     selection::SelectedContainer,
     status::{NodeFacts, reason},
     watch::ClusterView,
 };
-use crate::{
-    engine::{AttachedProbe, Engine},
-    identity::ContainerIdentity,
-    loader::Targets,
-    metrics::{ProbeReport, ProbeSample, ProbeState, ReportRequest},
-    plan::{BinaryResolver, PlanError},
-    standalone::{Storage, chain},
-    store::TableName,
-};
+use crate::storage::Storage;
 
 /// How often the assignments are re-evaluated without a watch event: a
 /// container's cgroup may appear after its pod reported it.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How often retention is enforced and rollups run.
-const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
-
-/// How often the cluster loop does each of its jobs.
+/// How often the cluster agent does each of its jobs (draining is the
+/// drive loop's).
 #[derive(Clone, Copy, Debug)]
 pub struct Intervals {
-    pub drain: Duration,
     /// How often the status is written when nothing changes.
     pub heartbeat: Duration,
 }
@@ -130,15 +130,21 @@ pub struct ClusterAgent {
     exports_logged: HashSet<(String, String, i64)>,
     /// The Exports this node runs, and the Secrets they read (see
     /// [`Self::run_exports`]); without them Exports are Unsupported.
-    exports: Option<(crate::export::Exports, secrets::SecretCache)>,
+    exports: Option<(Exports, SecretValues)>,
     /// Cgroup ids labelled in the engine's identity map.
     labelled: HashSet<u64>,
     facts: NodeFacts,
-    reports: Option<mpsc::Receiver<ReportRequest>>,
-    /// Where [`Self::run`] publishes the status, and the states last
-    /// published (counts zeroed).
+    reports: Option<ReportRequests>,
+    /// Where the status is published, and the states last published
+    /// (counts zeroed).
     statuses: Option<channel::Sender<Option<ProbeNodeStatus>>>,
     published: Option<Vec<AssignmentStatus>>,
+    /// What the drive loop reads the cluster from; `None` until
+    /// [`Self::follow`].
+    view: Option<ClusterView>,
+    intervals: Intervals,
+    next_resync: Instant,
+    next_heartbeat: Instant,
 }
 
 impl ClusterAgent {
@@ -151,7 +157,8 @@ impl ClusterAgent {
         cgroups: Result<CgroupResolver, cgroups::CgroupError>,
         facts: NodeFacts,
     ) -> Self {
-        let engine = engine.with_store(storage.store.clone());
+        let engine = engine.with_sink(storage.sink());
+        let now = Instant::now();
         Self {
             engine,
             storage,
@@ -167,109 +174,45 @@ impl ClusterAgent {
             reports: None,
             statuses: None,
             published: None,
+            view: None,
+            intervals: Intervals {
+                heartbeat: Duration::from_secs(10),
+            },
+            next_resync: now,
+            next_heartbeat: now,
         }
     }
 
     /// Runs the node's Export assignments on `exports`, with the Secrets
-    /// they name read through `client`.
-    pub fn run_exports(&mut self, exports: crate::export::Exports, client: kube::Client) {
-        self.exports = Some((exports, secrets::SecretCache::new(client)));
+    /// they name as read into `secrets` (see [`secrets::SecretCache::run`]).
+    pub fn run_exports(&mut self, exports: Exports, secrets: SecretValues) {
+        self.exports = Some((exports, secrets));
     }
 
-    /// Lets [`Self::run`] answer scrapes with a [`ProbeReport`].
-    pub fn answer_reports(&mut self, requests: mpsc::Receiver<ReportRequest>) {
+    /// Lets the drive loop answer scrapes with a [`ProbeReport`].
+    pub fn answer_reports(&mut self, requests: ReportRequests) {
         self.reports = Some(requests);
+    }
+
+    /// From now on the drive loop applies `view`'s assignments and pods,
+    /// publishing the status on `statuses` at each change and every
+    /// heartbeat interval.
+    pub fn follow(
+        &mut self,
+        view: ClusterView,
+        statuses: channel::Sender<Option<ProbeNodeStatus>>,
+        intervals: Intervals,
+    ) {
+        let now = Instant::now();
+        self.view = Some(view);
+        self.statuses = Some(statuses);
+        self.intervals = intervals;
+        self.next_resync = now;
+        self.next_heartbeat = now + intervals.heartbeat;
     }
 
     pub fn program_ids(&self) -> Vec<u32> {
         self.engine.program_ids()
-    }
-
-    /// Applies the view's assignments and pods until `shutdown`, draining
-    /// the ring on a timer or a watermark wake-up, and publishing the
-    /// status on `statuses` at each change and every heartbeat interval.
-    pub async fn run(
-        &mut self,
-        view: &ClusterView,
-        statuses: channel::Sender<Option<ProbeNodeStatus>>,
-        intervals: Intervals,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) -> std::io::Result<()> {
-        // SAFETY: the fd belongs to the engine's ring buffer, which outlives
-        // `wakeups`: both live in this call, the engine in `self`.
-        #[allow(unsafe_code)]
-        let wakeups = unsafe {
-            AsyncFd::register_with_interest(RingFd(self.engine.as_raw_fd()), Interest::READABLE)
-        }?;
-        tokio::pin!(shutdown);
-        let mut reports = self.reports.take();
-        let now = Instant::now();
-        let mut next_resync = now;
-        let mut next_upkeep = now + UPKEEP_INTERVAL;
-        let mut next_heartbeat = now + intervals.heartbeat;
-        self.statuses = Some(statuses);
-        let mut changed = true;
-        loop {
-            let mut request = None;
-            tokio::select! {
-                () = &mut shutdown => break,
-                ready = wakeups.readable() => {
-                    if let Ok(mut guard) = ready {
-                        guard.clear_ready();
-                    }
-                }
-                Some(r) = next_request(&mut reports) => request = Some(r),
-                () = view.changed() => changed = true,
-                () = tokio::time::sleep(intervals.drain) => {}
-            }
-            self.engine.drain();
-            if let Some(request) = request {
-                // The scrape may have given up; nothing to do then.
-                let _ = request.send(self.probe_report());
-            }
-            let now = Instant::now();
-            if (changed || now >= next_resync) && view.ready() {
-                let pods = view.pods();
-                let assignments = view
-                    .probe_node()
-                    .map(|pn| pn.spec.assignments.clone())
-                    .unwrap_or_default();
-                if let Some((_, secrets)) = &mut self.exports {
-                    // Only when the names change or every few seconds.
-                    secrets.refresh(&assignments).await;
-                }
-                tracing::debug!(
-                    assignments = assignments.len(),
-                    pods = pods.len(),
-                    woken = changed,
-                    "reconciling"
-                );
-                self.reconcile(&assignments, pods.iter().map(Arc::as_ref));
-                changed = false;
-                next_resync = now + RESYNC_INTERVAL;
-                if self.publish_changes() {
-                    next_heartbeat = now + intervals.heartbeat;
-                }
-            }
-            if now >= next_heartbeat {
-                // Counts only go out with the heartbeat; nothing before the
-                // first reconcile, which would report nothing applied.
-                if self.published.is_some()
-                    && let Some(statuses) = &self.statuses
-                {
-                    statuses.send_replace(Some(self.node_status(self.assignment_states())));
-                }
-                next_heartbeat = now + intervals.heartbeat;
-            }
-            if now >= next_upkeep {
-                self.upkeep();
-                next_upkeep = now + UPKEEP_INTERVAL;
-            }
-        }
-        self.engine.drain();
-        self.statuses = None;
-        drop(reports);
-        Ok(())
     }
 
     /// Brings what is attached in line with `assignments` and `pods`.
@@ -601,8 +544,11 @@ impl ClusterAgent {
             Err(e) => {
                 let (state, why) = status::classify(&e);
                 let mut message = chain(&e);
-                if let (crate::engine::AttachError::Plan(plan), Some(binary), Some((_, container))) =
-                    (&e, binary, container)
+                if let (
+                    probe_capture::engine::AttachError::Plan(plan),
+                    Some(binary),
+                    Some((_, container)),
+                ) = (&e, binary, container)
                     && matches!(**plan, PlanError::MissingBinary { .. })
                 {
                     message = format!(
@@ -744,10 +690,7 @@ impl ClusterAgent {
             })
             .collect();
         if self.retentions_applied.as_ref() != Some(&applied) {
-            for e in self.storage.rollups.set_retentions(&retentions) {
-                error!("rollup not applied: {}", chain(&e));
-            }
-            self.storage.store.set_retentions(retentions);
+            self.storage.set_retentions(retentions);
             if !applied.is_empty() {
                 info!(retentions = applied.len(), "retention applied");
             }
@@ -814,7 +757,8 @@ impl ClusterAgent {
                     );
                 };
                 let (namespace, name) = (&assignment.namespace, &assignment.name);
-                let credentials = crate::export::resolve_credentials(namespace, spec, secrets);
+                let credentials =
+                    probe_serve::export::resolve_credentials(namespace, spec, secrets);
                 let secret_error = credentials.as_ref().err().map(|e| chain(e));
                 let first = self.exports_logged.insert((
                     namespace.clone(),
@@ -939,16 +883,6 @@ impl ClusterAgent {
             ring: self.engine.ring_usage(),
         }
     }
-
-    /// Retention and rollups, once a second.
-    fn upkeep(&mut self) {
-        self.storage.store.enforce();
-        for (table, result) in self.storage.rollups.tick(self.storage.store.now_ns()) {
-            if let Err(e) = result {
-                warn!(table = %table, "rollup failed: {}", chain(&e));
-            }
-        }
-    }
 }
 
 fn state_of(
@@ -1012,22 +946,56 @@ impl BinaryResolver for ContainerRoot {
     }
 }
 
-/// The next scrape's request; never, without a channel.
-async fn next_request(
-    reports: &mut Option<mpsc::Receiver<ReportRequest>>,
-) -> Option<ReportRequest> {
-    match reports {
-        Some(reports) => reports.recv().await,
-        None => std::future::pending().await,
+impl Driven for ClusterAgent {
+    fn engine(&mut self) -> &mut Engine {
+        &mut self.engine
     }
-}
 
-/// The ring's fd, borrowed from the engine for readiness notifications.
-struct RingFd(RawFd);
+    fn after_drain(&mut self, now: Instant) {
+        // After the drain, so that what the kernel counted and what was
+        // decoded are read together.
+        if let Some(reports) = &self.reports {
+            reports.answer(|| self.probe_report());
+        }
+        let Some(view) = self.view.clone() else {
+            return;
+        };
+        let changed = view.take_changed();
+        if (changed || now >= self.next_resync) && view.ready() {
+            let pods = view.pods();
+            let assignments = view
+                .probe_node()
+                .map(|pn| pn.spec.assignments.clone())
+                .unwrap_or_default();
+            tracing::debug!(
+                assignments = assignments.len(),
+                pods = pods.len(),
+                woken = changed,
+                "reconciling"
+            );
+            self.reconcile(&assignments, pods.iter().map(Arc::as_ref));
+            self.next_resync = now + RESYNC_INTERVAL;
+            if self.publish_changes() {
+                self.next_heartbeat = now + self.intervals.heartbeat;
+            }
+        }
+        // Before both stores are listed nothing is reconciled: the resync
+        // stays due and runs on the first drain after they are.
+        if now >= self.next_heartbeat {
+            // Counts only go out with the heartbeat; nothing before the
+            // first reconcile, which would report nothing applied.
+            if self.published.is_some()
+                && let Some(statuses) = &self.statuses
+            {
+                statuses.send_replace(Some(self.node_status(self.assignment_states())));
+            }
+            self.next_heartbeat = now + self.intervals.heartbeat;
+        }
+    }
 
-impl AsRawFd for RingFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
+    fn stopped(&mut self) {
+        self.statuses = None;
+        self.reports = None;
     }
 }
 

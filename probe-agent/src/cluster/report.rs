@@ -71,7 +71,7 @@ pub async fn write_statuses(
                 } else {
                     format!(
                         "cannot write ProbeNode {node}'s status, retrying: {}",
-                        crate::standalone::chain(&e)
+                        sonde_daemon::chain(&e)
                     )
                 };
                 // Said once per kind of failure, not once a second.

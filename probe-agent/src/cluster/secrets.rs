@@ -3,18 +3,45 @@
 //! of names changes and again every [`REFETCH`], so a Secret created or
 //! rotated after its Export is picked up; while the apiserver is away the
 //! last values stay.
+//!
+//! Reads run on the async runtime ([`SecretCache::run`]); the drive thread
+//! only reads the values they left ([`SecretValues`]), so a slow or absent
+//! apiserver never delays a drain.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    sync::{Arc, PoisonError, RwLock},
     time::{Duration, Instant},
 };
 
 use crds::v1alpha1::{Assignment, ExportSpec};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
+use probe_serve::export::SecretSource;
+use sonde_daemon::ShutdownSignal;
 use tracing::warn;
 
-use crate::export::SecretSource;
+use super::watch::ClusterView;
+
+/// How often the assignments are checked for Secrets to read.
+const CHECK: Duration = Duration::from_secs(1);
+
+type Values = BTreeMap<Key, Option<BTreeMap<String, Vec<u8>>>>;
+
+/// The Secrets read so far, as the drive thread sees them.
+#[derive(Clone, Debug, Default)]
+pub struct SecretValues(Arc<RwLock<Values>>);
+
+impl SecretSource for SecretValues {
+    fn secret(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+            .flatten()
+    }
+}
 
 /// How often referenced Secrets are read again.
 pub const REFETCH: Duration = Duration::from_secs(10);
@@ -28,7 +55,8 @@ type Key = (String, String);
 /// Secret the apiserver says does not exist.
 pub struct SecretCache {
     client: Client,
-    values: BTreeMap<Key, Option<BTreeMap<String, Vec<u8>>>>,
+    values: Values,
+    shared: SecretValues,
     fetched: Option<(BTreeSet<Key>, Instant)>,
     /// Errors already logged, so a failing read is logged once.
     logged: BTreeSet<String>,
@@ -39,6 +67,7 @@ impl SecretCache {
         Self {
             client,
             values: BTreeMap::new(),
+            shared: SecretValues::default(),
             fetched: None,
             logged: BTreeSet::new(),
         }
@@ -88,22 +117,50 @@ impl SecretCache {
             }
         }
         self.fetched = Some((wanted, Instant::now()));
+        if changed {
+            *self
+                .shared
+                .0
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = self.values.clone();
+        }
         changed
+    }
+
+    /// The values as the drive thread reads them.
+    pub fn values(&self) -> SecretValues {
+        self.shared.clone()
+    }
+
+    /// Reads what the node's Export assignments name, every [`CHECK`]
+    /// (each Secret again every [`REFETCH`]), until `shutdown`; a change
+    /// wakes the drive loop through `view`.
+    pub async fn run(mut self, view: ClusterView, shutdown: ShutdownSignal) {
+        let stop = shutdown.wait();
+        tokio::pin!(stop);
+        let mut ticks = tokio::time::interval(CHECK);
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                _ = ticks.tick() => {}
+            }
+            if !view.ready() {
+                continue;
+            }
+            let assignments = view
+                .probe_node()
+                .map(|pn| pn.spec.assignments.clone())
+                .unwrap_or_default();
+            if self.refresh(&assignments).await {
+                view.mark_changed();
+            }
+        }
     }
 
     fn log_once(&mut self, message: String) {
         if self.logged.insert(message.clone()) {
             warn!("{message}; keeping what was read before");
         }
-    }
-}
-
-impl SecretSource for SecretCache {
-    fn secret(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
-        self.values
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .cloned()
-            .flatten()
     }
 }
 

@@ -5,7 +5,7 @@
 use crds::v1alpha1::{AssignmentState, AssignmentStatus, ProbeKind, ProbeNodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::{elf::ElfError, engine::AttachError, plan::PlanError};
+use probe_capture::{elf::ElfError, engine::AttachError, plan::PlanError};
 
 /// Reasons an assignment is not attached, beyond attach errors.
 pub mod reason {
@@ -32,13 +32,13 @@ pub fn classify(error: &AttachError) -> (AssignmentState, &'static str) {
     let failed = |reason| (AssignmentState::Failed, reason);
     match error {
         AttachError::Invalid(_) => failed(reason::INVALID_SPEC),
-        AttachError::Store(_) => failed("TableConflict"),
+        AttachError::Table(_) => failed("TableConflict"),
         AttachError::Metric(_) => failed("MetricInvalid"),
         AttachError::Attach { .. } => failed("AttachFailed"),
         AttachError::Plan(plan) => match plan.as_ref() {
             PlanError::Unsupported { .. } => (AssignmentState::Unsupported, "ProbeUnsupported"),
             PlanError::MissingBinary { .. } => failed(reason::BINARY_NOT_FOUND),
-            PlanError::Tracefs(crate::Error::UnknownTracepoint { .. })
+            PlanError::Tracefs(probe_capture::Error::UnknownTracepoint { .. })
             | PlanError::UnknownRawTracepoint { .. } => failed("TracepointNotFound"),
             PlanError::Tracefs(_) => failed("TracefsUnreadable"),
             PlanError::UnknownField { .. } => failed("FieldNotFound"),
@@ -181,7 +181,7 @@ mod tests {
             (AssignmentState::Unsupported, "ProbeUnsupported")
         );
         let tracepoint = AttachError::Plan(Box::new(PlanError::Tracefs(
-            crate::Error::UnknownTracepoint {
+            probe_capture::Error::UnknownTracepoint {
                 group: "syscalls".into(),
                 name: "nope".into(),
                 path: PathBuf::from("/sys/kernel/tracing/events/syscalls/nope"),

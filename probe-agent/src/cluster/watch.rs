@@ -19,16 +19,18 @@ use kube::{
         watcher,
     },
 };
+use probe_capture::drive::Waker;
 use serde::de::DeserializeOwned;
-use tokio::{sync::Notify, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-/// The stores the agent's loop reads, and a signal when either changes.
+/// The stores the drive loop reads, and a flag (with a wake-up of the
+/// loop) when either changes.
 #[derive(Clone)]
 pub struct ClusterView {
     probe_nodes: Store<ProbeNode>,
     pods: Store<Pod>,
-    changes: Arc<Notify>,
+    changes: Changes,
     probe_nodes_ready: Arc<AtomicBool>,
     pods_ready: Arc<AtomicBool>,
 }
@@ -37,8 +39,11 @@ impl ClusterView {
     /// Starts watching `node`'s `ProbeNode` (a `metadata.name` field
     /// selector) and its pods (`spec.nodeName`). The tasks run until
     /// aborted.
-    pub fn start(client: &Client, node: &str) -> (Self, Vec<JoinHandle<()>>) {
-        let changes = Arc::new(Notify::new());
+    pub fn start(client: &Client, node: &str, waker: Waker) -> (Self, Vec<JoinHandle<()>>) {
+        let changes = Changes {
+            changed: Arc::new(AtomicBool::new(true)),
+            waker,
+        };
         let (probe_nodes, probe_node_writer) = reflector::store();
         let (pods, pod_writer) = reflector::store();
         let view = Self {
@@ -75,9 +80,15 @@ impl ClusterView {
         self.probe_nodes_ready.load(Ordering::Acquire) && self.pods_ready.load(Ordering::Acquire)
     }
 
-    /// Resolves when either store changed since the last call.
-    pub async fn changed(&self) {
-        self.changes.notified().await;
+    /// Whether either store changed (or [`Self::mark_changed`] was called)
+    /// since the last call.
+    pub fn take_changed(&self) -> bool {
+        self.changes.changed.swap(false, Ordering::AcqRel)
+    }
+
+    /// Makes the drive loop reconcile soon, as if a store had changed.
+    pub fn mark_changed(&self) {
+        self.changes.notify();
     }
 
     /// The node's `ProbeNode`, if it exists.
@@ -88,6 +99,20 @@ impl ClusterView {
     /// The pods on the node.
     pub fn pods(&self) -> Vec<Arc<Pod>> {
         self.pods.state()
+    }
+}
+
+/// A change flag and the loop to wake when it is set.
+#[derive(Clone)]
+struct Changes {
+    changed: Arc<AtomicBool>,
+    waker: Waker,
+}
+
+impl Changes {
+    fn notify(&self) {
+        self.changed.store(true, Ordering::Release);
+        self.waker.wake();
     }
 }
 
@@ -104,7 +129,7 @@ async fn watch<K>(
     config: watcher::Config,
     writer: reflector::store::Writer<K>,
     ready: Arc<AtomicBool>,
-    changes: Arc<Notify>,
+    changes: Changes,
     what: &'static str,
 ) where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -132,7 +157,7 @@ async fn watch<K>(
                     watcher::Event::Init | watcher::Event::InitApply(_) => continue,
                     watcher::Event::Apply(_) | watcher::Event::Delete(_) => {}
                 }
-                changes.notify_one();
+                changes.notify();
             }
             Err(e) => {
                 // The watcher backs off and retries; say so once per outage.
@@ -140,7 +165,7 @@ async fn watch<K>(
                     warn!(
                         watch = what,
                         "watch failed, retrying with backoff; what is applied stays applied: {}",
-                        crate::standalone::chain(&e)
+                        sonde_daemon::chain(&e)
                     );
                     failing = true;
                 }

@@ -26,7 +26,30 @@ use nix::{
 };
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_probe-agent");
-pub const LOADGEN: &str = env!("CARGO_BIN_EXE_sonde-loadgen");
+
+/// A workload binary of the probe-capture package (`sonde-loadgen`,
+/// `sonde-demo-app`): `cargo test` builds it beside the agent when it
+/// builds that package's tests, as the workspace test run does.
+pub fn workload(name: &str) -> &'static str {
+    let path = Path::new(AGENT).with_file_name(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build -p probe-capture --bins`",
+        path.display()
+    );
+    // Test processes are short-lived: a path per call site is fine to keep.
+    Box::leak(path.to_string_lossy().into_owned().into_boxed_str())
+}
+
+/// The load generator: a known number of syscalls.
+pub fn loadgen() -> &'static str {
+    workload("sonde-loadgen")
+}
+
+/// The demo application the uprobe, uretprobe and USDT examples trace.
+pub fn demo_app() -> &'static str {
+    workload("sonde-demo-app")
+}
 
 /// A running agent. Dropping it stops it (SIGINT, then wait).
 pub struct AgentProcess {

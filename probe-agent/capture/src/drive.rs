@@ -1,0 +1,145 @@
+//! The drive loop: the one thread that owns the [`Engine`] and drains its
+//! ring buffer.
+//!
+//! Both run modes (standalone and cluster) hand their state to
+//! [`spawn`]; the loop wakes when the ring crosses its watermark, when
+//! someone calls [`Waker::wake`] (a scrape waiting for counters, a watch
+//! that saw a change), or after the drain interval, drains, and lets the
+//! mode do its work ([`Driven::after_drain`]). Nothing else runs on this
+//! thread: queries, rollups, Secret reads and status writes stay on the
+//! async runtime and talk to the mode through channels, so none of them
+//! can delay a drain.
+
+use std::{
+    os::fd::AsFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+    sys::eventfd::{EfdFlags, EventFd},
+};
+
+use crate::engine::Engine;
+
+/// A run mode as the drive loop runs it.
+pub trait Driven: Send + 'static {
+    fn engine(&mut self) -> &mut Engine;
+
+    /// Runs after every drain, on the drive thread: answer requests, apply
+    /// what changed. It must not wait on the network or on readers.
+    fn after_drain(&mut self, now: Instant);
+
+    /// Runs once after the last drain, before the loop returns.
+    fn stopped(&mut self) {}
+}
+
+/// Wakes the drive loop, or stops it. Cheap to clone; any thread.
+#[derive(Clone, Debug)]
+pub struct Waker {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    event: EventFd,
+    stop: AtomicBool,
+}
+
+impl Waker {
+    pub fn new() -> std::io::Result<Self> {
+        let event =
+            EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                .map_err(std::io::Error::from)?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                event,
+                stop: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Makes the loop drain and run its mode's work now.
+    pub fn wake(&self) {
+        // A full counter (2^64 - 2 wakes pending) still wakes the loop.
+        let _ = self.shared.event.write(1);
+    }
+
+    /// Makes the loop drain once more and return.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    fn stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::Acquire)
+    }
+
+    /// Clears pending wakes.
+    fn clear(&self) {
+        // EAGAIN when none was pending.
+        let _ = self.shared.event.read();
+    }
+}
+
+/// How the loop paces itself.
+#[derive(Clone, Copy, Debug)]
+pub struct DriveOptions {
+    /// The longest the loop sleeps without a wake-up.
+    pub drain_interval: Duration,
+}
+
+/// The drive thread; join it to get the mode back after [`Waker::stop`].
+pub struct DriveThread<D> {
+    thread: JoinHandle<D>,
+}
+
+impl<D> DriveThread<D> {
+    /// Waits for the loop to return (after [`Waker::stop`]).
+    pub fn join(self) -> std::thread::Result<D> {
+        self.thread.join()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+}
+
+/// Starts the drive loop on a thread of its own (`sonde-drive`).
+pub fn spawn<D: Driven>(
+    driven: D,
+    waker: Waker,
+    options: DriveOptions,
+) -> std::io::Result<DriveThread<D>> {
+    let thread = std::thread::Builder::new()
+        .name("sonde-drive".to_owned())
+        .spawn(move || run(driven, &waker, options))?;
+    Ok(DriveThread { thread })
+}
+
+/// The loop itself, on the calling thread, until [`Waker::stop`].
+pub fn run<D: Driven>(mut driven: D, waker: &Waker, options: DriveOptions) -> D {
+    let timeout = PollTimeout::try_from(options.drain_interval).unwrap_or(PollTimeout::MAX);
+    while !waker.stopping() {
+        {
+            let engine = driven.engine();
+            let mut fds = [
+                PollFd::new(engine.as_fd(), PollFlags::POLLIN),
+                PollFd::new(waker.shared.event.as_fd(), PollFlags::POLLIN),
+            ];
+            // EINTR and friends: drain anyway, then wait again.
+            let _ = poll(&mut fds, timeout);
+        }
+        waker.clear();
+        driven.engine().drain();
+        driven.after_drain(Instant::now());
+    }
+    driven.engine().drain();
+    driven.stopped();
+    driven
+}

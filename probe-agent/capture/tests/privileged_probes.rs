@@ -1,0 +1,703 @@
+//! Privileged tests of every probe kind, typed fields, in-kernel filters,
+//! sampling, rate limits and loss accounting, on this kernel's real eBPF.
+//!
+//! Each test makes a child produce an exact number of events with known
+//! values and checks the table holds exactly those rows, and that every
+//! event the kernel matched is accounted for.
+
+use std::{
+    collections::BTreeSet,
+    io::Write,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use arrow_array::{
+    Array, ArrowPrimitiveType, RecordBatch,
+    cast::AsArray,
+    types::{Int32Type, Int64Type, UInt32Type, UInt64Type},
+};
+use crds::v1alpha1::TracepointSpec;
+use probe_capture::{
+    engine::{AttachError, Engine},
+    loader::{LoadOptions, ProbeId, Targets},
+    plan::{HostPaths, kprobes_supported},
+    preflight,
+    tracefs::Tracefs,
+};
+
+const LOADGEN: &str = env!("CARGO_BIN_EXE_sonde-loadgen");
+const DEMO_APP: &str = env!("CARGO_BIN_EXE_sonde-demo-app");
+
+fn engine(options: LoadOptions) -> Engine {
+    if let Err(e) = preflight::check_privileges() {
+        panic!("this test loads eBPF programs and cannot run here: {e}");
+    }
+    let tracefs = Tracefs::locate(None).expect("tracefs mounted (scripts/install.sh mounts it)");
+    Engine::load(tracefs, options, "test-node", Box::new(HostPaths)).expect("eBPF object loads")
+}
+
+fn spec(yaml: &str) -> TracepointSpec {
+    serde_yaml::from_str(yaml).expect("valid TracepointSpec YAML")
+}
+
+/// Starts a program paused on stdin, so probes can target its pid first.
+fn paused(program: &str, args: &[&str]) -> Child {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {program}: {e}"))
+}
+
+/// Releases a paused child and drains the ring until it exits.
+fn run_to_end(engine: &mut Engine, child: &mut Child) {
+    let mut stdin = child.stdin.take().expect("child stdin is piped");
+    stdin.write_all(b"go\n").expect("release the child");
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        engine.drain();
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            assert!(status.success(), "child failed: {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "child did not finish in time");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    engine.drain();
+}
+
+fn rows(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(RecordBatch::num_rows).sum()
+}
+
+/// Every value of a primitive column, across batches.
+fn values<T: ArrowPrimitiveType>(batches: &[RecordBatch], column: &str) -> Vec<T::Native> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name(column)
+                .unwrap_or_else(|| panic!("column {column}"))
+                .as_primitive::<T>()
+                .values()
+                .to_vec()
+        })
+        .collect()
+}
+
+fn u64s(batches: &[RecordBatch], column: &str) -> Vec<u64> {
+    values::<UInt64Type>(batches, column)
+}
+
+fn strings(batches: &[RecordBatch], column: &str) -> Vec<String> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let array = b
+                .column_by_name(column)
+                .unwrap_or_else(|| panic!("column {column}"))
+                .as_string::<i32>()
+                .clone();
+            (0..array.len())
+                .map(|i| array.value(i).to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Asserts the kernel's and user space's counts add up exactly.
+fn assert_balanced(engine: &Engine, probe: ProbeId) -> probe_capture::capture::ProbeTotals {
+    let t = engine.totals(probe).expect("totals");
+    assert_eq!(
+        t.matched,
+        t.captured + t.filtered + t.sampled_out + t.lost(),
+        "every matched event is captured, filtered, sampled out or counted lost: {t:?}"
+    );
+    t
+}
+
+#[test]
+fn syscall_tracepoint_captures_exact_filenames_and_filters_in_kernel() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wanted = dir.path().join("wanted.txt");
+    let other = dir.path().join("other.txt");
+    std::fs::write(&wanted, b"x").expect("write file");
+    std::fs::write(&other, b"x").expect("write file");
+    let prefix = wanted.to_str().expect("utf-8 path").to_owned();
+
+    let mut engine = engine(LoadOptions::default());
+    let mut matching = paused(LOADGEN, &["openat", "3000", &prefix, "--wait-stdin"]);
+    let mut filtered = paused(
+        LOADGEN,
+        &[
+            "openat",
+            "2000",
+            other.to_str().expect("utf-8"),
+            "--wait-stdin",
+        ],
+    );
+    let probe = engine
+        .attach(
+            &spec(&format!(
+                "probe: {{tracepoint: {{group: syscalls, name: sys_enter_openat}}}}
+table: opens
+fields:
+  - {{name: filename, type: string, maxLength: 200}}
+  - {{name: flags, type: u32}}
+  - {{name: dfd, type: i32}}
+filters:
+  - {{field: filename, op: prefix, value: {prefix:?}}}"
+            )),
+            Targets::Pids(vec![matching.id(), filtered.id()]),
+        )
+        .expect("attach openat")
+        .id;
+    run_to_end(&mut engine, &mut matching);
+    run_to_end(&mut engine, &mut filtered);
+
+    let batches = engine.batches(probe);
+    assert_eq!(rows(&batches), 3000);
+    assert!(strings(&batches, "filename").iter().all(|f| *f == prefix));
+    // O_RDONLY | O_CLOEXEC, as std opens files.
+    let flags: BTreeSet<u32> = values::<UInt32Type>(&batches, "flags")
+        .into_iter()
+        .collect();
+    assert_eq!(
+        flags,
+        BTreeSet::from([libc::O_RDONLY as u32 | libc::O_CLOEXEC as u32])
+    );
+    // AT_FDCWD is -100, sign-extended from the kernel's 8-byte word.
+    assert!(
+        values::<Int32Type>(&batches, "dfd")
+            .iter()
+            .all(|&d| d == libc::AT_FDCWD)
+    );
+    let pids: BTreeSet<u32> = values::<UInt32Type>(&batches, "pid").into_iter().collect();
+    assert_eq!(pids, BTreeSet::from([matching.id()]));
+    let t = assert_balanced(&engine, probe);
+    assert_eq!(
+        t.filtered, 2000,
+        "exactly the other child's opens are filtered"
+    );
+    assert_eq!(t.lost(), 0);
+}
+
+#[test]
+fn sampling_keeps_one_in_ten_with_an_exact_sampled_out_count() {
+    let mut engine = engine(LoadOptions::default());
+    let mut child = paused(LOADGEN, &["getppid", "100000", "--wait-stdin"]);
+    let probe = engine
+        .attach(
+            &spec(
+                "probe: {tracepoint: {group: syscalls, name: sys_enter_getppid}}
+table: sampled
+sampling: {oneIn: 10}",
+            ),
+            Targets::Pids(vec![child.id()]),
+        )
+        .expect("attach")
+        .id;
+    run_to_end(&mut engine, &mut child);
+    let t = assert_balanced(&engine, probe);
+    assert_eq!(t.matched, 100_000);
+    assert!((9_900..=10_100).contains(&t.captured), "{t:?}");
+    assert_eq!(t.captured + t.sampled_out, 100_000);
+    eprintln!(
+        "sampling 1 in 10: {} kept, {} sampled out",
+        t.captured, t.sampled_out
+    );
+}
+
+#[test]
+fn rate_limit_drops_the_excess_and_counts_it() {
+    let mut engine = engine(LoadOptions::default());
+    let mut child = paused(LOADGEN, &["getppid", "200000", "--wait-stdin"]);
+    let probe = engine
+        .attach(
+            &spec(
+                "probe: {tracepoint: {group: syscalls, name: sys_enter_getppid}}
+table: limited
+rateLimit: {eventsPerSecond: 1000}",
+            ),
+            Targets::Pids(vec![child.id()]),
+        )
+        .expect("attach")
+        .id;
+    let start = Instant::now();
+    run_to_end(&mut engine, &mut child);
+    let seconds = start.elapsed().as_secs() + 1;
+    let t = assert_balanced(&engine, probe);
+    assert_eq!(t.captured + t.rate_limited, 200_000);
+    // At most the limit per started second, plus one per CPU racing at a
+    // window's edge.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    assert!(t.captured <= (1000 + cpus) * seconds, "{t:?} in {seconds}s");
+    assert!(t.captured >= 1000, "{t:?}");
+    eprintln!(
+        "rate limit 1000/s: {} kept, {} counted lost",
+        t.captured, t.rate_limited
+    );
+}
+
+#[test]
+fn a_flood_beyond_the_ring_is_exactly_accounted() {
+    // A 16 KiB ring drained every 5 ms cannot keep up with a tight syscall
+    // loop: the kernel drops records and counts each one.
+    let mut engine = engine(LoadOptions {
+        ring_bytes: 16 << 10,
+        wakeup_watermark: u64::MAX,
+    });
+    let mut child = paused(LOADGEN, &["getppid", "300000", "--wait-stdin"]);
+    let probe = engine
+        .attach(
+            &spec(
+                "probe: {tracepoint: {group: syscalls, name: sys_enter_getppid}}
+table: flood",
+            ),
+            Targets::Pids(vec![child.id()]),
+        )
+        .expect("attach")
+        .id;
+    run_to_end(&mut engine, &mut child);
+    let t = assert_balanced(&engine, probe);
+    assert_eq!(t.matched, 300_000);
+    assert!(t.ringbuf_full > 0, "the flood overflowed the ring: {t:?}");
+    assert_eq!(t.captured + t.ringbuf_full, 300_000);
+    assert_eq!(rows(&engine.batches(probe)) as u64, t.captured);
+    eprintln!(
+        "flood: {} captured + {} counted lost == 300000",
+        t.captured, t.ringbuf_full
+    );
+}
+
+#[test]
+fn raw_tracepoint_sees_every_exec_with_its_old_pid() {
+    let mut engine = engine(LoadOptions::default());
+    let probe = engine
+        .attach(
+            &spec(
+                "probe: {rawTracepoint: {name: sched_process_exec}}
+table: execs
+fields:
+  - {name: old_pid, source: arg1, type: i32}",
+            ),
+            Targets::All,
+        )
+        .expect("attach sched_process_exec")
+        .id;
+    let mut pids = BTreeSet::new();
+    for _ in 0..20 {
+        let child = Command::new("/bin/true").spawn().expect("run /bin/true");
+        pids.insert(child.id());
+        let mut child = child;
+        assert!(child.wait().expect("wait").success());
+    }
+    engine.drain();
+    let batches = engine.batches(probe);
+    let mut seen = BTreeSet::new();
+    for batch in &batches {
+        let pid = batch
+            .column_by_name("pid")
+            .expect("pid")
+            .as_primitive::<UInt32Type>();
+        let old = batch
+            .column_by_name("old_pid")
+            .expect("old_pid")
+            .as_primitive::<Int32Type>();
+        let comm = batch
+            .column_by_name("comm")
+            .expect("comm")
+            .as_string::<i32>();
+        for row in 0..batch.num_rows() {
+            if pids.contains(&pid.value(row)) {
+                assert_eq!(comm.value(row), "true");
+                assert_eq!(old.value(row) as u32, pid.value(row));
+                seen.insert(pid.value(row));
+            }
+        }
+    }
+    assert_eq!(seen, pids, "one exec row per child");
+    assert_balanced(&engine, probe);
+}
+
+#[test]
+fn uprobe_captures_exact_arguments() {
+    let mut engine = engine(LoadOptions::default());
+    let mut app = paused(
+        DEMO_APP,
+        &[
+            "--requests",
+            "500",
+            "--start-id",
+            "1000",
+            "--size",
+            "77",
+            "--wait-stdin",
+        ],
+    );
+    let probe = engine
+        .attach(
+            &spec(&format!(
+                "probe: {{uprobe: {{binary: {DEMO_APP:?}, symbol: handle_request}}}}
+table: requests
+fields:
+  - {{name: id, source: arg0, type: u64}}
+  - {{name: size, source: arg1, type: u32}}"
+            )),
+            Targets::Pids(vec![app.id()]),
+        )
+        .expect("attach uprobe")
+        .id;
+    run_to_end(&mut engine, &mut app);
+    let batches = engine.batches(probe);
+    assert_eq!(u64s(&batches, "id"), (1000..1500).collect::<Vec<_>>());
+    assert!(
+        values::<UInt32Type>(&batches, "size")
+            .iter()
+            .all(|&s| s == 77)
+    );
+    let t = assert_balanced(&engine, probe);
+    assert_eq!((t.matched, t.lost()), (500, 0));
+}
+
+#[test]
+fn uretprobe_captures_return_value_and_latency() {
+    let mut engine = engine(LoadOptions::default());
+    let sleep_us = 2000u64;
+    let mut app = paused(
+        DEMO_APP,
+        &[
+            "--requests",
+            "50",
+            "--start-id",
+            "7",
+            "--size",
+            "5",
+            "--sleep-us",
+            &sleep_us.to_string(),
+            "--wait-stdin",
+        ],
+    );
+    let probe = engine
+        .attach(
+            &spec(&format!(
+                "probe: {{uretprobe: {{binary: {DEMO_APP:?}, symbol: handle_request}}}}
+table: latencies
+fields:
+  - {{name: id, source: arg0, type: u64}}
+  - {{name: result, source: retval, type: i64}}
+  - {{name: latency}}"
+            )),
+            Targets::Pids(vec![app.id()]),
+        )
+        .expect("attach uretprobe")
+        .id;
+    run_to_end(&mut engine, &mut app);
+    let batches = engine.batches(probe);
+    let ids = u64s(&batches, "id");
+    assert_eq!(ids, (7..57).collect::<Vec<_>>());
+    let results = values::<Int64Type>(&batches, "result");
+    let expected: Vec<i64> = ids.iter().map(|&id| 2 * id as i64 + 5).collect();
+    assert_eq!(results, expected, "handle_request returns 2 * id + size");
+    for latency in u64s(&batches, "latency") {
+        assert!(
+            (sleep_us * 1000..sleep_us * 1000 + 250_000_000).contains(&latency),
+            "latency {latency} ns outside [{} ns, +250 ms)",
+            sleep_us * 1000
+        );
+    }
+    let t = assert_balanced(&engine, probe);
+    assert_eq!((t.matched, t.lost()), (50, 0));
+}
+
+#[test]
+fn usdt_probe_captures_its_arguments() {
+    let mut engine = engine(LoadOptions::default());
+    let mut app = paused(
+        DEMO_APP,
+        &[
+            "--requests",
+            "300",
+            "--start-id",
+            "40",
+            "--size",
+            "9",
+            "--wait-stdin",
+        ],
+    );
+    let probe = engine
+        .attach(
+            &spec(&format!(
+                "probe: {{usdt: {{binary: {DEMO_APP:?}, provider: sonde, name: request}}}}
+table: usdt_requests
+fields:
+  - {{name: id, source: arg0, type: u64}}
+  - {{name: size, source: arg1, type: u32}}"
+            )),
+            Targets::Pids(vec![app.id()]),
+        )
+        .expect("attach usdt")
+        .id;
+    run_to_end(&mut engine, &mut app);
+    let batches = engine.batches(probe);
+    assert_eq!(u64s(&batches, "id"), (40..340).collect::<Vec<_>>());
+    let t = assert_balanced(&engine, probe);
+    assert_eq!((t.matched, t.lost()), (300, 0));
+}
+
+#[test]
+fn kprobes_attach_where_the_kernel_has_them_and_are_unsupported_elsewhere() {
+    let mut engine = engine(LoadOptions::default());
+    let result = engine.attach(
+        &spec(
+            "probe: {kprobe: {function: do_sys_openat2}}
+table: kopens",
+        ),
+        Targets::All,
+    );
+    let tracefs = Tracefs::locate(None).expect("tracefs");
+    if kprobes_supported(&tracefs) {
+        let probe = result.expect("kprobe attaches on a kernel with kprobes").id;
+        drop(std::fs::File::open("/dev/null"));
+        engine.drain();
+        assert!(rows(&engine.batches(probe)) > 0);
+        eprintln!("this kernel has kprobes: attached and captured");
+    } else {
+        let err = result.expect_err("this kernel has no kprobes");
+        assert!(err.is_unsupported(), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "kprobe probes are unsupported on this node: this kernel was built without kprobes \
+             (CONFIG_KPROBES)"
+        );
+        eprintln!("this kernel has no kprobes: the attach is reported unsupported on this node");
+    }
+}
+
+#[test]
+fn bad_specs_are_refused_by_name_and_others_keep_running() {
+    let mut engine = engine(LoadOptions::default());
+    let mut child = paused(LOADGEN, &["getppid", "1000", "--wait-stdin"]);
+    let good = engine
+        .attach(
+            &spec("probe: {tracepoint: {group: syscalls, name: sys_enter_getppid}}\ntable: good"),
+            Targets::Pids(vec![child.id()]),
+        )
+        .expect("attach")
+        .id;
+    let refuse = |engine: &mut Engine, yaml: &str| -> String {
+        let err: AttachError = engine.attach(&spec(yaml), Targets::All).expect_err(yaml);
+        let mut message = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        message
+    };
+    let cases: Vec<(String, &str)> = vec![
+        (
+            "probe: {tracepoint: {group: syscalls, name: sys_enter_nothing}}\ntable: t".into(),
+            "tracepoint syscalls/sys_enter_nothing does not exist on this kernel",
+        ),
+        (
+            "probe: {tracepoint: {group: syscalls, name: sys_enter_openat}}\ntable: t\n\
+             fields: [{name: path}]"
+                .into(),
+            "tracepoint syscalls/sys_enter_openat has no field \"path\"; it has: __syscall_nr, \
+             dfd, filename, flags, mode",
+        ),
+        (
+            "probe: {tracepoint: {group: syscalls, name: sys_enter_openat}}\ntable: t\n\
+             fields: [{name: flags, type: string}]"
+                .into(),
+            "field \"flags\" of tracepoint syscalls/sys_enter_openat is a u64, which cannot be \
+             read as string",
+        ),
+        (
+            "probe: {uprobe: {binary: /nonexistent/app, symbol: main}}\ntable: t".into(),
+            "binary /nonexistent/app does not exist",
+        ),
+        (
+            format!("probe: {{uprobe: {{binary: {DEMO_APP:?}, symbol: handle_reqest}}}}\ntable: t"),
+            "symbol \"handle_reqest\" not found",
+        ),
+        (
+            "probe: {rawTracepoint: {name: no_such_event}}\ntable: t".into(),
+            "raw tracepoint no_such_event does not exist on this kernel",
+        ),
+        (
+            format!(
+                "probe: {{usdt: {{binary: {DEMO_APP:?}, provider: sonde, name: request_done}}}}\n\
+                 table: t"
+            ),
+            "the probe is gated by a semaphore, which this agent cannot raise yet",
+        ),
+        (
+            format!(
+                "probe: {{usdt: {{binary: {DEMO_APP:?}, provider: sonde, name: nothing}}}}\n\
+                 table: t"
+            ),
+            "USDT probe sonde:nothing not found in",
+        ),
+    ];
+    for (yaml, expected) in &cases {
+        let message = refuse(&mut engine, yaml);
+        assert!(
+            message.contains(expected),
+            "{message:?} should contain {expected:?}"
+        );
+    }
+    run_to_end(&mut engine, &mut child);
+    assert_eq!(engine.totals(good).expect("totals").captured, 1000);
+}
+
+#[test]
+fn tracepoints_on_one_hook_share_its_attachment() {
+    let mut engine = engine(LoadOptions::default());
+    let mut first = paused(LOADGEN, &["getppid", "3000", "--wait-stdin"]);
+    let mut second = paused(LOADGEN, &["getppid", "2000", "--wait-stdin"]);
+    let targets = Targets::Pids(vec![first.id(), second.id()]);
+    let all = engine
+        .attach(
+            &spec("probe: {tracepoint: {group: syscalls, name: sys_enter_getppid}}\ntable: all"),
+            targets.clone(),
+        )
+        .expect("attach")
+        .id;
+    let only_first = engine
+        .attach(
+            &spec(&format!(
+                "probe: {{tracepoint: {{group: syscalls, name: sys_enter_getppid}}}}
+table: first
+filters: [{{field: pid, op: eq, value: {}}}]",
+                first.id()
+            )),
+            targets,
+        )
+        .expect("attach")
+        .id;
+    assert_eq!(
+        engine.probe_set().attachment_count(),
+        1,
+        "one link serves both"
+    );
+    run_to_end(&mut engine, &mut first);
+    assert_eq!(engine.totals(all).expect("totals").captured, 3000);
+    assert_eq!(engine.totals(only_first).expect("totals").captured, 3000);
+
+    // Detaching one keeps the other running on the same attachment.
+    engine.detach(only_first).expect("detach");
+    assert_eq!(engine.probe_set().attachment_count(), 1);
+    run_to_end(&mut engine, &mut second);
+    let t = assert_balanced(&engine, all);
+    assert_eq!((t.captured, t.lost()), (5000, 0));
+    engine.detach(all).expect("detach");
+    assert_eq!(
+        engine.probe_set().attachment_count(),
+        0,
+        "the last probe takes the link"
+    );
+}
+
+/// A cgroup v2 directory made for one test and removed after it.
+struct TestCgroup(std::path::PathBuf);
+
+impl TestCgroup {
+    fn new(name: &str) -> Self {
+        let root = std::path::Path::new("/sys/fs/cgroup/unified");
+        let root = if root.join("cgroup.procs").exists() {
+            root
+        } else {
+            std::path::Path::new("/sys/fs/cgroup")
+        };
+        let dir = root.join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create a cgroup v2 directory");
+        Self(dir)
+    }
+
+    /// The id `bpf_get_current_cgroup_id` reports: the directory's inode.
+    fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.0).expect("cgroup metadata").ino()
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("move into cgroup");
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_cgroup_target_set_captures_only_processes_in_those_cgroups() {
+    let cgroup = TestCgroup::new("sonde-test");
+    let mut engine = engine(LoadOptions::default());
+    let mut inside = paused(LOADGEN, &["getppid", "4000", "--wait-stdin"]);
+    let mut outside = paused(LOADGEN, &["getppid", "3000", "--wait-stdin"]);
+    cgroup.add(inside.id());
+    let probe = engine
+        .attach(
+            &spec("probe: {tracepoint: {group: syscalls, name: sys_enter_getppid}}\ntable: pods"),
+            Targets::Cgroups(vec![cgroup.id()]),
+        )
+        .expect("attach")
+        .id;
+    run_to_end(&mut engine, &mut outside);
+    run_to_end(&mut engine, &mut inside);
+    let batches = engine.batches(probe);
+    assert_eq!(rows(&batches), 4000);
+    assert!(
+        u64s(&batches, "cgroup_id")
+            .iter()
+            .all(|&id| id == cgroup.id())
+    );
+    let t = assert_balanced(&engine, probe);
+    assert_eq!(
+        (t.matched, t.lost()),
+        (4000, 0),
+        "the outsider is not even matched"
+    );
+}
+
+#[test]
+fn raw_tracepoints_see_forks_and_exits() {
+    let mut engine = engine(LoadOptions::default());
+    let forks = engine
+        .attach(
+            &spec("probe: {rawTracepoint: {name: sched_process_fork}}\ntable: forks"),
+            Targets::Pids(vec![std::process::id()]),
+        )
+        .expect("attach sched_process_fork")
+        .id;
+    let mut children = BTreeSet::new();
+    let exits = engine
+        .attach(
+            &spec("probe: {rawTracepoint: {name: sched_process_exit}}\ntable: exits"),
+            Targets::All,
+        )
+        .expect("attach sched_process_exit")
+        .id;
+    for _ in 0..10 {
+        let mut child = Command::new("/bin/true").spawn().expect("run /bin/true");
+        children.insert(child.id());
+        assert!(child.wait().expect("wait").success());
+    }
+    engine.drain();
+    // This process forked each child: at least ten forks are ours.
+    assert!(rows(&engine.batches(forks)) >= 10);
+    let exited: BTreeSet<u32> = values::<UInt32Type>(&engine.batches(exits), "pid")
+        .into_iter()
+        .filter(|pid| children.contains(pid))
+        .collect();
+    assert_eq!(exited, children, "every child's exit is seen");
+    assert_balanced(&engine, forks);
+    assert_balanced(&engine, exits);
+}

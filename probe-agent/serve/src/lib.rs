@@ -1,0 +1,8 @@
+//! What Sonde's agent serves from its table store: Arrow Flight and Flight
+//! SQL ([`flight`]), Prometheus `/metrics` ([`metrics`]) and OTLP exports
+//! ([`export`]). Each reads the store and the counters the drive loop
+//! reports; none of them runs on the drive thread.
+
+pub mod export;
+pub mod flight;
+pub mod metrics;

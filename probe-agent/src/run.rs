@@ -1,0 +1,292 @@
+//! The agent process: checks, servers, the drive loop and shutdown, wired
+//! in that order so that anything a user can get wrong fails the start
+//! before a port is bound or a program loaded.
+
+use std::{path::PathBuf, sync::Arc};
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use probe_capture::{
+    drive::{self, DriveOptions, Waker},
+    engine::Engine,
+    loader::LoadOptions,
+    plan::{self, HostPaths},
+    preflight,
+    tracefs::Tracefs,
+};
+use probe_serve::{
+    export::{ExportCollector, Exports},
+    flight::{self, FlightConfig},
+    metrics,
+};
+use probe_store::{StoreConfig, TableStore};
+use sonde_daemon::{Shutdown, chain};
+use tracing::{error, info};
+
+use crate::{
+    cluster::{
+        ClusterAgent, Intervals as ClusterIntervals, cgroups::CgroupResolver, report,
+        secrets::SecretCache, status::NodeFacts, watch::ClusterView,
+    },
+    config::Config,
+    standalone::{Intervals, Standalone},
+    storage::Storage,
+};
+
+/// Where the agent's resources come from.
+enum Mode {
+    /// The YAML files of this folder.
+    Standalone(PathBuf),
+    /// The node's ProbeNode.
+    Cluster,
+}
+
+/// Runs the agent until SIGINT or SIGTERM. The error is the one line the
+/// process prints before it exits non-zero.
+pub fn run(config: Config) -> Result<(), String> {
+    // Everything a user can get wrong is checked before anything is loaded.
+    preflight::check_privileges().map_err(|e| chain(&e))?;
+    let tracefs = Tracefs::locate(config.tracefs.as_deref()).map_err(|e| chain(&e))?;
+    let node_name = config.node_name()?;
+    let mode = match config.manifests.clone().filter(|_| config.standalone) {
+        Some(dir) if !dir.is_dir() => {
+            return Err(format!("--manifests {} is not a folder", dir.display()));
+        }
+        Some(dir) => Mode::Standalone(dir),
+        None => Mode::Cluster,
+    };
+    // Queries, exports, status writes and scrapes run here; the ring is
+    // drained on a thread of its own (`probe_capture::drive`).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sonde-async")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(serve(config, tracefs, node_name, mode))
+}
+
+async fn serve(
+    config: Config,
+    tracefs: Tracefs,
+    node_name: String,
+    mode: Mode,
+) -> Result<(), String> {
+    // Registered before anything is attached, so a Ctrl-C at any point
+    // from here on stops the agent cleanly instead of killing it.
+    let (_signals, stop) =
+        Shutdown::on_signals().map_err(|e| format!("cannot handle signals: {e}"))?;
+    // The servers outlive the drive loop's last drain: stopped after it.
+    let (servers, servers_stop) = Shutdown::new();
+    // The cluster's address and credentials are checked before any port
+    // is bound or program loaded.
+    let client = match mode {
+        Mode::Cluster => Some(kube_client().await?),
+        Mode::Standalone(_) => None,
+    };
+
+    // The port is taken before any program is loaded: a port in use or a
+    // bad TLS file fails the start with nothing attached.
+    let store = TableStore::new(StoreConfig {
+        budget_bytes: Some(config.memory_budget),
+        ..StoreConfig::default()
+    });
+    let flight = flight::bind(
+        Arc::new(store.clone()),
+        FlightConfig {
+            addr: config.flight_addr,
+            token: config.flight_token.clone(),
+            tls: config
+                .flight_tls_cert
+                .clone()
+                .zip(config.flight_tls_key.clone()),
+            query_memory_limit: usize::try_from(config.query_memory).unwrap_or(usize::MAX),
+        },
+    )
+    .await
+    .map_err(|e| chain(&e))?;
+    let flight_addr = flight.local_addr();
+    let waker = Waker::new().map_err(|e| format!("cannot create the drive loop's wake-up: {e}"))?;
+    let (reports, report_requests) = metrics::report_channel(waker.clone(), config.scrape_timeout);
+    let exports = Exports::new(store.clone(), node_name.clone());
+    let metrics_server = match config.metrics_addr {
+        Some(addr) => {
+            let mut registry = metrics::agent_registry(reports, Some(store.clone()));
+            // Sonde's own families carry the sonde_ prefix; the registry
+            // itself has none, for the metrics users name.
+            ExportCollector::new(exports.clone())
+                .register(registry.sub_registry_with_prefix(metrics::PREFIX));
+            flight.metrics().register(&mut registry);
+            let server = metrics::bind(addr, Arc::new(registry))
+                .await
+                .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+            Some(server)
+        }
+        None => None,
+    };
+
+    let flight_task = tokio::spawn(flight.run(servers_stop.clone().wait()));
+    let metrics_addr = metrics_server
+        .as_ref()
+        .map(metrics::MetricsServer::local_addr);
+    let metrics_task =
+        metrics_server.map(|server| tokio::spawn(server.run(servers_stop.clone().wait())));
+
+    let kprobes = plan::kprobes_supported(&tracefs);
+    let engine = Engine::load(
+        tracefs,
+        LoadOptions {
+            ring_bytes: config.ring_bytes,
+            wakeup_watermark: config.wakeup_bytes,
+        },
+        &node_name,
+        Box::new(HostPaths),
+    )
+    .map_err(|e| chain(&e))?;
+    let storage = Storage::new(store, &node_name);
+    let upkeep = tokio::spawn(storage.clone().run_upkeep(servers_stop.clone()));
+    let scheme = if config.flight_tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let serving = move || {
+        info!(
+            "serving Arrow Flight and Flight SQL on {scheme}://{flight_addr}; try: \
+             sonde --addr {scheme}://{flight_addr} tables"
+        );
+        if let Some(addr) = metrics_addr {
+            info!(
+                "serving Prometheus metrics on http://{addr}{}",
+                metrics::METRICS_PATH
+            );
+        }
+    };
+    let drive_options = DriveOptions {
+        drain_interval: config.drain_interval,
+    };
+    let mut cluster_tasks = Vec::new();
+    let drive = match (mode, client) {
+        (Mode::Standalone(dir), _) => {
+            let mut agent = Standalone::start(
+                engine,
+                Some(storage),
+                &dir,
+                config.targets(),
+                Intervals {
+                    rescan: config.rescan_interval,
+                    report: config.report_interval,
+                },
+            );
+            agent.run_exports(exports.clone());
+            if metrics_task.is_some() {
+                agent.answer_reports(report_requests);
+            }
+            let attached = agent.applied().filter(|a| a.probe.is_some()).count();
+            info!(
+                node = %node_name,
+                manifests = %dir.display(),
+                attached,
+                programs = ?agent.program_ids(),
+                flight = %flight_addr,
+                "standalone agent running; watching the folder for changes; a summary per \
+                 Tracepoint every {:?}; inspect programs with `bpftool prog show`; Ctrl-C \
+                 stops and detaches",
+                config.report_interval
+            );
+            serving();
+            drive::spawn(agent, waker.clone(), drive_options)
+                .map(|thread| tokio::task::spawn_blocking(move || thread.join().map(drop)))
+        }
+        (Mode::Cluster, client) => {
+            let Some(client) = client else {
+                return Err("cluster mode started without a cluster client".to_owned());
+            };
+            let (view, watches) = ClusterView::start(&client, &node_name, waker.clone());
+            cluster_tasks.extend(watches);
+            let (statuses, published) = tokio::sync::watch::channel(None);
+            cluster_tasks.push(tokio::spawn(report::write_statuses(
+                client.clone(),
+                node_name.clone(),
+                published,
+            )));
+            let secrets = SecretCache::new(client);
+            let secret_values = secrets.values();
+            cluster_tasks.push(tokio::spawn(secrets.run(view.clone(), stop.clone())));
+            let facts = NodeFacts::of_this_node(kprobes, Time(Timestamp::now()));
+            let mut agent =
+                ClusterAgent::new(engine, storage, &node_name, CgroupResolver::detect(), facts);
+            agent.run_exports(exports.clone(), secret_values);
+            if metrics_task.is_some() {
+                agent.answer_reports(report_requests);
+            }
+            agent.follow(
+                view,
+                statuses,
+                ClusterIntervals {
+                    heartbeat: config.heartbeat_interval,
+                },
+            );
+            info!(
+                node = %node_name,
+                flight = %flight_addr,
+                "cluster agent running; watching ProbeNode {node_name} and the pods on \
+                 this node; status every {:?}; Ctrl-C stops and detaches",
+                config.heartbeat_interval
+            );
+            serving();
+            drive::spawn(agent, waker.clone(), drive_options)
+                .map(|thread| tokio::task::spawn_blocking(move || thread.join().map(drop)))
+        }
+    };
+    let mut drive = drive.map_err(|e| format!("cannot start the drive loop: {e}"))?;
+    let drive_result = tokio::select! {
+        () = stop.clone().wait() => {
+            waker.stop();
+            (&mut drive).await
+        }
+        // Only a panic ends the loop before it is told to stop.
+        joined = &mut drive => joined,
+    };
+    for task in cluster_tasks {
+        task.abort();
+    }
+    exports.shutdown();
+    servers.trigger();
+    let _ = upkeep.await;
+    let drive_result = match drive_result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err("the drive loop failed; see the log above".to_owned()),
+    };
+    if drive_result.is_ok() {
+        info!("stopped; every program detached and unloaded");
+    } else {
+        error!("the drive loop stopped unexpectedly");
+    }
+    let metrics = match metrics_task {
+        None => Ok(()),
+        Some(task) => match task.await {
+            Ok(result) => result.map_err(|e| format!("the metrics server failed: {e}")),
+            Err(e) => Err(format!("the metrics server task failed: {e}")),
+        },
+    };
+    match flight_task.await {
+        Ok(result) => result.map_err(|e| chain(&e))?,
+        Err(e) => return Err(format!("the Flight server task failed: {e}")),
+    }
+    drive_result.and(metrics)
+}
+
+/// A client of the cluster from KUBECONFIG, or in-cluster from the pod's
+/// service account.
+async fn kube_client() -> Result<kube::Client, String> {
+    // kube's rustls needs a process-wide crypto provider; a second install is a no-op.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = kube::Config::infer().await.map_err(|e| {
+        format!(
+            "cluster mode cannot find the cluster (set KUBECONFIG, or run in a pod): {}",
+            chain(&e)
+        )
+    })?;
+    kube::Client::try_from(config)
+        .map_err(|e| format!("cannot create the cluster client: {}", chain(&e)))
+}
