@@ -136,6 +136,19 @@ fn line(agent: &AgentProcess, what: &str) -> String {
     tokio::task::block_in_place(|| agent.expect(what, Duration::from_secs(30)).0)
 }
 
+/// Waits, off the async workers, for an agent log line containing every
+/// one of `parts` (the first picks the candidate lines).
+fn line_with_all(agent: &AgentProcess, parts: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = tokio::task::block_in_place(|| agent.expect(parts[0], left).0);
+        if parts.iter().all(|part| line.contains(part)) {
+            return line;
+        }
+    }
+}
+
 fn loadgen_pod(
     loadgen: &Path,
     name: &str,
@@ -417,12 +430,45 @@ async fn cluster_agent_captures_selected_pods_and_reports() -> anyhow::Result<()
 
     // The pods go: one leaves the target sets, then the Tracepoints go idle
     // and nothing stays linked.
+    let web_cgroup = {
+        use std::os::unix::fs::MetadataExt as _;
+        // The id the kernel and the agent know a cgroup by: its inode.
+        std::fs::metadata(&web[0].cgroup)?.ino()
+    };
     cluster.delete_pod("shop", "web").await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The agent acts on the deletion: web's container leaves the target set
+    // and, since web-2 still runs, the Tracepoint stays attached. A status
+    // it writes after that must say so.
+    line_with_all(
+        &agent,
+        &[
+            "targets changed",
+            "shop/naps",
+            &format!("removed=[{web_cgroup}]"),
+        ],
+    );
+    let acted = k8s_openapi::jiff::Timestamp::now();
+    let start = Instant::now();
+    let status = loop {
+        let status = api.get(NODE).await?.status.unwrap();
+        let written_after = status
+            .heartbeat_time
+            .as_ref()
+            .is_some_and(|t| t.0.as_second() > acted.as_second());
+        if written_after {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no status written after the retarget: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let naps = status.assignments.iter().find(|a| a.name == "naps");
     assert_eq!(
-        entry(&api, "naps").await.map(|e| e.state),
+        naps.map(|e| e.state),
         Some(AssignmentState::Attached),
-        "web-2 still runs"
+        "web-2 still runs: {status:?}"
     );
     cluster.delete_pod("shop", "web-2").await?;
     for name in ["calls", "naps"] {

@@ -191,11 +191,41 @@ async fn captured_rows_reach_the_collector_and_a_missing_secret_is_reported() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let (records, without_secret) = {
-        let (again, other) = records_of(&collector, pid);
-        assert_eq!(again.len(), records.len(), "nothing more arrived");
-        (again, other)
+    assert!(
+        records.len() >= CALLS,
+        "{} of {CALLS} calls arrived within 30 s",
+        records.len()
+    );
+    // Nothing more is coming once the Export holds no row and the collector
+    // has recorded every row the Export says it sent (the capture is
+    // host-wide, so other processes' rows may still trickle in: compare
+    // the counts of one scrape with what the collector held after it).
+    let start = Instant::now();
+    let (records, without_secret) = loop {
+        let metrics = scrape(metrics_addr);
+        let buffered = sample(
+            &metrics,
+            "sonde_export_buffered_rows{namespace=\"default\",export=\"lookups\"}",
+        );
+        let sent = sample(
+            &metrics,
+            "sonde_export_rows_total{namespace=\"default\",export=\"lookups\",result=\"sent\"}",
+        );
+        let from_lookups = collector
+            .log_records()
+            .expect("read")
+            .iter()
+            .filter(|r| attribute_int(r, "tid").is_some())
+            .count() as u64;
+        if buffered == Some(0) && sent.is_some_and(|sent| from_lookups >= sent) {
+            break records_of(&collector, pid);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the lookups Export did not settle: {buffered:?} buffered, {sent:?} sent, \
+             {from_lookups} received"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(records.len(), CALLS, "each call exactly once");
     let distinct: BTreeSet<&str> = records

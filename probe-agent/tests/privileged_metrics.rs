@@ -251,40 +251,64 @@ fn served_counters_equal_the_load_and_the_losses_and_promtool_accepts_them() {
                 == counter(body, "sonde_events_captured_total", "sampled-lookups")
     });
 
-    // Everything matched was captured where nothing limits it.
-    assert_eq!(
-        counter(&body, "sonde_events_matched_total", "all-lookups"),
-        CALLS
-    );
-    assert_eq!(
-        counter(&body, "sonde_events_captured_total", "all-lookups"),
-        CALLS
-    );
-    for stage in ["rate_limit", "ring_buffer_full", "missing_entry", "decode"] {
+    // `scrape_until` waited for the capture counters and the held rows to
+    // agree; what follows checks the other families against the load.
+    let stages = ["rate_limit", "ring_buffer_full", "missing_entry", "decode"];
+    for tracepoint in [
+        "all-lookups",
+        "limited-lookups",
+        "sampled-lookups",
+        "init-lookups",
+    ] {
+        // Every call matched, and every match is accounted for exactly once.
+        let matched = counter(&body, "sonde_events_matched_total", tracepoint);
+        assert_eq!(matched, CALLS, "{tracepoint} matched every call");
+        let lost: u64 = stages.iter().map(|s| lost(&body, tracepoint, s)).sum();
+        assert_eq!(
+            counter(&body, "sonde_events_captured_total", tracepoint)
+                + counter(&body, "sonde_events_filtered_total", tracepoint)
+                + counter(&body, "sonde_events_sampled_out_total", tracepoint)
+                + lost,
+            matched,
+            "{tracepoint}: captured + filtered + sampled out + lost == matched"
+        );
+    }
+    for stage in stages {
         assert_eq!(lost(&body, "all-lookups", stage), 0, "{stage}");
     }
-    assert_eq!(
+    // The store was given exactly the captured rows, and evicted none.
+    let appended = |table: &str| {
         sample(
             &body,
             "sonde_table_appended_rows_total",
-            &[("table", "all_lookups")]
-        ),
-        Some(CALLS as f64)
+            &[("namespace", "shop"), ("table", table)],
+        )
+        .unwrap_or(0.0) as u64
+    };
+    assert_eq!(appended("all_lookups"), CALLS);
+    assert!(
+        body.lines()
+            .filter(|l| l.starts_with("sonde_table_evicted_rows_total{"))
+            .all(|l| l.ends_with(" 0")),
+        "nothing evicted:\n{body}"
     );
 
     // The rate limit's loss is exactly what it did not keep.
     let kept = counter(&body, "sonde_events_captured_total", "limited-lookups");
     assert!(kept > 0 && kept < CALLS, "rate limit kept {kept}");
-    assert_eq!(held_rows(&body, "limited_lookups"), kept);
-    assert_eq!(
-        counter(&body, "sonde_events_matched_total", "limited-lookups"),
-        CALLS
-    );
+    assert_eq!(appended("limited_lookups"), kept);
     assert_eq!(lost(&body, "limited-lookups", "rate_limit"), CALLS - kept);
     assert_eq!(lost(&body, "limited-lookups", "ring_buffer_full"), 0);
 
     // Sampling and filters drop by request; they are counted, not lost.
+    // Each CPU keeps every tenth of the events it saw.
     let sampled = counter(&body, "sonde_events_captured_total", "sampled-lookups");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    assert!(
+        (CALLS / 10 - cpus..=CALLS / 10).contains(&sampled),
+        "1 in 10 of {CALLS} kept {sampled}"
+    );
+    assert_eq!(appended("sampled_lookups"), sampled);
     assert_eq!(
         counter(&body, "sonde_events_sampled_out_total", "sampled-lookups"),
         CALLS - sampled
@@ -298,6 +322,7 @@ fn served_counters_equal_the_load_and_the_losses_and_promtool_accepts_them() {
         counter(&body, "sonde_events_captured_total", "init-lookups"),
         0
     );
+    assert_eq!(held_rows(&body, "init_lookups"), 0);
 
     // The retention window is the age of the oldest row: positive, and no
     // older than the test.
@@ -351,7 +376,7 @@ async fn prometheus_reads_the_counters_the_agent_serves() -> anyhow::Result<()> 
     let loadgen = Loadgen::start();
     let agent = Agent::start(manifests.path(), loadgen.pid());
     loadgen.run();
-    scrape_until(agent.metrics, |body| {
+    let body = scrape_until(agent.metrics, |body| {
         held_rows(body, "parent_lookups") == CALLS
             && held_rows(body, "limited_lookups")
                 == counter(body, "sonde_events_captured_total", "limited-lookups")
@@ -367,11 +392,20 @@ async fn prometheus_reads_the_counters_the_agent_serves() -> anyhow::Result<()> 
             Ok::<u64, anyhow::Error>(samples[0].value as u64)
         }
     };
+    // Prometheus reads what the agent served once it had settled (its
+    // counters no longer move: the load is over and drained).
+    let matched =
+        value(r#"sonde_events_matched_total{namespace="shop",tracepoint="parent-lookups"}"#)
+            .await?;
     let captured =
         value(r#"sonde_events_captured_total{namespace="shop",tracepoint="parent-lookups"}"#)
             .await?;
     let rows = value(r#"sonde_table_held_rows{namespace="shop",table="parent_lookups"}"#).await?;
-    assert_eq!(captured, CALLS);
+    assert_eq!(matched, CALLS);
+    assert_eq!(
+        captured,
+        counter(&body, "sonde_events_captured_total", "parent-lookups")
+    );
     assert_eq!(rows, CALLS);
 
     let kept = value(r#"sonde_table_held_rows{namespace="shop",table="limited_lookups"}"#).await?;
@@ -380,7 +414,12 @@ async fn prometheus_reads_the_counters_the_agent_serves() -> anyhow::Result<()> 
     )
     .await?;
     assert!(kept > 0 && kept < CALLS, "rate limit kept {kept}");
+    assert_eq!(
+        kept,
+        counter(&body, "sonde_events_captured_total", "limited-lookups")
+    );
     assert_eq!(rate_limited, CALLS - kept);
+    assert_eq!(rate_limited, lost(&body, "limited-lookups", "rate_limit"));
 
     // Prometheus scraped in OpenMetrics and found the target healthy.
     let targets = prometheus.targets().await?;

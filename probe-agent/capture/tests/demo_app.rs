@@ -67,19 +67,53 @@ fn wait_stdin_holds_the_requests_until_a_line_arrives() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the demo app");
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(
-        child.try_wait().expect("poll the demo app").is_none(),
-        "it must wait for stdin"
-    );
+    use std::io::Read as _;
+
+    // It gets to the point of reading stdin (`/proc/<pid>/syscall` shows it
+    // blocked in read(0, ...))...
+    let read = if cfg!(target_arch = "aarch64") { 63 } else { 0 };
+    let blocked = format!("{read} 0x0 ");
+    let path = format!("/proc/{}/syscall", child.id());
+    let start = Instant::now();
+    loop {
+        let syscall = std::fs::read_to_string(&path).unwrap_or_default();
+        if syscall.starts_with(&blocked) {
+            break;
+        }
+        assert!(
+            child.try_wait().expect("poll the demo app").is_none(),
+            "it must wait for stdin"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "it never blocked reading stdin: {path} is {syscall:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // ...and has handled no request by then: nothing on its stdout.
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    nix::fcntl::fcntl(
+        &stdout,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .expect("make stdout non-blocking");
+    let mut early = [0_u8; 64];
+    match stdout.read(&mut early) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("it printed before its line arrived: {other:?}"),
+    }
+    nix::fcntl::fcntl(
+        &stdout,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )
+    .expect("make stdout blocking again");
+
     let mut stdin = child.stdin.take().expect("stdin is piped");
     stdin.write_all(b"go\n").expect("release the demo app");
-    let output = child.wait_with_output().expect("the demo app exits");
-    assert!(output.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&output.stdout),
-        "request id=1 size=64 result=66\n"
-    );
+    let mut printed = String::new();
+    stdout.read_to_string(&mut printed).expect("read stdout");
+    assert!(child.wait().expect("the demo app exits").success());
+    assert_eq!(printed, "request id=1 size=64 result=66\n");
 }
 
 #[test]

@@ -21,7 +21,7 @@ use crds::v1alpha1::TracepointSpec;
 use probe_capture::{
     engine::{AttachError, Engine},
     loader::{LoadOptions, ProbeId, Targets},
-    plan::{HostPaths, kprobes_supported},
+    plan::HostPaths,
     preflight,
     tracefs::Tracefs,
 };
@@ -447,32 +447,257 @@ fields:
     assert_eq!((t.matched, t.lost()), (300, 0));
 }
 
+/// The kernel function behind getppid(2) on this architecture.
+const GETPPID_FUNCTION: &str = if cfg!(target_arch = "aarch64") {
+    "__arm64_sys_getppid"
+} else {
+    "__x64_sys_getppid"
+};
+
+/// The kernel's build configuration and where it was read, if the kernel
+/// exposes it (`/proc/config.gz`) or the distribution installed it.
+fn kernel_config() -> Option<(String, String)> {
+    let proc_config = "/proc/config.gz";
+    if std::path::Path::new(proc_config).exists() {
+        let output = Command::new("gzip")
+            .args(["-dc", proc_config])
+            .output()
+            .expect("run gzip to read /proc/config.gz");
+        assert!(output.status.success(), "gzip -dc {proc_config} failed");
+        let text = String::from_utf8(output.stdout).expect("the kernel config is text");
+        return Some((proc_config.to_owned(), text));
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("kernel release");
+    let boot_config = format!("/boot/config-{}", release.trim());
+    std::fs::read_to_string(&boot_config)
+        .ok()
+        .map(|text| (boot_config, text))
+}
+
+/// Whether this kernel can place kprobes, decided from facts Sonde's own
+/// detector does not look at: the kernel's build configuration
+/// (CONFIG_KPROBES, CONFIG_KPROBE_EVENTS) and the kprobe PMU that BPF
+/// kprobes are created through. `Err` says why not.
+fn kernel_kprobes() -> Result<(), String> {
+    let config = kernel_config();
+    if let Some((source, text)) = &config {
+        for option in ["CONFIG_KPROBES", "CONFIG_KPROBE_EVENTS"] {
+            if !text.lines().any(|line| line == format!("{option}=y")) {
+                return Err(format!("{option} is not set in {source}"));
+            }
+        }
+    }
+    let pmu = std::path::Path::new("/sys/bus/event_source/devices/kprobe/type");
+    if !pmu.exists() {
+        return Err(format!(
+            "the kernel has no kprobe PMU ({} does not exist){}",
+            pmu.display(),
+            if config.is_none() {
+                "; its build configuration is not readable"
+            } else {
+                ""
+            }
+        ));
+    }
+    Ok(())
+}
+
+/// On a kernel that has kprobes: checks `function` is a function of this
+/// kernel (`/proc/kallsyms`) and that the kernel itself accepts a kprobe on
+/// it (a probe defined and removed through tracefs's `kprobe_events`), so
+/// a failed attach is Sonde's fault and not the function's.
+fn assert_kernel_probes(function: &str) {
+    let symbols = std::fs::read_to_string("/proc/kallsyms").expect("read /proc/kallsyms");
+    assert!(
+        symbols.lines().any(|line| {
+            let mut parts = line.split_whitespace().skip(1);
+            matches!(parts.next(), Some("t" | "T")) && parts.next() == Some(function)
+        }),
+        "{function} is not a function of this kernel (/proc/kallsyms); the test needs it"
+    );
+    let tracefs = Tracefs::locate(None).expect("tracefs");
+    let events = tracefs.root().join("kprobe_events");
+    let event = format!("sonde_test_{}/probe", std::process::id());
+    let define = |line: String| {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&events)
+            .and_then(|mut file| file.write_all(line.as_bytes()))
+    };
+    define(format!("p:{event} {function}\n")).unwrap_or_else(|e| {
+        panic!(
+            "the kernel refused a kprobe on {function} through {}: {e}",
+            events.display()
+        )
+    });
+    define(format!("-:{event}\n")).expect("remove the trial kprobe");
+}
+
+/// Waits until `child` is blocked reading stdin (`/proc/<pid>/syscall`
+/// shows read(0, ...)), so everything it did while starting (the dynamic
+/// loader's opens) happened before a probe is attached to it.
+fn wait_until_reading_stdin(child: &Child) {
+    let read = if cfg!(target_arch = "aarch64") { 63 } else { 0 };
+    let blocked = format!("{read} 0x0 ");
+    let path = format!("/proc/{}/syscall", child.id());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let syscall = std::fs::read_to_string(&path).unwrap_or_default();
+        if syscall.starts_with(&blocked) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pid {} did not block on stdin: {path} is {syscall:?}",
+            child.id()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
-fn kprobes_attach_where_the_kernel_has_them_and_are_unsupported_elsewhere() {
+fn kprobes_capture_exact_arguments_where_the_kernel_has_them_and_are_unsupported_elsewhere() {
+    const OPENS: u64 = 2000;
     let mut engine = engine(LoadOptions::default());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("opened.txt");
+    std::fs::write(&file, b"x").expect("write file");
+    let mut child = paused(
+        LOADGEN,
+        &[
+            "openat",
+            &OPENS.to_string(),
+            file.to_str().expect("utf-8 path"),
+            "--wait-stdin",
+        ],
+    );
+    wait_until_reading_stdin(&child);
+    // do_sys_openat2(int dfd, const char __user *filename, struct open_how *how)
     let result = engine.attach(
         &spec(
             "probe: {kprobe: {function: do_sys_openat2}}
-table: kopens",
+table: kopens
+fields:
+  - {name: dfd, source: arg0, type: i32}",
         ),
-        Targets::All,
+        Targets::Pids(vec![child.id()]),
     );
-    let tracefs = Tracefs::locate(None).expect("tracefs");
-    if kprobes_supported(&tracefs) {
-        let probe = result.expect("kprobe attaches on a kernel with kprobes").id;
-        drop(std::fs::File::open("/dev/null"));
-        engine.drain();
-        assert!(rows(&engine.batches(probe)) > 0);
-        eprintln!("this kernel has kprobes: attached and captured");
-    } else {
-        let err = result.expect_err("this kernel has no kprobes");
-        assert!(err.is_unsupported(), "{err}");
-        assert_eq!(
-            err.to_string(),
-            "kprobe probes are unsupported on this node: this kernel was built without kprobes \
-             (CONFIG_KPROBES)"
-        );
-        eprintln!("this kernel has no kprobes: the attach is reported unsupported on this node");
+    match kernel_kprobes() {
+        Ok(()) => {
+            assert_kernel_probes("do_sys_openat2");
+            let probe = result.expect("kprobe attaches on a kernel with kprobes").id;
+            run_to_end(&mut engine, &mut child);
+            let batches = engine.batches(probe);
+            let t = assert_balanced(&engine, probe);
+            assert_eq!(t.matched, OPENS, "one call per open: {t:?}");
+            assert_eq!(rows(&batches) as u64, t.captured);
+            assert_eq!(t.captured + t.lost(), OPENS, "{t:?}");
+            let pids: BTreeSet<u32> = values::<UInt32Type>(&batches, "pid").into_iter().collect();
+            assert_eq!(pids, BTreeSet::from([child.id()]));
+            assert!(
+                strings(&batches, "comm")
+                    .iter()
+                    .all(|c| c == "sonde-loadgen")
+            );
+            // std opens relative to the working directory: AT_FDCWD.
+            assert!(
+                values::<Int32Type>(&batches, "dfd")
+                    .iter()
+                    .all(|&d| d == libc::AT_FDCWD)
+            );
+            eprintln!(
+                "kprobes: this kernel has them; do_sys_openat2 captured {} of {OPENS} opens \
+                 (+ {} counted lost) with dfd AT_FDCWD",
+                t.captured,
+                t.lost()
+            );
+        }
+        Err(why) => {
+            let err = result.expect_err("this kernel has no kprobes");
+            assert!(err.is_unsupported(), "{err}");
+            assert_eq!(
+                err.to_string(),
+                "kprobe probes are unsupported on this node: this kernel was built without \
+                 kprobes (CONFIG_KPROBES)"
+            );
+            run_to_end(&mut engine, &mut child);
+            eprintln!(
+                "kprobes: not available on this kernel ({why}); the supported path did not run; \
+                 tested that Sonde reports the kprobe unsupported on this node"
+            );
+        }
+    }
+}
+
+#[test]
+fn kretprobes_capture_the_return_value_and_latency_where_the_kernel_has_them() {
+    const CALLS: u64 = 3000;
+    let mut engine = engine(LoadOptions::default());
+    let mut child = paused(LOADGEN, &["getppid", &CALLS.to_string(), "--wait-stdin"]);
+    let result = engine.attach(
+        &spec(&format!(
+            "probe: {{kretprobe: {{function: {GETPPID_FUNCTION}}}}}
+table: kparents
+fields:
+  - {{name: parent, source: retval, type: i64}}
+  - {{name: latency}}"
+        )),
+        Targets::Pids(vec![child.id()]),
+    );
+    match kernel_kprobes() {
+        Ok(()) => {
+            assert_kernel_probes(GETPPID_FUNCTION);
+            let probe = result
+                .expect("kretprobe attaches on a kernel with kprobes")
+                .id;
+            run_to_end(&mut engine, &mut child);
+            let batches = engine.batches(probe);
+            let t = assert_balanced(&engine, probe);
+            assert_eq!(t.matched, CALLS, "one return per call: {t:?}");
+            assert_eq!(rows(&batches) as u64, t.captured);
+            assert_eq!(t.captured + t.lost(), CALLS, "{t:?}");
+            let pids: BTreeSet<u32> = values::<UInt32Type>(&batches, "pid").into_iter().collect();
+            assert_eq!(pids, BTreeSet::from([child.id()]));
+            // The child's parent is this test process.
+            let parents: BTreeSet<i64> = values::<Int64Type>(&batches, "parent")
+                .into_iter()
+                .collect();
+            assert_eq!(parents, BTreeSet::from([i64::from(std::process::id())]));
+            // A getppid call takes well under a microsecond; a preempted one
+            // may take longer, but never a second.
+            let latencies = u64s(&batches, "latency");
+            assert!(
+                latencies.iter().all(|&l| l > 0 && l < 1_000_000_000),
+                "latencies outside (0, 1 s): {:?}",
+                latencies
+                    .iter()
+                    .filter(|&&l| l == 0 || l >= 1_000_000_000)
+                    .collect::<Vec<_>>()
+            );
+            let mut sorted = latencies;
+            sorted.sort_unstable();
+            eprintln!(
+                "kretprobes: this kernel has them; {GETPPID_FUNCTION} returned this test's pid \
+                 {} times (+ {} counted lost), median latency {} ns",
+                t.captured,
+                t.lost(),
+                sorted.get(sorted.len() / 2).copied().unwrap_or_default()
+            );
+        }
+        Err(why) => {
+            let err = result.expect_err("this kernel has no kprobes");
+            assert!(err.is_unsupported(), "{err}");
+            assert_eq!(
+                err.to_string(),
+                "kretprobe probes are unsupported on this node: this kernel was built without \
+                 kprobes (CONFIG_KPROBES)"
+            );
+            run_to_end(&mut engine, &mut child);
+            eprintln!(
+                "kretprobes: not available on this kernel ({why}); the supported path did not \
+                 run; tested that Sonde reports the kretprobe unsupported on this node"
+            );
+        }
     }
 }
 

@@ -46,7 +46,8 @@ fn store() -> (TableStore, TableName) {
     (store, table)
 }
 
-/// Rows `ids`: latency is `id * 10`, path `/r/<id>`, pod `web-<id % 2>`.
+/// Rows `ids`: latency is `|id| * 10`, path `/r/<id>`, pod `web-<id mod 2>`.
+/// Negative ids are markers (see [`follow_with_markers`]).
 fn append(store: &TableStore, table: &TableName, ids: std::ops::Range<i64>) {
     let base = 1_700_000_000_000_000_000_i64;
     let batch = RecordBatch::try_new(
@@ -56,14 +57,16 @@ fn append(store: &TableStore, table: &TableName, ids: std::ops::Range<i64>) {
                 ids.clone().map(|i| base + i * 1_000),
             )),
             Arc::new(StringArray::from_iter_values(
-                ids.clone().map(|i| format!("web-{}", i % 2)),
+                ids.clone().map(|i| format!("web-{}", i.rem_euclid(2))),
             )),
             Arc::new(StringArray::from_iter_values(ids.clone().map(|_| "app"))),
             Arc::new(Int64Array::from_iter_values(ids.clone())),
             Arc::new(StringArray::from_iter_values(
                 ids.clone().map(|i| format!("/r/{i}")),
             )),
-            Arc::new(UInt64Array::from_iter_values(ids.map(|i| i as u64 * 10))),
+            Arc::new(UInt64Array::from_iter_values(
+                ids.map(|i| i.unsigned_abs() * 10),
+            )),
         ],
     )
     .expect("columns match the schema");
@@ -105,6 +108,54 @@ fn ids(items: &[Value]) -> Vec<i64> {
         .collect()
 }
 
+/// The items of rows the test generated, without the markers, and how many
+/// markers there were.
+fn without_markers(items: Vec<Value>) -> (Vec<Value>, u64) {
+    let (data, markers): (Vec<Value>, Vec<Value>) = items
+        .into_iter()
+        .partition(|item| int(attribute(item, "id")).is_some_and(|id| id >= 0));
+    (data, markers.len() as u64)
+}
+
+/// Rows an Export has taken from the tables it follows.
+fn taken(report: &ExportReport) -> u64 {
+    report.rows_exported + report.rows_buffered + report.rows_dropped()
+}
+
+/// Makes sure each Export in `names` follows `table`, so every row appended
+/// afterwards is theirs: rows appended before an Export's reader follows a
+/// table that already existed are not (the reader starts on a task of its
+/// own after `apply` returns). Appends one marker row (a negative id) at a
+/// time until each Export has taken one, and returns how many markers each
+/// took then. Markers are sent like any row: tests count them apart.
+async fn follow_with_markers(
+    store: &TableStore,
+    table: &TableName,
+    exports: &Exports,
+    names: &[&str],
+) -> Vec<u64> {
+    let start = Instant::now();
+    let mut next = -1_i64;
+    loop {
+        append(store, table, next..next + 1);
+        next -= 1;
+        // A reader that follows pushes a row within milliseconds; after 2 s
+        // without it, the marker came before the reader and another goes.
+        let appended = Instant::now();
+        while appended.elapsed() < Duration::from_secs(2) {
+            let counts: Vec<u64> = names.iter().map(|n| taken(&report(exports, n))).collect();
+            if counts.iter().all(|&c| c > 0) {
+                return counts;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the Exports {names:?} never followed {table}"
+        );
+    }
+}
+
 async fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     loop {
@@ -134,20 +185,33 @@ async fn every_row_arrives_once_as_a_log_record_over_grpc() {
     exports
         .apply("shop", "logs", &spec, Ok(Credentials::default()))
         .expect("applied");
-    // The reader subscribes within its first pass; give it a moment.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    follow_with_markers(&store, &table, &exports, &["logs"]).await;
     const ROWS: i64 = 5_000;
     for start in (0..ROWS).step_by(500) {
         append(&store, &table, start..start + 500);
     }
-    wait_until(Duration::from_secs(30), "5000 log records", || {
+    // Settled: every row arrived, the Export holds nothing more, and the
+    // collector has recorded every row the Export had accepted, so nothing
+    // more is coming.
+    let (all, report) = wait_until(Duration::from_secs(30), "5000 log records", || {
+        let report = report(&exports, "logs");
         let records = collector.log_records().expect("read");
-        (records.len() >= ROWS as usize).then_some(())
+        let data = records
+            .iter()
+            .filter(|r| int(attribute(r, "id")).is_some_and(|id| id >= 0))
+            .count();
+        let settled = data >= ROWS as usize
+            && report.rows_buffered == 0
+            && records.len() as u64 >= report.rows_exported;
+        settled.then_some((records, report))
     })
     .await;
-    // Nothing more is coming: the export has sent all it had.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let records = collector.log_records().expect("read");
+    assert_eq!(
+        all.len() as u64,
+        report.rows_exported,
+        "the collector holds what the Export sent, each once"
+    );
+    let (records, markers) = without_markers(all);
     let got = ids(&records);
     let distinct: BTreeSet<i64> = got.iter().copied().collect();
     assert_eq!(got.len(), ROWS as usize, "each row exactly once");
@@ -181,10 +245,8 @@ async fn every_row_arrives_once_as_a_log_record_over_grpc() {
     );
     assert_eq!(resource_attribute("k8s.container.name"), Some("app".into()));
 
-    let report = report(&exports, "logs");
-    assert_eq!(report.rows_exported, ROWS as u64);
+    assert_eq!(report.rows_exported, ROWS as u64 + markers);
     assert_eq!(report.rows_dropped(), 0);
-    assert_eq!(report.rows_buffered, 0);
     assert!(report.last_success.is_some() && report.last_error.is_none());
     exports.shutdown();
 }
@@ -212,13 +274,13 @@ async fn rows_become_gauge_points_over_http_and_spans_over_grpc() {
     exports
         .apply("shop", "traces", &traces, Ok(Credentials::default()))
         .expect("applied");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    follow_with_markers(&store, &table, &exports, &["metrics", "traces"]).await;
     const ROWS: i64 = 2_000;
     for start in (0..ROWS).step_by(250) {
         append(&store, &table, start..start + 250);
     }
-    let points = wait_until(Duration::from_secs(30), "2000 data points", || {
-        let points: Vec<Value> = collector
+    let data_points = || -> Vec<Value> {
+        collector
             .metrics()
             .expect("read")
             .iter()
@@ -229,16 +291,39 @@ async fn rows_become_gauge_points_over_http_and_spans_over_grpc() {
                     .cloned()
                     .unwrap_or_default()
             })
-            .collect();
-        (points.len() >= ROWS as usize).then_some(points)
+            .collect()
+    };
+    // Settled as in the logs test: all rows arrived, nothing is held, and
+    // the collector has recorded all each Export had sent.
+    let settled = |name: &str, items: &[Value]| {
+        let report = report(&exports, name);
+        let data = items
+            .iter()
+            .filter(|i| int(attribute(i, "id")).is_some_and(|id| id >= 0))
+            .count();
+        data >= ROWS as usize
+            && report.rows_buffered == 0
+            && items.len() as u64 >= report.rows_exported
+    };
+    let all_points = wait_until(Duration::from_secs(30), "2000 data points", || {
+        let points = data_points();
+        settled("metrics", &points).then_some(points)
     })
     .await;
-    let spans = wait_until(Duration::from_secs(30), "2000 spans", || {
+    let all_spans = wait_until(Duration::from_secs(30), "2000 spans", || {
         let spans = collector.spans().expect("read");
-        (spans.len() >= ROWS as usize).then_some(spans)
+        settled("traces", &spans).then_some(spans)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (name, items) in [("metrics", &all_points), ("traces", &all_spans)] {
+        assert_eq!(
+            items.len() as u64,
+            report(&exports, name).rows_exported,
+            "{name}: the collector holds what the Export sent, each once"
+        );
+    }
+    let (points, point_markers) = without_markers(all_points);
+    let (spans, span_markers) = without_markers(all_spans);
 
     assert_eq!(points.len(), ROWS as usize);
     let distinct: BTreeSet<i64> = ids(&points).into_iter().collect();
@@ -249,7 +334,7 @@ async fn rows_become_gauge_points_over_http_and_spans_over_grpc() {
         let value = point.get("asInt").map_or(Some(0), json_i64);
         assert_eq!(value, Some(id * 10), "value of row {id}");
     }
-    assert_eq!(collector.spans().expect("read").len(), ROWS as usize);
+    assert_eq!(spans.len(), ROWS as usize);
     let distinct: BTreeSet<i64> = ids(&spans).into_iter().collect();
     assert_eq!(distinct, (0..ROWS).collect());
     let span = spans
@@ -272,19 +357,30 @@ async fn rows_become_gauge_points_over_http_and_spans_over_grpc() {
         Some("/r/7".into())
     );
 
-    for name in ["metrics", "traces"] {
+    for (name, markers) in [("metrics", point_markers), ("traces", span_markers)] {
         let report = report(&exports, name);
-        assert_eq!(report.rows_exported, ROWS as u64, "{name}");
+        assert_eq!(report.rows_exported, ROWS as u64 + markers, "{name}");
         assert_eq!(report.rows_dropped(), 0, "{name}");
     }
     exports.shutdown();
 }
 
+/// What an outage test saw.
+struct Outage {
+    /// Distinct ids of generated rows received.
+    distinct: BTreeSet<i64>,
+    /// Generated rows received, duplicates kept.
+    received: usize,
+    /// Marker rows received (all before the outage).
+    markers: u64,
+    report: ExportReport,
+    generated: i64,
+}
+
 /// Sends 400 rows, stops the collector for 20 s while 2000 rows are
-/// appended, restarts it on the same ports, sends 400 more, and
-/// returns the distinct ids received, every id received (duplicates kept)
-/// and the export's final report.
-async fn outage(buffer_rows: u32, batch_size: u32) -> (BTreeSet<i64>, usize, ExportReport, i64) {
+/// appended, restarts it on the same ports, sends 400 more, and returns
+/// what arrived and the export's final report.
+async fn outage(buffer_rows: u32, batch_size: u32) -> Outage {
     let (store, table) = store();
     let exports = Exports::new(store.clone(), NODE);
     let first = Collector::start().await.expect("collector");
@@ -309,20 +405,27 @@ async fn outage(buffer_rows: u32, batch_size: u32) -> (BTreeSet<i64>, usize, Exp
     exports
         .apply("shop", &name, &spec, Ok(Credentials::default()))
         .expect("applied");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    follow_with_markers(&store, &table, &exports, &[name.as_str()]).await;
 
     let mut received: Vec<i64> = Vec::new();
-    // Fewer than the small buffer holds, so none is dropped yet.
+    // Fewer than the small buffer holds, so none is dropped yet. Before the
+    // outage, everything the Export took (markers too) has arrived.
     append(&store, &table, 0..400);
     let before = wait_until(Duration::from_secs(30), "the first 400 rows", || {
+        let report = report(&exports, &name);
         let got = ids(&first.log_records().expect("read"));
-        (got.len() >= 400).then_some(got)
+        let settled = got.iter().filter(|&&id| id >= 0).count() >= 400
+            && report.rows_buffered == 0
+            && got.len() as u64 >= report.rows_exported;
+        settled.then_some(got)
     })
     .await;
     received.extend(before);
+    let markers = received.iter().filter(|&&id| id < 0).count() as u64;
     drop(first);
 
-    // 20 s down; rows keep coming meanwhile.
+    // 20 s down (the scenario, not a wait for anything); rows keep coming
+    // meanwhile.
     let down = Instant::now();
     for step in 0..10_i64 {
         let start = 400 + step * 200;
@@ -330,16 +433,19 @@ async fn outage(buffer_rows: u32, batch_size: u32) -> (BTreeSet<i64>, usize, Exp
         tokio::time::sleep(Duration::from_millis(1_500)).await;
     }
     tokio::time::sleep(Duration::from_secs(20).saturating_sub(down.elapsed())).await;
-    let during = report(&exports, &name);
-    assert!(during.failed_requests > 0, "sends failed while down");
-    assert!(
-        during
-            .last_error
-            .as_deref()
-            .is_some_and(|e| e.contains(&grpc_port.to_string())),
-        "last error names the endpoint: {:?}",
-        during.last_error
-    );
+    wait_until(
+        Duration::from_secs(30),
+        "failed sends reported, naming the endpoint",
+        || {
+            let during = report(&exports, &name);
+            let named = during
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains(&grpc_port.to_string()));
+            (during.failed_requests > 0 && named).then_some(())
+        },
+    )
+    .await;
 
     let second = Collector::builder()
         .grpc_port(grpc_port)
@@ -359,19 +465,31 @@ async fn outage(buffer_rows: u32, batch_size: u32) -> (BTreeSet<i64>, usize, Exp
         let got = ids(&second.log_records().expect("read"));
         let settled = report.rows_buffered == 0
             && (received.len() + got.len()) as u64 == report.rows_exported
-            && report.rows_exported + report.rows_dropped() >= GENERATED as u64;
+            && taken(&report) >= GENERATED as u64 + markers;
         settled.then_some((got, report))
     })
     .await;
     received.extend(after);
     exports.shutdown();
-    let distinct = received.iter().copied().collect();
-    (distinct, received.len(), report, GENERATED)
+    received.retain(|&id| id >= 0);
+    Outage {
+        distinct: received.iter().copied().collect(),
+        received: received.len(),
+        markers,
+        report,
+        generated: GENERATED,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_down_for_20s_loses_nothing_with_a_large_buffer() {
-    let (distinct, received, report, generated) = outage(100_000, 500).await;
+    let Outage {
+        distinct,
+        received,
+        markers,
+        report,
+        generated,
+    } = outage(100_000, 500).await;
     eprintln!(
         "large buffer: generated {generated}, received {received} ({} distinct), \
          dropped {}, failed requests {}",
@@ -382,12 +500,18 @@ async fn a_collector_down_for_20s_loses_nothing_with_a_large_buffer() {
     assert_eq!(distinct, (0..generated).collect(), "nothing missing");
     assert_eq!(received as i64, generated, "nothing twice");
     assert_eq!(report.rows_dropped(), 0);
-    assert_eq!(report.rows_exported, generated as u64);
+    assert_eq!(report.rows_exported, generated as u64 + markers);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_down_for_20s_with_a_small_buffer_drops_exactly_what_it_counts() {
-    let (distinct, received, report, generated) = outage(500, 100).await;
+    let Outage {
+        distinct,
+        received,
+        report,
+        generated,
+        ..
+    } = outage(500, 100).await;
     eprintln!(
         "small buffer: generated {generated}, received {received} ({} distinct), \
          dropped {} ({:?}), failed requests {}",
@@ -425,21 +549,21 @@ async fn an_unreachable_endpoint_is_reported_and_overflow_counted() {
     exports
         .apply("shop", "nowhere", &spec, Ok(Credentials::default()))
         .expect("applied");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing leaves this Export: the markers it took stay in its counts.
+    let markers = follow_with_markers(&store, &table, &exports, &["nowhere"]).await[0];
     append(&store, &table, 0..300);
     let report = wait_until(
         Duration::from_secs(15),
         "failures and overflow counted",
         || {
             let report = report(&exports, "nowhere");
-            (report.failed_requests >= 2 && report.rows_dropped() + report.rows_buffered == 300)
-                .then_some(report)
+            (report.failed_requests >= 2 && taken(&report) == 300 + markers).then_some(report)
         },
     )
     .await;
     assert_eq!(report.rows_exported, 0);
     assert_eq!(report.rows_buffered, 100, "the buffer stays full");
-    assert_eq!(report.dropped.buffer_full, 200);
+    assert_eq!(report.dropped.buffer_full, 200 + markers);
     let error = report.last_error.expect("an error");
     assert!(
         error.contains(&format!("http://127.0.0.1:{port}/v1/logs")),
@@ -448,5 +572,5 @@ async fn an_unreachable_endpoint_is_reported_and_overflow_counted() {
     // Removing it counts what it still held.
     let last = exports.remove("shop", "nowhere").expect("was running");
     assert_eq!(last.dropped.removed, 100);
-    assert_eq!(last.rows_dropped(), 300);
+    assert_eq!(last.rows_dropped(), 300 + markers);
 }
