@@ -6,8 +6,9 @@
 //! With `--wait-stdin` it first waits for a line on stdin, which lets the
 //! caller attach probes to its pid before the load starts; `--wait-file`
 //! does the same for a process without a usable stdin (a pod's), starting
-//! once the file exists. It prints the elapsed nanoseconds per call when
-//! done, and with `--hold` then keeps running until killed.
+//! once the file exists. `--rate` paces the calls (per second, in steps of
+//! a millisecond). It prints the elapsed nanoseconds per call when done,
+//! and with `--hold` then keeps running until killed.
 
 use std::{
     io::BufRead,
@@ -41,6 +42,28 @@ struct Args {
     /// Keep running (sleeping) after the load, until killed.
     #[arg(long)]
     hold: bool,
+
+    /// Calls per second, paced in steps of a millisecond; 0: as fast as
+    /// possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+}
+
+/// Makes `count` calls of `syscall`.
+fn call(syscall: Syscall, path: &std::path::Path, count: u64) {
+    match syscall {
+        Syscall::Getppid => {
+            for _ in 0..count {
+                std::hint::black_box(nix::unistd::getppid());
+            }
+        }
+        Syscall::Openat => {
+            for _ in 0..count {
+                // Opening may fail (e.g. a missing path): the syscall still happened.
+                drop(std::fs::File::open(path));
+            }
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,17 +78,21 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let start = Instant::now();
-    match args.syscall {
-        Syscall::Getppid => {
-            for _ in 0..args.count {
-                std::hint::black_box(nix::unistd::getppid());
-            }
-        }
-        Syscall::Openat => {
-            for _ in 0..args.count {
-                // Opening may fail (e.g. a missing path): the syscall still happened.
-                drop(std::fs::File::open(&args.path));
-            }
+    let mut done = 0;
+    while done < args.count {
+        // Calls due by now at the requested rate, or all of them.
+        let due = if args.rate == 0 {
+            args.count
+        } else {
+            let elapsed = start.elapsed().as_nanos();
+            let due = elapsed * u128::from(args.rate) / 1_000_000_000 + 1;
+            args.count.min(u64::try_from(due).unwrap_or(u64::MAX))
+        };
+        let batch = due.saturating_sub(done);
+        call(args.syscall, &args.path, batch);
+        done += batch;
+        if done < args.count {
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
     let elapsed = start.elapsed();
