@@ -12,7 +12,6 @@
 // kube's `printcolumn(...)` attributes repeat `type_ = ...` once per column.
 #![allow(clippy::duplicated_attributes)]
 
-mod error;
 pub mod manifest;
 pub mod reference;
 pub mod selector;
@@ -25,7 +24,7 @@ pub mod v1alpha1;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-pub use crate::{error::ValidationError, table_name::TableName, v1alpha1::*};
+pub use crate::{table_name::TableName, v1alpha1::*};
 
 /// The command that regenerates the committed CRD manifests.
 pub const CRD_REGENERATE: &str = "cargo run -p crds --bin crdgen > crds/sonde.dev.yaml";

@@ -31,17 +31,17 @@ const KUBERNETES_TYPES: [(&str, &str); 2] = [
     ),
 ];
 
-/// Why the reference could not be updated.
+/// Why the reference could not be updated. Each message holds its cause, so
+/// `source()` returns none: crdgen prints the message alone.
 #[derive(Debug, thiserror::Error)]
 pub enum ReferenceError {
     /// The file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: std::path::PathBuf,
         /// The I/O error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// The file lacks the markers around the generated section.
     #[error("{}: the markers around the generated section are missing; the file needs a line `{BEGIN_MARKER}` followed later by a line `{END_MARKER}`", path.display())]
@@ -51,7 +51,7 @@ pub enum ReferenceError {
     },
     /// The schemas could not be read.
     #[error("cannot read the CRD schemas: {0}")]
-    Schema(#[from] serde_json::Error),
+    Schema(serde_json::Error),
 }
 
 /// Renders the generated section (without the markers).
@@ -301,14 +301,16 @@ pub fn splice(document: &str, generated: &str) -> Option<String> {
 
 /// Rewrites the generated section of the file at `path`.
 pub fn update_file(path: &Path) -> Result<(), ReferenceError> {
-    let io_error = |source| ReferenceError::Io {
+    let io_error = |error| ReferenceError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
     let document = std::fs::read_to_string(path).map_err(io_error)?;
     let updated =
-        splice(&document, &markdown()?).ok_or_else(|| ReferenceError::MissingMarkers {
-            path: path.to_owned(),
+        splice(&document, &markdown().map_err(ReferenceError::Schema)?).ok_or_else(|| {
+            ReferenceError::MissingMarkers {
+                path: path.to_owned(),
+            }
         })?;
     std::fs::write(path, updated).map_err(io_error)
 }

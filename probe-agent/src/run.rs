@@ -128,8 +128,10 @@ async fn serve(
     let metrics_addr = metrics_server
         .as_ref()
         .map(metrics::MetricsServer::local_addr);
-    let metrics_task =
-        metrics_server.map(|server| tokio::spawn(server.run(servers_stop.clone().wait())));
+    let metrics_task = metrics_server
+        .map(|server| server.spawn_dedicated(servers_stop.clone()))
+        .transpose()
+        .map_err(|e| format!("cannot start the metrics server: {e}"))?;
 
     let kprobes = plan::kprobes_supported(&tracefs);
     let engine = Engine::load(
@@ -264,9 +266,9 @@ async fn serve(
     }
     let metrics = match metrics_task {
         None => Ok(()),
-        Some(task) => match task.await {
-            Ok(result) => result.map_err(|e| format!("the metrics server failed: {e}")),
-            Err(e) => Err(format!("the metrics server task failed: {e}")),
+        Some(thread) => match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(result)) => result.map_err(|e| format!("the metrics server failed: {e}")),
+            Ok(Err(_)) | Err(_) => Err("the metrics server thread failed".to_owned()),
         },
     };
     match flight_task.await {

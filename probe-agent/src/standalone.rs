@@ -154,14 +154,22 @@ impl Standalone {
         let mut exports = Vec::new();
         let mut secrets = Vec::new();
         for (file, text) in &contents {
-            let resources = match manifest::parse(file, text) {
-                Ok(resources) => resources,
-                Err(e) => {
-                    error!(file = %file.display(), "skipped: {}", chain(&e));
-                    continue;
-                }
-            };
-            for resource in resources {
+            // Each document on its own: one refused document (a misspelled
+            // field, bad YAML) leaves the others of the file applied.
+            for parsed in manifest::parse_documents(file, text) {
+                let resource = match parsed {
+                    Ok(resource) => resource,
+                    Err(e) => {
+                        let kept = self.keep_refused(&e, file, &mut desired);
+                        error!(
+                            file = %file.display(),
+                            "refused: {}{}",
+                            chain(&e),
+                            if kept { "; the version applied before keeps running" } else { "" }
+                        );
+                        continue;
+                    }
+                };
                 match resource {
                     Resource::Tracepoint(tp) => {
                         let key = key(&tp);
@@ -226,6 +234,34 @@ impl Standalone {
         if let Some(manifest_exports) = &mut self.exports {
             manifest_exports.reconcile(exports, &secrets);
         }
+        true
+    }
+
+    /// A Tracepoint whose new document is refused for unknown fields keeps
+    /// running as applied before, as a refused `kubectl apply` leaves the
+    /// object as it was. Returns whether one was kept.
+    fn keep_refused(
+        &self,
+        error: &manifest::ManifestError,
+        file: &Path,
+        desired: &mut BTreeMap<String, (PathBuf, Tracepoint)>,
+    ) -> bool {
+        let manifest::ManifestError::UnknownFields {
+            kind: "Tracepoint",
+            namespace,
+            name,
+            ..
+        } = error
+        else {
+            return false;
+        };
+        let key = format!("{namespace}/{name}");
+        let Some(applied) = self.applied.get(&key).filter(|a| a.file == file) else {
+            return false;
+        };
+        let mut tracepoint = Tracepoint::new(name, applied.spec.clone());
+        tracepoint.metadata.namespace = Some(namespace.clone());
+        desired.insert(key, (file.to_path_buf(), tracepoint));
         true
     }
 

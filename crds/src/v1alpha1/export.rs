@@ -6,11 +6,11 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::error::{ValidationError, at, check_duration, check_name};
 use super::{
     common::{NAME_PATTERN, SecretKeyRef, SecretRef, duration_schema},
     retention::check_table_patterns,
 };
-use crate::error::{ValidationError, at, check_duration, check_name};
 
 /// The default export interval.
 pub const DEFAULT_INTERVAL: &str = "10s";
@@ -424,7 +424,7 @@ impl ExportSpec {
         for (i, column) in mapping.attributes.iter().enumerate() {
             check_name(&at!("spec.mapping.attributes[{i}]"), column, "column")?;
         }
-        crate::error::check_unique(
+        super::error::check_unique(
             "spec.mapping.attributes",
             mapping.attributes.iter().map(String::as_str),
         )

@@ -2,6 +2,7 @@
 //! per-node `ProbeNode`.
 
 mod common;
+pub(crate) mod error;
 mod export;
 mod probe_node;
 mod retention;
@@ -11,6 +12,7 @@ pub use common::{
     ColumnType, FieldType, FilterValue, MAX_NAME_LENGTH, NAME_PATTERN, STANDARD_COLUMNS,
     SecretKeyRef, SecretRef, StandardColumn, is_dns_label, is_valid_name, standard_column,
 };
+pub use error::ValidationError;
 pub use export::{
     DEFAULT_BATCH_SIZE, DEFAULT_BUFFER_ROWS, DEFAULT_INTERVAL, Destination, Export, ExportSpec,
     ExportStatus, Mapping, OtlpDestination, OtlpProtocol, Signal, Tls,

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     ExportSpec, ProbeKind, RetentionSpec, TracepointSpec, common::preserved_object_schema,
 };
-use crate::error::{ValidationError, at};
+use super::error::{ValidationError, at};
 
 /// What one node must run, written by the operator. The object is
 /// cluster-scoped and named after the node.

@@ -8,11 +8,11 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{NAME_PATTERN, byte_size_schema, duration_schema, is_valid_name};
-use crate::{
+use super::{
+    common::{NAME_PATTERN, byte_size_schema, duration_schema, is_valid_name},
     error::{ValidationError, at, check_duration, check_name},
-    units::parse_bytes,
 };
+use crate::units::parse_bytes;
 
 /// The grammar of a table name or glob pattern.
 pub const TABLE_PATTERN_PATTERN: &str = r"^[a-z0-9_*?]+$";
@@ -286,10 +286,10 @@ impl RetentionSpec {
             });
         }
         if let Some(max_bytes) = &self.max_bytes {
-            parse_bytes(max_bytes).map_err(|source| ValidationError::InvalidByteSize {
+            parse_bytes(max_bytes).map_err(|reason| ValidationError::InvalidByteSize {
                 path: "spec.maxBytes".into(),
                 value: max_bytes.0.clone(),
-                source,
+                reason,
             })?;
         }
         if let Some(max_age) = &self.max_age {
@@ -441,7 +441,7 @@ pub(crate) fn check_table_patterns(list: &str, tables: &[String]) -> Result<(), 
             });
         }
     }
-    crate::error::check_unique(list, tables.iter().map(String::as_str))
+    super::error::check_unique(list, tables.iter().map(String::as_str))
 }
 
 /// Whether a table name matches a glob pattern with `*` (any run of

@@ -12,7 +12,7 @@ use super::common::{
     ColumnType, FieldType, FilterValue, NAME_PATTERN, STANDARD_COLUMNS, duration_schema,
     is_dns_label, standard_column,
 };
-use crate::error::{ValidationError, at, check_duration, check_name, check_unique};
+use super::error::{ValidationError, at, check_duration, check_name, check_unique};
 
 /// The default `maxLength` of string fields.
 pub const DEFAULT_STRING_LENGTH: u32 = 64;

@@ -9,8 +9,9 @@
 //! is hard: an event whose label combination would be one series too many
 //! goes into no series and is counted as rejected.
 //!
-//! The counters are plain integers owned by the loop that drains the ring;
-//! a scrape asks that loop for [`MetricSample`]s (see `metrics::ProbeReport`).
+//! The counters are plain integers owned by the drive loop that drains the
+//! ring; a scrape asks that loop for [`MetricSample`]s (`probe-serve`'s
+//! `ProbeReport`).
 
 use crds::{
     FieldType,

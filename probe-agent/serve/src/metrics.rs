@@ -5,9 +5,13 @@
 //! Nothing here is updated per event. The counters live where they are
 //! counted (the eBPF per-CPU maps, the decoder, the series of the
 //! Tracepoints' own metrics, the table store) and are read when Prometheus
-//! scrapes: [`AgentCollector`] asks the standalone loop, which owns the
-//! engine, for a [`ProbeReport`] over a channel the loop answers between two
-//! drains, and reads the table statistics from the store itself.
+//! scrapes: [`AgentCollector`] asks the drive loop, which owns the engine,
+//! for a [`ProbeReport`] over a channel the loop answers after a drain
+//! (waiting at most the scrape timeout, then serving the last report and
+//! counting the miss), and reads the table statistics from the store
+//! itself. The endpoint runs on a thread and runtime of its own
+//! ([`MetricsServer::spawn_dedicated`]), so busy query workers cannot delay
+//! it.
 //!
 //! Sonde's own families are named `sonde_*`; the metrics Tracepoints derive
 //! (`spec.metrics`) keep the names their users gave them, with the labels
@@ -42,7 +46,7 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::{Registry, Unit},
 };
-use sonde_daemon::MetricsFormat;
+use sonde_daemon::{MetricsFormat, ShutdownSignal};
 use tracing::warn;
 
 use probe_capture::{
@@ -160,22 +164,29 @@ pub struct ReportClient {
 
 impl ReportClient {
     /// Asks the drive loop and waits at most the timeout. Late (or with
-    /// too many scrapes waiting already) it serves the last report and
-    /// counts a miss; `None` once the loop has stopped and before any
-    /// report. Blocks: call it off the async workers (the scrape handler
+    /// too many scrapes waiting already) it serves the last report (none
+    /// before the first) and counts a miss; `None` once the loop has
+    /// stopped. Blocks: call it off the async workers (the scrape handler
     /// encodes in a blocking task).
     fn blocking_report(&self) -> Option<ProbeReport> {
+        use std::sync::mpsc::{RecvTimeoutError, TrySendError};
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        if self.requests.try_send(tx).is_ok() {
-            self.waker.wake();
-            match rx.recv_timeout(self.timeout) {
-                Ok(report) => {
-                    *self.last_report() = Some(report.clone());
-                    return Some(report);
+        match self.requests.try_send(tx) {
+            Ok(()) => {
+                self.waker.wake();
+                match rx.recv_timeout(self.timeout) {
+                    Ok(report) => {
+                        *self.last_report() = Some(report.clone());
+                        return Some(report);
+                    }
+                    // The loop stopped while this scrape waited.
+                    Err(RecvTimeoutError::Disconnected) => return None,
+                    Err(RecvTimeoutError::Timeout) => {}
                 }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             }
+            // The loop has stopped (or never answers scrapes): no probes.
+            Err(TrySendError::Disconnected(_)) => return None,
+            Err(TrySendError::Full(_)) => {}
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         self.last_report().clone()
@@ -698,6 +709,31 @@ impl MetricsServer {
         self.listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves on a thread of its own (`sonde-metrics`, with a runtime of its
+    /// own) until `shutdown`, so that a scrape is answered even while
+    /// queries keep every worker of the main runtime busy.
+    pub fn spawn_dedicated(
+        self,
+        shutdown: ShutdownSignal,
+    ) -> std::io::Result<std::thread::JoinHandle<std::io::Result<()>>> {
+        let listener = self.listener.into_std()?;
+        let registry = self.registry;
+        std::thread::Builder::new()
+            .name("sonde-metrics".to_owned())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let server = MetricsServer {
+                        listener: tokio::net::TcpListener::from_std(listener)?,
+                        registry,
+                    };
+                    server.run(shutdown.wait()).await
+                })
+            })
     }
 
     /// Serves until `shutdown` resolves, then lets open scrapes finish.

@@ -2,15 +2,15 @@
 //! member (as the apiserver would name it, such as `spec.fields[2].name`).
 //!
 //! The messages are meant for people reading `kubectl describe`: the operator
-//! copies them into status conditions, and standalone mode prints them.
+//! copies them into status conditions, and standalone mode prints them. So
+//! each message is complete alone: a variant that has a cause (a duration or
+//! size that does not parse) words it into the message and does not return it
+//! again from `source()`, which would print it twice in an error chain.
 
-use crate::{
-    units::{ByteSizeError, DurationError, parse_duration},
-    v1alpha1::{
-        AggregateFn, AssignmentKind, ColumnType, FieldType, FilterOp, ProbeKind, Signal,
-        is_valid_name,
-    },
+use super::{
+    AggregateFn, AssignmentKind, ColumnType, FieldType, FilterOp, ProbeKind, Signal, is_valid_name,
 };
+use crate::units::{ByteSizeError, DurationError, parse_duration};
 
 /// Builds a member path with `format!` syntax.
 macro_rules! at {
@@ -424,15 +424,14 @@ pub enum ValidationError {
     },
 
     /// A duration that does not parse.
-    #[error("{path} {value:?} {source}")]
+    #[error("{path} {value:?} {reason}")]
     InvalidDuration {
         /// Path of the duration.
         path: String,
         /// The text given.
         value: String,
-        /// Why it does not parse.
-        #[source]
-        source: DurationError,
+        /// Why it does not parse. (part of the message, which status shows alone).
+        reason: DurationError,
     },
 
     /// A duration of zero where a length of time is needed.
@@ -458,15 +457,14 @@ pub enum ValidationError {
     },
 
     /// A byte size that does not parse.
-    #[error("{path} {value:?} {source}")]
+    #[error("{path} {value:?} {reason}")]
     InvalidByteSize {
         /// Path of the size.
         path: String,
         /// The text given.
         value: String,
-        /// Why it is invalid.
-        #[source]
-        source: ByteSizeError,
+        /// Why it is invalid. (part of the message, which status shows alone).
+        reason: ByteSizeError,
     },
 
     /// A table name or pattern that breaks the rules.
@@ -620,10 +618,10 @@ pub(crate) fn check_duration(
     path: &str,
     text: &str,
 ) -> Result<std::time::Duration, ValidationError> {
-    let duration = parse_duration(text).map_err(|source| ValidationError::InvalidDuration {
+    let duration = parse_duration(text).map_err(|reason| ValidationError::InvalidDuration {
         path: path.to_owned(),
         value: text.to_owned(),
-        source,
+        reason,
     })?;
     if duration.is_zero() {
         return Err(ValidationError::ZeroDuration {
