@@ -29,7 +29,14 @@ use proc_macro2::{Delimiter, Spacing, TokenStream, TokenTree};
 const LEAN_CRATES: &[(&str, &[&str])] = &[
     (
         "probe-capture",
-        &["tokio", "kube-client", "kube-runtime", "datafusion", "tonic", "hyper"],
+        &[
+            "tokio",
+            "kube-client",
+            "kube-runtime",
+            "datafusion",
+            "tonic",
+            "hyper",
+        ],
     ),
     ("probe-common", &["tokio", "kube", "datafusion"]),
 ];

@@ -24,6 +24,9 @@ pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Storage {
     pub store: TableStore,
     rollups: Arc<Mutex<RollupEngine>>,
+    /// Retentions the next upkeep applies to the rollups: the drive thread
+    /// hands them over here instead of waiting for a rollup run to end.
+    pending: Arc<Mutex<Option<Vec<Retention>>>>,
 }
 
 impl Storage {
@@ -34,6 +37,7 @@ impl Storage {
                 node,
                 RollupEngine::DEFAULT_GRACE,
             ))),
+            pending: Arc::new(Mutex::new(None)),
             store,
         }
     }
@@ -44,19 +48,30 @@ impl Storage {
     }
 
     /// Applies Retentions: table limits at once, rollups from the next
-    /// upkeep. Rollups that cannot be defined are logged; the rest apply.
+    /// upkeep. Rollups that cannot be defined are logged then; the rest
+    /// apply. Never waits for a rollup run: the drive thread calls it.
     pub fn set_retentions(&self, retentions: Vec<Retention>) {
-        for e in self.rollups().set_retentions(&retentions) {
-            error!("rollup not applied: {}", chain(&e));
-        }
+        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = Some(retentions.clone());
         self.store.set_retentions(retentions);
     }
 
-    /// Enforces retention and runs due rollups, once.
+    /// Applies handed-over Retentions to the rollups, enforces retention
+    /// and runs due rollups, once.
     pub fn upkeep(&self) {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let mut rollups = self.rollups();
+        if let Some(retentions) = pending {
+            for e in rollups.set_retentions(&retentions) {
+                error!("rollup not applied: {}", chain(&e));
+            }
+        }
         self.store.enforce();
         let now = self.store.now_ns();
-        for (table, result) in self.rollups().tick(now) {
+        for (table, result) in rollups.tick(now) {
             if let Err(e) = result {
                 warn!(table = %table, "rollup failed: {}", chain(&e));
             }

@@ -79,9 +79,9 @@ fn probe_node() -> ProbeNode {
 fn cross_join(rows: u64) -> String {
     format!(
         "SELECT count(*) AS n FROM \
-         (SELECT tid FROM shop.calls LIMIT {rows}) a CROSS JOIN \
-         (SELECT tid FROM shop.calls LIMIT {rows}) b \
-         WHERE (CAST(a.tid AS BIGINT) * 31 + CAST(b.tid AS BIGINT)) % 7 = 3"
+         (SELECT CAST(time_ AS BIGINT) AS t FROM shop.calls LIMIT {rows}) a CROSS JOIN \
+         (SELECT CAST(time_ AS BIGINT) AS t FROM shop.calls LIMIT {rows}) b \
+         WHERE (a.t * 31 + b.t) % 7 = 3"
     )
 }
 
@@ -98,9 +98,7 @@ async fn query(url: &str, sql: &str) -> Vec<RecordBatch> {
         transaction_id: None,
     };
     let info = client
-        .get_flight_info(FlightDescriptor::new_cmd(
-            command.as_any().encode_to_vec(),
-        ))
+        .get_flight_info(FlightDescriptor::new_cmd(command.as_any().encode_to_vec()))
         .await
         .unwrap();
     let mut batches = Vec::new();
@@ -142,7 +140,13 @@ async fn a_slow_query_and_a_stopped_apiserver_do_not_delay_the_drain() -> anyhow
             loadgen_pod(
                 loadgen,
                 "warm",
-                &["getppid", &warm_calls, "--wait-file", warm_go.to_str().unwrap(), "--hold"],
+                &[
+                    "getppid",
+                    &warm_calls,
+                    "--wait-file",
+                    warm_go.to_str().unwrap(),
+                    "--hold",
+                ],
             ),
         )
         .await?;
@@ -171,7 +175,12 @@ async fn a_slow_query_and_a_stopped_apiserver_do_not_delay_the_drain() -> anyhow
         agent_binary.path(),
         cluster.kubeconfig_path(),
         NODE,
-        &["--metrics-addr", "127.0.0.1:0", "--heartbeat-interval", "1s"],
+        &[
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--heartbeat-interval",
+            "1s",
+        ],
     );
     let url = tokio::task::block_in_place(|| agent.flight_url(Duration::from_secs(30)));
     let metrics_line = tokio::task::block_in_place(|| {
@@ -189,15 +198,18 @@ async fn a_slow_query_and_a_stopped_apiserver_do_not_delay_the_drain() -> anyhow
     api.create(&PostParams::default(), &probe_node()).await?;
     let start = Instant::now();
     loop {
-        let attached = api
-            .get(NODE)
-            .await?
-            .status
-            .is_some_and(|s| s.assignments.iter().any(|a| a.state == AssignmentState::Attached));
+        let attached = api.get(NODE).await?.status.is_some_and(|s| {
+            s.assignments
+                .iter()
+                .any(|a| a.state == AssignmentState::Attached)
+        });
         if attached {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "calls never attached");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "calls never attached"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -205,7 +217,10 @@ async fn a_slow_query_and_a_stopped_apiserver_do_not_delay_the_drain() -> anyhow
     std::fs::write(&warm_go, "")?;
     let start = Instant::now();
     while count(&rows(&url, "shop.calls").await) < WARM_CALLS {
-        assert!(start.elapsed() < Duration::from_secs(60), "warm-up rows missing");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "warm-up rows missing"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -302,7 +317,10 @@ async fn a_slow_query_and_a_stopped_apiserver_do_not_delay_the_drain() -> anyhow
     // The table took every row (its own limits may evict old ones since,
     // which counts them; nothing goes missing in between).
     let table = "namespace=\"shop\",table=\"calls\"";
-    let appended = sample(&body, &format!("sonde_table_appended_rows_total{{{table}}}"));
+    let appended = sample(
+        &body,
+        &format!("sonde_table_appended_rows_total{{{table}}}"),
+    );
     assert_eq!(appended, captured, "every captured row reached the store");
     let held = sample(&body, &format!("sonde_table_held_rows{{{table}}}"));
     let evicted: u64 = body
@@ -311,7 +329,11 @@ async fn a_slow_query_and_a_stopped_apiserver_do_not_delay_the_drain() -> anyhow
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as u64)
         .sum();
-    assert_eq!(held + evicted, appended, "held + evicted == appended: {body}");
+    assert_eq!(
+        held + evicted,
+        appended,
+        "held + evicted == appended: {body}"
+    );
     // The newest rows served are the load's.
     let batches = rows(&url, "shop.calls").await;
     assert_eq!(pids(&batches).last(), Some(&load_pid));

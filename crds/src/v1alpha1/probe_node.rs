@@ -7,10 +7,10 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::error::{ValidationError, at};
 use super::{
     ExportSpec, ProbeKind, RetentionSpec, TracepointSpec, common::preserved_object_schema,
 };
-use super::error::{ValidationError, at};
 
 /// What one node must run, written by the operator. The object is
 /// cluster-scoped and named after the node.
