@@ -1,7 +1,7 @@
 //! The two text formats a Sonde `/metrics` endpoint speaks.
 
 use prometheus_client::{
-    encoding::text::{self, prometheus_text},
+    encoding::{prometheus_text, text},
     registry::Registry,
 };
 
