@@ -6,10 +6,13 @@
 //! assignment of it changes, an agent's heartbeat queues nothing unless a
 //! report or the agent's liveness changed.
 //!
-//! Cached objects keep only what the operator reads: pods their labels,
-//! node and phase; nodes their labels; `ProbeNode`s their assignments
-//! without the copied specs (a digest of the full spec stands for them, see
-//! [`SPEC_DIGEST`]); nothing keeps its managed fields.
+//! The caches keep only what the operator reads: of pods their labels,
+//! node and liveness ([`PodFacts`], not `Pod` objects: 20,000 of those
+//! would be ~50 MiB); of nodes their labels; of `ProbeNode`s the status,
+//! and of their spec a [`SpecView`]: which resources it assigns and a
+//! digest of the whole, not the copies of every resource's spec (a
+//! thousand nodes with sixty assignments each would otherwise keep sixty
+//! thousand specs); nothing keeps its managed fields.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -19,11 +22,11 @@ use std::{
 
 use crds::{
     Export, Retention, Tracepoint,
-    v1alpha1::{AssignmentKind, AssignmentStatus, ProbeNode},
+    v1alpha1::{AssignmentKind, AssignmentStatus, ProbeNode, ProbeNodeStatus},
 };
 use futures::{Stream, StreamExt};
 use k8s_openapi::{
-    api::core::v1::{Node, Pod, PodSpec, PodStatus},
+    api::core::v1::{Node, Pod},
     jiff::Timestamp,
 };
 use kube::{
@@ -39,13 +42,64 @@ use tracing::warn;
 
 use crate::{
     queue::WorkQueue,
-    state::{self, Liveness},
+    state::{self, Liveness, PodFacts},
 };
 
-/// Annotation, on cached `ProbeNode`s only, holding the digest
-/// ([`state::spec_digest`]) of the spec as the apiserver sent it, before the
-/// copies of the resources' specs were dropped from the cache.
-pub const SPEC_DIGEST: &str = "sonde.dev/spec-digest";
+/// What the operator keeps of a `ProbeNode`'s spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecView {
+    pub uid: Option<String>,
+    pub generation: Option<i64>,
+    /// [`state::spec_digest`] of the spec.
+    pub digest: u64,
+    /// UIDs of the owners (the Node).
+    pub owners: Vec<String>,
+    /// (kind, namespace, name) → (uid, generation) of each assignment.
+    pub assigned: BTreeMap<(AssignmentKind, String, String), (String, i64)>,
+}
+
+impl SpecView {
+    pub fn of(pn: &ProbeNode) -> Self {
+        Self {
+            uid: pn.uid(),
+            generation: pn.metadata.generation,
+            digest: state::spec_digest(&pn.spec),
+            owners: pn
+                .owner_references()
+                .iter()
+                .map(|o| o.uid.clone())
+                .collect(),
+            assigned: pn
+                .spec
+                .assignments
+                .iter()
+                .map(|a| {
+                    (
+                        (a.kind, a.namespace.clone(), a.name.clone()),
+                        (a.uid.clone(), a.generation),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether the spec assigns the resource.
+    pub fn assigns(&self, kind: AssignmentKind, namespace: &str, name: &str) -> bool {
+        self.assigned
+            .contains_key(&(kind, namespace.to_owned(), name.to_owned()))
+    }
+
+    /// Whether this view is at least as recent as `other`: another object
+    /// (recreated), or a generation not older.
+    fn supersedes(&self, other: &Self) -> bool {
+        self.uid != other.uid || self.generation >= other.generation
+    }
+}
+
+/// A watch stopped before delivering its first list.
+#[derive(Debug, thiserror::Error)]
+#[error("the {0} watch stopped before its first list")]
+pub struct WatchStopped(&'static str);
 
 /// What each controller has to reconcile.
 #[derive(Clone)]
@@ -60,25 +114,29 @@ pub struct Queues {
 #[derive(Clone)]
 pub struct Cache {
     pub nodes: Store<Node>,
-    pub pods: Store<Pod>,
     pub tracepoints: Store<Tracepoint>,
     pub retentions: Store<Retention>,
     pub exports: Store<Export>,
+    /// `ProbeNode`s with their status; their spec is in `specs`.
     probe_nodes: Store<ProbeNode>,
     pub queues: Queues,
     index: Arc<Mutex<Index>>,
-    /// `ProbeNode`s as the operator last wrote them, until the watch
-    /// delivers them: deciding from the older cached object would write
-    /// the same spec twice.
-    written: Arc<Mutex<HashMap<String, Arc<ProbeNode>>>>,
+    /// Each `ProbeNode`'s spec, from the watch or from the operator's own
+    /// write, whichever is newer: deciding from an older one than the
+    /// operator just wrote would write the same spec twice.
+    specs: Arc<Mutex<HashMap<String, Arc<SpecView>>>>,
+    pods_ready: tokio::sync::watch::Receiver<bool>,
     grace: Duration,
 }
 
-/// Indexes over the pods.
+/// The pods, indexed.
 #[derive(Default)]
 struct Index {
-    /// Pod names by namespace.
-    pods_by_namespace: HashMap<String, HashSet<String>>,
+    /// Pods by namespace and name.
+    pods: HashMap<String, HashMap<String, PodFacts>>,
+    /// Pods of a list in progress (after a watch lost events), replacing
+    /// `pods` once complete.
+    relisted: Option<HashMap<String, HashMap<String, PodFacts>>>,
     /// Per Tracepoint, the nodes where live pods it selects run, each with
     /// how many: the pod index by node that a Tracepoint's status needs.
     selections: HashMap<ObjectRef<Tracepoint>, BTreeMap<String, u32>>,
@@ -86,7 +144,7 @@ struct Index {
 
 struct Writers {
     nodes: Writer<Node>,
-    pods: Writer<Pod>,
+    pods_ready: tokio::sync::watch::Sender<bool>,
     tracepoints: Writer<Tracepoint>,
     retentions: Writer<Retention>,
     exports: Writer<Export>,
@@ -111,14 +169,13 @@ impl Cache {
     /// away. `grace` is the agents' heartbeat grace period.
     pub fn start(client: &Client, grace: Duration) -> Self {
         let (nodes, node_writer) = reflector::store();
-        let (pods, pod_writer) = reflector::store();
+        let (pods_ready_sender, pods_ready) = tokio::sync::watch::channel(false);
         let (tracepoints, tracepoint_writer) = reflector::store();
         let (retentions, retention_writer) = reflector::store();
         let (exports, export_writer) = reflector::store();
         let (probe_nodes, probe_node_writer) = reflector::store();
         let cache = Self {
             nodes,
-            pods,
             tracepoints,
             retentions,
             exports,
@@ -130,12 +187,13 @@ impl Cache {
                 exports: WorkQueue::new(),
             },
             index: Arc::default(),
-            written: Arc::default(),
+            specs: Arc::default(),
+            pods_ready,
             grace,
         };
         let writers = Writers {
             nodes: node_writer,
-            pods: pod_writer,
+            pods_ready: pods_ready_sender,
             tracepoints: tracepoint_writer,
             retentions: retention_writer,
             exports: export_writer,
@@ -143,7 +201,7 @@ impl Cache {
         };
         let events = futures::stream::select_all([
             watch(client, slim_node).map(Observed::Node).boxed(),
-            watch(client, slim_pod).map(Observed::Pod).boxed(),
+            watch(client, slim_resource).map(Observed::Pod).boxed(),
             watch(client, slim_resource)
                 .map(Observed::Tracepoint)
                 .boxed(),
@@ -151,7 +209,7 @@ impl Cache {
                 .map(Observed::Retention)
                 .boxed(),
             watch(client, slim_resource).map(Observed::Export).boxed(),
-            watch(client, slim_probe_node)
+            watch(client, slim_resource)
                 .map(Observed::ProbeNode)
                 .boxed(),
         ]);
@@ -161,20 +219,42 @@ impl Cache {
 
     /// Waits until every cache holds its first full list: deciding on a
     /// partial view would take assignments away from nodes.
-    pub async fn ready(&self) -> Result<(), reflector::store::WriterDropped> {
-        self.nodes.wait_until_ready().await?;
-        self.pods.wait_until_ready().await?;
-        self.tracepoints.wait_until_ready().await?;
-        self.retentions.wait_until_ready().await?;
-        self.exports.wait_until_ready().await?;
-        self.probe_nodes.wait_until_ready().await
+    pub async fn ready(&self) -> Result<(), WatchStopped> {
+        fn stopped<E>(kind: &'static str) -> impl FnOnce(E) -> WatchStopped {
+            move |_| WatchStopped(kind)
+        }
+        self.nodes
+            .wait_until_ready()
+            .await
+            .map_err(stopped("Node"))?;
+        self.pods_ready
+            .clone()
+            .wait_for(|ready| *ready)
+            .await
+            .map_err(stopped("Pod"))?;
+        self.tracepoints
+            .wait_until_ready()
+            .await
+            .map_err(stopped("Tracepoint"))?;
+        self.retentions
+            .wait_until_ready()
+            .await
+            .map_err(stopped("Retention"))?;
+        self.exports
+            .wait_until_ready()
+            .await
+            .map_err(stopped("Export"))?;
+        self.probe_nodes
+            .wait_until_ready()
+            .await
+            .map_err(stopped("ProbeNode"))
     }
 
     /// Objects in each cache, by kind.
     pub fn sizes(&self) -> [(&'static str, usize); 6] {
         [
             ("Node", self.nodes.len()),
-            ("Pod", self.pods.len()),
+            ("Pod", self.index().pods.values().map(HashMap::len).sum()),
             ("Tracepoint", self.tracepoints.len()),
             ("Retention", self.retentions.len()),
             ("Export", self.exports.len()),
@@ -187,29 +267,26 @@ impl Cache {
         self.probe_nodes.state()
     }
 
-    /// A node's `ProbeNode`: the cached one, or the one the operator wrote
-    /// if the watch has not delivered that yet. Assignments carry no spec
-    /// copies; [`SPEC_DIGEST`] stands for them.
+    /// A node's `ProbeNode`, with its status as last reported; its spec is
+    /// [`Cache::spec`].
     pub fn probe_node(&self, node: &str) -> Option<Arc<ProbeNode>> {
-        let cached = self.probe_nodes.get(&ObjectRef::new(node));
-        let written = self.written().get(node).cloned();
-        match (cached, written) {
-            (Some(cached), Some(written))
-                if cached.uid() == written.uid()
-                    && written.metadata.generation > cached.metadata.generation =>
-            {
-                Some(written)
-            }
-            (None, Some(written)) => Some(written),
-            (cached, _) => cached,
-        }
+        self.probe_nodes.get(&ObjectRef::new(node))
+    }
+
+    /// What a node's `ProbeNode` spec assigns now, as far as the operator
+    /// knows (its own writes included).
+    pub fn spec(&self, node: &str) -> Option<Arc<SpecView>> {
+        self.specs().get(node).cloned()
     }
 
     /// Records a `ProbeNode` the apiserver returned from a write.
-    pub fn wrote(&self, mut probe_node: ProbeNode) {
-        slim_probe_node(&mut probe_node);
-        let name = probe_node.name_any();
-        self.written().insert(name, Arc::new(probe_node));
+    pub fn wrote(&self, probe_node: &ProbeNode) {
+        let view = SpecView::of(probe_node);
+        let mut specs = self.specs();
+        let node = probe_node.name_any();
+        if specs.get(&node).is_none_or(|old| view.supersedes(old)) {
+            specs.insert(node, Arc::new(view));
+        }
     }
 
     /// The nodes where live pods the Tracepoint selects run, sorted.
@@ -234,12 +311,10 @@ impl Cache {
         let mut queued = 0;
         for node in self.nodes.state() {
             let node_name = node.name_any();
-            let current = self.probe_node(&node_name).and_then(|pn| {
-                pn.spec
-                    .assignments
-                    .iter()
-                    .find(|a| a.kind == kind && a.namespace == namespace && a.name == name)
-                    .map(|a| (a.uid.clone(), a.generation))
+            let current = self.spec(&node_name).and_then(|spec| {
+                spec.assigned
+                    .get(&(kind, namespace.to_owned(), name.to_owned()))
+                    .cloned()
             });
             if desired(&node) != current {
                 self.queues.nodes.push(ObjectRef::from_obj(&*node));
@@ -287,8 +362,8 @@ impl Cache {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn written(&self) -> MutexGuard<'_, HashMap<String, Arc<ProbeNode>>> {
-        self.written.lock().unwrap_or_else(|e| e.into_inner())
+    fn specs(&self) -> MutexGuard<'_, HashMap<String, Arc<SpecView>>> {
+        self.specs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn follow(self, events: impl Stream<Item = Observed>, mut writers: Writers) {
@@ -302,7 +377,7 @@ impl Cache {
                 }
                 Observed::Pod(event) => {
                     if let Some(event) = ok(event) {
-                        self.on_pod(&mut writers.pods, event);
+                        self.on_pod(&writers.pods_ready, event);
                     }
                 }
                 Observed::Tracepoint(event) => {
@@ -375,38 +450,57 @@ impl Cache {
         self.queues.tracepoints.push_all(touched);
     }
 
-    fn on_pod(&self, writer: &mut Writer<Pod>, event: Event<Pod>) {
-        let Some((old, new)) = apply(&self.pods, writer, &event) else {
-            if matches!(event, Event::InitDone) {
-                self.rebuild_index();
-                self.queue_everything();
+    fn on_pod(&self, ready: &tokio::sync::watch::Sender<bool>, event: Event<Pod>) {
+        let (pod, deleted) = match event {
+            Event::Apply(pod) => (pod, false),
+            Event::Delete(pod) => (pod, true),
+            Event::Init => {
+                self.index().relisted = Some(HashMap::new());
+                return;
             }
-            return;
-        };
-        let Some(pod) = new.as_ref().or(old.as_ref()) else {
-            return;
+            Event::InitApply(pod) => {
+                self.index()
+                    .relisted
+                    .get_or_insert_default()
+                    .entry(pod.namespace().unwrap_or_default())
+                    .or_default()
+                    .insert(pod.name_any(), PodFacts::of(&pod));
+                return;
+            }
+            Event::InitDone => {
+                {
+                    let mut index = self.index();
+                    index.pods = index.relisted.take().unwrap_or_default();
+                }
+                self.rebuild_selections();
+                ready.send_replace(true);
+                self.queue_everything();
+                return;
+            }
         };
         let namespace = pod.namespace().unwrap_or_default();
+        let name = pod.name_any();
+        let new = (!deleted).then(|| PodFacts::of(&pod));
         let tracepoints = self
             .tracepoints
             .state_filter(|tp| tp.metadata.namespace.as_ref() == Some(&namespace));
         let mut index = self.index();
-        let names = index
-            .pods_by_namespace
-            .entry(namespace.clone())
-            .or_default();
-        if new.is_some() {
-            names.insert(pod.name_any());
-        } else {
-            names.remove(&pod.name_any());
-            if names.is_empty() {
-                index.pods_by_namespace.remove(&namespace);
-            }
+        let pods = index.pods.entry(namespace.clone()).or_default();
+        let old = match &new {
+            Some(new) => pods.insert(name, new.clone()),
+            None => pods.remove(&name),
+        };
+        if pods.is_empty() {
+            index.pods.remove(&namespace);
+        }
+        if old == new {
+            // Status, annotations, containers: nothing a Tracepoint selects by.
+            return;
         }
         let mut touched = Vec::new();
         for tp in &tracepoints {
-            let was = old.as_deref().and_then(|p| state::selecting_node(tp, p));
-            let is = new.as_deref().and_then(|p| state::selecting_node(tp, p));
+            let was = old.as_ref().and_then(|p| state::selecting_node(tp, p));
+            let is = new.as_ref().and_then(|p| state::selecting_node(tp, p));
             if was == is {
                 continue;
             }
@@ -438,7 +532,7 @@ impl Cache {
     fn on_tracepoint(&self, writer: &mut Writer<Tracepoint>, event: Event<Tracepoint>) {
         let Some((old, new)) = apply(&self.tracepoints, writer, &event) else {
             if matches!(event, Event::InitDone) {
-                self.rebuild_index();
+                self.rebuild_selections();
                 self.queue_everything();
             }
             return;
@@ -457,8 +551,9 @@ impl Cache {
                     .as_ref()
                     .is_none_or(|old| old.spec.selector != new.spec.selector);
                 if reselect {
-                    let nodes = self.selected_nodes(new);
-                    self.index().selections.insert(tp_ref.clone(), nodes);
+                    let mut index = self.index();
+                    let nodes = Self::selected_nodes(&index, new);
+                    index.selections.insert(tp_ref.clone(), nodes);
                 }
                 // Its own status writes come back here too: not a change.
                 let changed = old.as_ref().is_none_or(|old| {
@@ -539,9 +634,28 @@ impl Cache {
         );
     }
 
-    fn on_probe_node(&self, writer: &mut Writer<ProbeNode>, event: Event<ProbeNode>) {
+    fn on_probe_node(&self, writer: &mut Writer<ProbeNode>, mut event: Event<ProbeNode>) {
+        // The spec goes to `specs`, the status to the store.
+        let view = match &mut event {
+            Event::Apply(pn) | Event::Delete(pn) | Event::InitApply(pn) => {
+                let view = SpecView::of(pn);
+                pn.spec.assignments = Vec::new();
+                Some(view)
+            }
+            Event::Init | Event::InitDone => None,
+        };
         let Some((old, new)) = apply(&self.probe_nodes, writer, &event) else {
+            if let (Event::InitApply(pn), Some(view)) = (&event, view) {
+                self.record_spec(&pn.name_any(), view);
+            }
             if matches!(event, Event::InitDone) {
+                let listed: HashSet<String> = self
+                    .probe_nodes
+                    .state()
+                    .iter()
+                    .map(|pn| pn.name_any())
+                    .collect();
+                self.specs().retain(|node, _| listed.contains(node));
                 self.queue_everything();
             }
             return;
@@ -552,34 +666,30 @@ impl Cache {
         let node = pn.name_any();
 
         // The node controller: a spec it did not write, or none at all.
-        let ours = {
-            let mut written = self.written();
-            match (&new, written.get(&node)) {
-                (Some(new), Some(w)) => {
-                    let ours =
-                        new.uid() == w.uid() && new.metadata.generation == w.metadata.generation;
-                    if new.uid() != w.uid() || new.metadata.generation >= w.metadata.generation {
-                        written.remove(&node);
+        let (old_spec, new_spec) = match (&new, view) {
+            (Some(_), Some(view)) => {
+                let old = self.spec(&node);
+                // Its own write, seen again: nothing to do.
+                let ours = old.as_deref() == Some(&view);
+                let new = self.record_spec(&node, view);
+                if !ours && self.nodes.get(&ObjectRef::new(&node)).is_some() {
+                    let changed = old
+                        .as_ref()
+                        .is_none_or(|old| old.digest != new.digest || old.owners != new.owners);
+                    if changed {
+                        self.queues.nodes.push(ObjectRef::new(&node));
                     }
-                    ours
                 }
-                (None, Some(_)) => {
-                    written.remove(&node);
-                    false
+                (old, Some(new))
+            }
+            _ => {
+                let old = self.specs().remove(&node);
+                if self.nodes.get(&ObjectRef::new(&node)).is_some() {
+                    self.queues.nodes.push(ObjectRef::new(&node));
                 }
-                (_, None) => false,
+                (old, None)
             }
         };
-        let spec_changed = match (&old, &new) {
-            (Some(old), Some(new)) => {
-                old.annotations().get(SPEC_DIGEST) != new.annotations().get(SPEC_DIGEST)
-                    || old.owner_references() != new.owner_references()
-            }
-            _ => true,
-        };
-        if spec_changed && !ours && self.nodes.get(&ObjectRef::new(&node)).is_some() {
-            self.queues.nodes.push(ObjectRef::new(&node));
-        }
 
         // The status controllers: reports that changed, or the agent came
         // back or went silent. Counters alone wait for the periodic resync.
@@ -609,107 +719,112 @@ impl Cache {
                     .map(|e| ObjectRef::from_obj(&**e)),
             );
         }
-        for (kind, namespace, name) in changed_reports(old.as_deref(), new.as_deref()) {
+        let status = |pn: &Option<Arc<ProbeNode>>| pn.as_ref().and_then(|pn| pn.status.clone());
+        let assigned = |spec: &Option<Arc<SpecView>>| {
+            spec.as_ref()
+                .map(|s| s.assigned.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        for (kind, namespace, name) in changed_reports(
+            status(&old).as_ref(),
+            status(&new).as_ref(),
+            &assigned(&old_spec),
+            &assigned(&new_spec),
+        ) {
             match kind {
                 AssignmentKind::Tracepoint => self
                     .queues
                     .tracepoints
-                    .push(ObjectRef::new(name).within(namespace)),
+                    .push(ObjectRef::new(&name).within(&namespace)),
                 AssignmentKind::Retention => self
                     .queues
                     .retentions
-                    .push(ObjectRef::new(name).within(namespace)),
+                    .push(ObjectRef::new(&name).within(&namespace)),
                 AssignmentKind::Export => self
                     .queues
                     .exports
-                    .push(ObjectRef::new(name).within(namespace)),
+                    .push(ObjectRef::new(&name).within(&namespace)),
             }
         }
     }
 
-    /// The nodes of the Tracepoint's selected pods, from the namespace index.
-    fn selected_nodes(&self, tp: &Tracepoint) -> BTreeMap<String, u32> {
-        let namespace = tp.namespace().unwrap_or_default();
-        let names: Vec<String> = self
-            .index()
-            .pods_by_namespace
-            .get(&namespace)
-            .map(|names| names.iter().cloned().collect())
-            .unwrap_or_default();
+    /// Keeps `view` as the node's spec unless the one known is newer;
+    /// returns the one kept.
+    fn record_spec(&self, node: &str, view: SpecView) -> Arc<SpecView> {
+        let mut specs = self.specs();
+        match specs.get(node) {
+            Some(old) if !view.supersedes(old) => old.clone(),
+            _ => {
+                let view = Arc::new(view);
+                specs.insert(node.to_owned(), view.clone());
+                view
+            }
+        }
+    }
+
+    /// The nodes of the Tracepoint's selected pods, from the index.
+    fn selected_nodes(index: &Index, tp: &Tracepoint) -> BTreeMap<String, u32> {
         let mut nodes = BTreeMap::new();
-        for name in names {
-            let Some(pod) = self.pods.get(&ObjectRef::new(&name).within(&namespace)) else {
-                continue;
-            };
-            if let Some(node) = state::selecting_node(tp, &pod) {
+        let pods = tp
+            .metadata
+            .namespace
+            .as_ref()
+            .and_then(|namespace| index.pods.get(namespace));
+        for pod in pods.into_iter().flat_map(HashMap::values) {
+            if let Some(node) = state::selecting_node(tp, pod) {
                 *nodes.entry(node.to_owned()).or_insert(0) += 1;
             }
         }
         nodes
     }
 
-    /// Rebuilds the pod index from the caches, after a (re)list.
-    fn rebuild_index(&self) {
-        let mut pods_by_namespace: HashMap<String, HashSet<String>> = HashMap::new();
-        for pod in self.pods.state() {
-            pods_by_namespace
-                .entry(pod.namespace().unwrap_or_default())
-                .or_default()
-                .insert(pod.name_any());
-        }
-        self.index().pods_by_namespace = pods_by_namespace;
-        let selections = self
-            .tracepoints
-            .state()
+    /// Recomputes every Tracepoint's selected nodes, after a (re)list.
+    fn rebuild_selections(&self) {
+        let tracepoints = self.tracepoints.state();
+        let mut index = self.index();
+        let selections = tracepoints
             .iter()
-            .map(|tp| (ObjectRef::from_obj(&**tp), self.selected_nodes(tp)))
+            .map(|tp| (ObjectRef::from_obj(&**tp), Self::selected_nodes(&index, tp)))
             .collect();
-        self.index().selections = selections;
+        index.selections = selections;
     }
 }
 
+type ResourceKey = (AssignmentKind, String, String);
+
 /// The resources whose report on a node changed in what a status shows
 /// (state, generation, reason, message), or whose assignment to it did.
-fn changed_reports<'a>(
-    old: Option<&'a ProbeNode>,
-    new: Option<&'a ProbeNode>,
-) -> Vec<(AssignmentKind, &'a str, &'a str)> {
-    type Key<'a> = (AssignmentKind, &'a str, &'a str);
-    fn reports(pn: Option<&ProbeNode>) -> BTreeMap<Key<'_>, &AssignmentStatus> {
-        pn.and_then(|pn| pn.status.as_ref())
+fn changed_reports(
+    old: Option<&ProbeNodeStatus>,
+    new: Option<&ProbeNodeStatus>,
+    old_assigned: &HashSet<ResourceKey>,
+    new_assigned: &HashSet<ResourceKey>,
+) -> Vec<ResourceKey> {
+    fn reports(status: Option<&ProbeNodeStatus>) -> BTreeMap<ResourceKey, &AssignmentStatus> {
+        status
             .map(|s| {
                 s.assignments
                     .iter()
-                    .map(|a| ((a.kind, a.namespace.as_str(), a.name.as_str()), a))
+                    .map(|a| ((a.kind, a.namespace.clone(), a.name.clone()), a))
                     .collect()
             })
             .unwrap_or_default()
     }
-    fn assigned(pn: Option<&ProbeNode>) -> HashSet<Key<'_>> {
-        pn.map(|pn| {
-            pn.spec
-                .assignments
-                .iter()
-                .map(|a| (a.kind, a.namespace.as_str(), a.name.as_str()))
-                .collect()
-        })
-        .unwrap_or_default()
-    }
     let shown = |a: &AssignmentStatus| (a.generation, a.state, a.reason.clone(), a.message.clone());
     let (old_reports, new_reports) = (reports(old), reports(new));
-    let mut changed: Vec<Key<'a>> = Vec::new();
+    let mut changed: Vec<ResourceKey> = Vec::new();
     for (key, report) in &new_reports {
         if old_reports.get(key).map(|r| shown(r)) != Some(shown(report)) {
-            changed.push(*key);
+            changed.push(key.clone());
         }
     }
     changed.extend(
         old_reports
             .keys()
-            .filter(|key| !new_reports.contains_key(*key)),
+            .filter(|key| !new_reports.contains_key(*key))
+            .cloned(),
     );
-    let (old_assigned, new_assigned) = (assigned(old), assigned(new));
-    changed.extend(old_assigned.symmetric_difference(&new_assigned));
+    changed.extend(old_assigned.symmetric_difference(new_assigned).cloned());
     changed.sort_unstable();
     changed.dedup();
     changed
@@ -785,43 +900,6 @@ fn slim_node(node: &mut Node) {
     node.status = None;
 }
 
-fn slim_pod(pod: &mut Pod) {
-    slim_resource(pod);
-    pod.metadata.annotations = None;
-    pod.metadata.owner_references = None;
-    let node_name = pod.spec.take().and_then(|s| s.node_name);
-    pod.spec = Some(PodSpec {
-        node_name,
-        ..PodSpec::default()
-    });
-    let phase = pod.status.take().and_then(|s| s.phase);
-    pod.status = Some(PodStatus {
-        phase,
-        ..PodStatus::default()
-    });
-}
-
-/// Replaces the copies of the resources' specs by the spec's digest: a
-/// node with a hundred Tracepoints would otherwise keep a hundred specs.
-fn slim_probe_node(pn: &mut ProbeNode) {
-    slim_resource(pn);
-    let digest = state::spec_digest(&pn.spec).to_string();
-    pn.metadata
-        .annotations
-        .get_or_insert_default()
-        .insert(SPEC_DIGEST.to_owned(), digest);
-    for assignment in &mut pn.spec.assignments {
-        assignment.tracepoint = None;
-        assignment.retention = None;
-        assignment.export = None;
-    }
-}
-
-/// The digest of a cached `ProbeNode`'s spec.
-pub fn cached_digest(pn: &ProbeNode) -> Option<u64> {
-    pn.annotations().get(SPEC_DIGEST)?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use crds::v1alpha1::AssignmentState;
@@ -834,12 +912,16 @@ mod tests {
             .iter()
             .map(|name| {
                 json!({"kind": "Tracepoint", "namespace": "shop", "name": name,
-                       "uid": "u", "generation": 1})
+                "uid": "u", "generation": 1,
+                "tracepoint": {
+                    "probe": {"tracepoint": {"group": "syscalls", "name": "sys_enter_getppid"}},
+                    "table": name,
+                }})
             })
             .collect();
         serde_json::from_value(json!({
             "apiVersion": "sonde.dev/v1alpha1", "kind": "ProbeNode",
-            "metadata": {"name": "node-a"},
+            "metadata": {"name": "node-a", "uid": "pn", "generation": 1},
             "spec": {"node": "node-a", "assignments": assignments},
             "status": {"heartbeatTime": "2026-11-28T12:00:00Z", "assignments": reports},
         }))
@@ -851,6 +933,22 @@ mod tests {
                "state": state, "events": events})
     }
 
+    fn changed(old: &ProbeNode, new: Option<&ProbeNode>) -> Vec<String> {
+        let assigned = |pn: Option<&ProbeNode>| {
+            pn.map(|pn| SpecView::of(pn).assigned.into_keys().collect())
+                .unwrap_or_default()
+        };
+        changed_reports(
+            old.status.as_ref(),
+            new.and_then(|pn| pn.status.as_ref()),
+            &assigned(Some(old)),
+            &assigned(new),
+        )
+        .into_iter()
+        .map(|(_, _, name)| name)
+        .collect()
+    }
+
     #[test]
     fn counters_alone_are_no_change_of_report() {
         let old = probe_node(
@@ -860,48 +958,57 @@ mod tests {
             ]),
             &["a", "b"],
         );
-        let mut new = probe_node(
+        let counted = probe_node(
             json!([
                 report("a", AssignmentState::Attached, 500),
                 report("b", AssignmentState::Idle, 0)
             ]),
             &["a", "b"],
         );
-        assert!(changed_reports(Some(&old), Some(&new)).is_empty());
-        new = probe_node(
+        assert!(changed(&old, Some(&counted)).is_empty());
+        let attached = probe_node(
             json!([
                 report("a", AssignmentState::Attached, 9),
                 report("b", AssignmentState::Attached, 1)
             ]),
+            &["a", "b"],
+        );
+        assert_eq!(changed(&old, Some(&attached)), ["b"]);
+        let unassigned = probe_node(
+            json!([
+                report("a", AssignmentState::Attached, 1),
+                report("b", AssignmentState::Idle, 0)
+            ]),
             &["a"],
         );
-        let changed: Vec<&str> = changed_reports(Some(&old), Some(&new))
-            .into_iter()
-            .map(|(_, _, name)| name)
-            .collect();
-        assert_eq!(changed, ["b"]);
-        let gone: Vec<&str> = changed_reports(Some(&old), None)
-            .into_iter()
-            .map(|(_, _, name)| name)
-            .collect();
-        assert_eq!(gone, ["a", "b"]);
+        assert_eq!(changed(&old, Some(&unassigned)), ["b"]);
+        assert_eq!(changed(&old, None), ["a", "b"]);
     }
 
     #[test]
-    fn a_slim_probe_node_keeps_the_digest_of_its_full_spec() {
-        let mut full = probe_node(json!([]), &["a"]);
-        full.spec.assignments[0].tracepoint = Some(
-            serde_json::from_value(json!({
-                "probe": {"tracepoint": {"group": "syscalls", "name": "sys_enter_getppid"}},
-                "table": "calls",
-            }))
-            .expect("valid spec"),
+    fn a_spec_view_tells_specs_apart_by_their_copies() {
+        let pn = probe_node(json!([]), &["a"]);
+        let view = SpecView::of(&pn);
+        assert!(view.assigns(AssignmentKind::Tracepoint, "shop", "a"));
+        assert_eq!(
+            view.assigned[&(
+                AssignmentKind::Tracepoint,
+                "shop".to_owned(),
+                "a".to_owned()
+            )],
+            ("u".to_owned(), 1)
         );
-        let digest = state::spec_digest(&full.spec);
-        let mut slim = full.clone();
-        slim_probe_node(&mut slim);
-        assert!(slim.spec.assignments[0].tracepoint.is_none());
-        assert_eq!(cached_digest(&slim), Some(digest));
-        assert_ne!(state::spec_digest(&slim.spec), digest);
+        // The same assignment with another copy of the spec: another digest.
+        let mut edited = pn.clone();
+        if let Some(spec) = &mut edited.spec.assignments[0].tracepoint {
+            spec.table = "other".to_owned();
+        }
+        assert_ne!(SpecView::of(&edited).digest, view.digest);
+        assert_eq!(SpecView::of(&pn.clone()).digest, view.digest);
+        // A later generation of the same object supersedes; an older does not.
+        let mut later = pn.clone();
+        later.metadata.generation = Some(2);
+        assert!(SpecView::of(&later).supersedes(&view));
+        assert!(!view.supersedes(&SpecView::of(&later)));
     }
 }

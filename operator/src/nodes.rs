@@ -19,7 +19,6 @@ use tracing::info;
 
 use crate::{
     Error,
-    cache::cached_digest,
     context::{Context, MANAGER},
     state,
 };
@@ -54,11 +53,9 @@ async fn apply(node: &Node, ctx: &Context) -> Result<Action, Error> {
         assignments,
     };
     let digest = state::spec_digest(&spec);
-    let current = cache.probe_node(&name);
-    let unchanged = current.as_ref().is_some_and(|pn| {
-        cached_digest(pn) == Some(digest)
-            && pn.owner_references().iter().any(|o| o.uid == owner.uid)
-    });
+    let unchanged = cache
+        .spec(&name)
+        .is_some_and(|current| current.digest == digest && current.owners.contains(&owner.uid));
     if !unchanged {
         let count = spec.assignments.len();
         let patch = json!({
@@ -75,7 +72,7 @@ async fn apply(node: &Node, ctx: &Context) -> Result<Action, Error> {
             )
             .await?;
         ctx.metrics.probe_node_written();
-        cache.wrote(written);
+        cache.wrote(&written);
         info!(node = %name, assignments = count, "node assignments written");
     }
     // A ttl running out is the Tracepoint controller's to notice.

@@ -56,20 +56,33 @@ pub fn activity(tp: &Tracepoint, now: Timestamp) -> Result<(), Inactive> {
     }
 }
 
-/// Whether a pod still runs (or is about to): not finished.
-fn is_live(pod: &Pod) -> bool {
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    !matches!(phase, Some("Succeeded" | "Failed"))
+/// What the operator keeps of a pod: what decides whether a Tracepoint
+/// selects it, and where it runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodFacts {
+    pub labels: BTreeMap<String, String>,
+    /// `spec.nodeName`, once scheduled.
+    pub node: Option<String>,
+    /// Not finished: still runs, or is about to.
+    pub live: bool,
 }
 
-/// The node a pod puts under a Tracepoint: the pod's node if the pod is
-/// live, bound to a node, in the Tracepoint's namespace and selected by it.
-pub fn selecting_node<'p>(tp: &Tracepoint, pod: &'p Pod) -> Option<&'p str> {
-    let node = pod.spec.as_ref()?.node_name.as_deref()?;
-    let selected = pod.metadata.namespace == tp.metadata.namespace
-        && is_live(pod)
-        && tp.spec.selects_pod(pod.labels());
-    selected.then_some(node)
+impl PodFacts {
+    pub fn of(pod: &Pod) -> Self {
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        Self {
+            labels: pod.labels().clone(),
+            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            live: !matches!(phase, Some("Succeeded" | "Failed")),
+        }
+    }
+}
+
+/// The node a pod of the Tracepoint's namespace puts under it: the pod's
+/// node if the pod is live, bound to a node and selected.
+pub fn selecting_node<'p>(tp: &Tracepoint, pod: &'p PodFacts) -> Option<&'p str> {
+    let node = pod.node.as_deref()?;
+    (pod.live && tp.spec.selects_pod(&pod.labels)).then_some(node)
 }
 
 /// The nodes where live pods a Tracepoint selects run (its own namespace
@@ -80,8 +93,9 @@ pub fn nodes_with_selected_pods(
     pods: &[impl AsRef<Pod>],
 ) -> std::collections::BTreeSet<String> {
     pods.iter()
-        .filter_map(|pod| selecting_node(tp, pod.as_ref()))
-        .map(str::to_owned)
+        .map(AsRef::as_ref)
+        .filter(|pod| pod.metadata.namespace == tp.metadata.namespace)
+        .filter_map(|pod| selecting_node(tp, &PodFacts::of(pod)).map(str::to_owned))
         .collect()
 }
 
@@ -219,11 +233,12 @@ pub fn reported<'a>(
         .find(|a| a.kind == kind && a.namespace == namespace && a.name == name)
 }
 
-/// Whether a node still runs (or may still run) a resource: assigned in its
-/// spec, or reported by its agent in any state but Idle. A node whose
-/// agent is silent is not waited for.
+/// Whether a node still runs (or may still run) a resource: `assigned` in
+/// its spec, or reported attached by its agent. A node whose agent is
+/// silent is not waited for.
 pub fn still_on_node(
     probe_node: &ProbeNode,
+    assigned: bool,
     kind: AssignmentKind,
     namespace: &str,
     name: &str,
@@ -233,11 +248,6 @@ pub fn still_on_node(
     if liveness(Some(probe_node), now, grace) != Liveness::Reporting {
         return false;
     }
-    let assigned = probe_node
-        .spec
-        .assignments
-        .iter()
-        .any(|a| a.kind == kind && a.namespace == namespace && a.name == name);
     let reported = reported(Some(probe_node), kind, namespace, name)
         .is_some_and(|s| s.state == AssignmentState::Attached);
     assigned || reported

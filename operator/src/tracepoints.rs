@@ -84,21 +84,25 @@ async fn detaching(
     let (namespace, name) = (tp.namespace().unwrap_or_default(), tp.name_any());
     let now = Timestamp::now();
     let grace = ctx.settings.heartbeat_grace;
-    let remaining: Vec<_> = ctx
-        .cache
-        .probe_nodes()
-        .into_iter()
-        .filter(|pn| {
-            state::still_on_node(
-                pn,
-                AssignmentKind::Tracepoint,
-                &namespace,
-                &name,
-                now,
-                grace,
-            )
-        })
-        .collect();
+    let remaining: Vec<_> =
+        ctx.cache
+            .probe_nodes()
+            .into_iter()
+            .filter(|pn| {
+                let assigned = ctx.cache.spec(&pn.name_any()).is_some_and(|spec| {
+                    spec.assigns(AssignmentKind::Tracepoint, &namespace, &name)
+                });
+                state::still_on_node(
+                    pn,
+                    assigned,
+                    AssignmentKind::Tracepoint,
+                    &namespace,
+                    &name,
+                    now,
+                    grace,
+                )
+            })
+            .collect();
     let Some(silent_at) = remaining
         .iter()
         .filter_map(|pn| state::silent_at(pn, grace))

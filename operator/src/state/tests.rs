@@ -327,6 +327,7 @@ fn deletion_waits_for_reporting_nodes_only() {
     let on = |pn: &ProbeNode| {
         still_on_node(
             pn,
+            false,
             AssignmentKind::Tracepoint,
             "shop",
             "calls",
