@@ -178,7 +178,8 @@ impl SimulatedAgents {
             let (client, store, overrides, heartbeats) = agents;
             let mut tick = tokio::time::interval(every.max(Duration::from_micros(100)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let limit = Arc::new(tokio::sync::Semaphore::new(16));
+            // Slow writes overlap rather than delaying every agent behind them.
+            let limit = Arc::new(tokio::sync::Semaphore::new(64));
             for node in nodes.iter().cycle() {
                 tick.tick().await;
                 let Ok(permit) = limit.clone().acquire_owned().await else {

@@ -691,8 +691,9 @@ impl Cache {
             }
         };
 
-        // The status controllers: reports that changed, or the agent came
-        // back or went silent. Counters alone wait for the periodic resync.
+        // The status controllers: reports that changed, or (Tracepoints
+        // selecting the node) the agent came back or went silent. Counters
+        // alone wait for the periodic resync.
         let now = Timestamp::now();
         let live = |pn: &Option<Arc<ProbeNode>>| {
             state::liveness(pn.as_deref(), now, self.grace) == Liveness::Reporting
@@ -705,19 +706,11 @@ impl Cache {
                 .filter(|(_, nodes)| nodes.contains_key(&node))
                 .map(|(tp, _)| tp.clone())
                 .collect();
+            // Retentions and Exports count reporting nodes too, but run on
+            // every node: queueing all of them for every agent that comes
+            // or goes would rewrite their status a thousand times while a
+            // fleet starts. Their periodic resync picks the count up.
             self.queues.tracepoints.push_all(touched);
-            self.queues.retentions.push_all(
-                self.retentions
-                    .state()
-                    .iter()
-                    .map(|r| ObjectRef::from_obj(&**r)),
-            );
-            self.queues.exports.push_all(
-                self.exports
-                    .state()
-                    .iter()
-                    .map(|e| ObjectRef::from_obj(&**e)),
-            );
         }
         let status = |pn: &Option<Arc<ProbeNode>>| pn.as_ref().and_then(|pn| pn.status.clone());
         let assigned = |spec: &Option<Arc<SpecView>>| {
