@@ -1,6 +1,6 @@
 //! The operator at scale, measured (not a test: it prints figures and
 //! asserts nothing). `make bench-operator`, or
-//! `cargo bench -p operator --bench scale [-- nodes pods]`.
+//! `cargo bench -p operator --bench scale [-- nodes pods heartbeat-seconds]`.
 //!
 //! A real apiserver from the e2e harness holds 1,000 Node objects, 20,000
 //! pods in 50 namespaces, 100 Tracepoints (a third without nodeSelector, a
@@ -36,13 +36,14 @@ use serde_json::json;
 use support::fleet::{self, Fleet, Operator, Size};
 
 const SETTLE: Duration = Duration::from_secs(600);
-const HEARTBEAT: Duration = Duration::from_secs(10);
 const CHURN_EVENTS: usize = 1_000;
 const CHURN_SPAN: Duration = Duration::from_secs(60);
 
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; numbers are the size.
     let numbers: Vec<usize> = std::env::args().filter_map(|a| a.parse().ok()).collect();
+    // Agents heartbeat every 10 s; the grace period is three heartbeats.
+    let heartbeat = Duration::from_secs(numbers.get(2).copied().unwrap_or(10) as u64);
     let size = Size {
         nodes: numbers.first().copied().unwrap_or(1_000),
         pods: numbers.get(1).copied().unwrap_or(20_000),
@@ -55,10 +56,10 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?
-        .block_on(bench(size))
+        .block_on(bench(size, heartbeat))
 }
 
-async fn bench(size: Size) -> anyhow::Result<()> {
+async fn bench(size: Size, heartbeat: Duration) -> anyhow::Result<()> {
     println!("fleet: {size:?}");
     let started = Instant::now();
     let fleet = Fleet::create(size, 64).await?;
@@ -71,7 +72,8 @@ async fn bench(size: Size) -> anyhow::Result<()> {
     // Initial sync.
     let expected = fleet.expected().await?;
     let started = Instant::now();
-    let operator = Operator::start(&fleet.kubeconfig, fleet.cluster.dir(), "30s")?;
+    let grace = format!("{}s", 3 * heartbeat.as_secs());
+    let operator = Operator::start(&fleet.kubeconfig, fleet.cluster.dir(), &grace)?;
     let generations = fleet.wait_current(&expected, SETTLE).await?;
     let synced = started.elapsed();
     let with_status = wait_all_statuses(&client).await?;
@@ -85,15 +87,15 @@ async fn bench(size: Size) -> anyhow::Result<()> {
     );
 
     // Steady state with agents reporting.
-    let agents = SimulatedAgents::start(&client, fleet.nodes(), HEARTBEAT).await?;
+    let agents = SimulatedAgents::start(&client, fleet.nodes(), heartbeat).await?;
     let started = Instant::now();
     match fleet::wait_phase(&client, Phase::Running, Duration::from_secs(180)).await {
         Ok(_) => println!(
-            "agents report (every {HEARTBEAT:?}): every Tracepoint Running after {:.1?}",
+            "agents report (every {heartbeat:?}): every Tracepoint Running after {:.1?}",
             started.elapsed()
         ),
         Err(e) => println!(
-            "agents report (every {HEARTBEAT:?}): {e:#}; {} heartbeats written in {:.0?} (the apiserver's pace here)",
+            "agents report (every {heartbeat:?}): {e:#}; {} heartbeats written in {:.0?} (the apiserver's pace here)",
             agents.heartbeats(),
             started.elapsed()
         ),
@@ -107,9 +109,15 @@ async fn bench(size: Size) -> anyhow::Result<()> {
         cpu.as_micros() as f64 / beats.max(1) as f64,
     );
 
-    churn(&fleet, &operator, &generations).await?;
-    rack_edit(&fleet, &operator).await?;
-    if let Err(e) = report_latency(&fleet, &agents).await {
+    // A failed step (the apiserver here is near its limit) is reported,
+    // and the next one still runs.
+    if let Err(e) = churn(&fleet, &operator, &generations).await {
+        println!("pod churn: {e:#}");
+    }
+    if let Err(e) = rack_edit(&fleet, &operator).await {
+        println!("Tracepoint edit on one rack: {e:#}");
+    }
+    if let Err(e) = report_latency(&fleet, &agents, heartbeat).await {
         println!("agent report → Tracepoint status: {e:#}");
     }
 
@@ -277,7 +285,11 @@ async fn rack_edit(fleet: &Fleet, operator: &Operator) -> anyhow::Result<()> {
 
 /// An agent reports tp-000 Failed on one of its nodes, then Attached
 /// again: time until the Tracepoint's status says so, ten times each.
-async fn report_latency(fleet: &Fleet, agents: &SimulatedAgents) -> anyhow::Result<()> {
+async fn report_latency(
+    fleet: &Fleet,
+    agents: &SimulatedAgents,
+    heartbeat: Duration,
+) -> anyhow::Result<()> {
     let tracepoints: Api<Tracepoint> = Api::namespaced(fleet.client.clone(), "team-00");
     let mut latencies = Vec::new();
     for round in 0..10 {
@@ -321,7 +333,7 @@ async fn report_latency(fleet: &Fleet, agents: &SimulatedAgents) -> anyhow::Resu
     }
     latencies.sort();
     println!(
-        "agent report → Tracepoint status current ({} reports, heartbeats from {} nodes every {HEARTBEAT:?} meanwhile): p50 {:.0?}, max {:.0?}",
+        "agent report → Tracepoint status current ({} reports, heartbeats from {} nodes every {heartbeat:?} meanwhile): p50 {:.0?}, max {:.0?}",
         latencies.len(),
         fleet.size.nodes,
         percentile(&latencies, 0.50),
