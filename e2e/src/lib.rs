@@ -9,6 +9,8 @@
 //!   its HTTP API.
 //! - [`Collector`]: a real OpenTelemetry Collector receiving OTLP and writing
 //!   what it received as JSON lines the test reads back.
+//! - [`fleet`]: Node and Pod objects by the thousand with no kubelet, and
+//!   simulated agents writing `ProbeNode` status, for the operator at scale.
 //! - [`python`]/[`python_venv`]: the virtualenv with pyarrow and the ADBC
 //!   Flight SQL driver, for Arrow client scripts.
 //!
@@ -23,6 +25,7 @@ mod cgroup;
 mod cluster;
 mod collector;
 mod error;
+pub mod fleet;
 mod installation;
 mod kubelet;
 mod pki;

@@ -1,23 +1,20 @@
-//! What every reconciler shares: the client, caches of everything the
-//! decisions read, the event recorder, settings and metrics.
+//! What every reconciler shares: the client, the cache, the event recorder,
+//! settings and metrics, and the wrapper every reconcile runs in.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
-use crds::{Export, Retention, Tracepoint, v1alpha1::ProbeNode};
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
-    Api, Client, Resource,
+    Client, Resource, ResourceExt,
     runtime::{
-        WatchStreamExt,
-        events::{Recorder, Reporter},
-        reflector::{self, Store},
-        watcher,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::ObjectRef,
     },
 };
-use serde::de::DeserializeOwned;
+use tracing::{Instrument, info_span, warn};
 
-use crate::metrics::Metrics;
+use crate::{Error, cache::Cache, metrics::Metrics, queue::WorkQueue};
 
 /// The operator's field manager for everything it writes.
 pub const MANAGER: &str = "sonde-operator";
@@ -32,74 +29,17 @@ pub struct Settings {
     pub heartbeat_grace: Duration,
 }
 
-/// Caches of the cluster, filled by their own watches.
-#[derive(Clone, Debug)]
-pub struct Caches {
-    pub nodes: Store<Node>,
-    pub pods: Store<Pod>,
-    pub tracepoints: Store<Tracepoint>,
-    pub retentions: Store<Retention>,
-    pub exports: Store<Export>,
-    pub probe_nodes: Store<ProbeNode>,
-}
-
-impl Caches {
-    /// Starts one watch per kind, each filling its cache for as long as the
-    /// runtime runs, retrying with backoff while the apiserver is away.
-    pub fn start(client: &Client) -> Self {
-        Self {
-            nodes: cache(Api::all(client.clone())),
-            pods: cache(Api::all(client.clone())),
-            tracepoints: cache(Api::all(client.clone())),
-            retentions: cache(Api::all(client.clone())),
-            exports: cache(Api::all(client.clone())),
-            probe_nodes: cache(Api::all(client.clone())),
-        }
-    }
-
-    /// Waits until every cache holds its first full list: deciding on a
-    /// partial view would take assignments away from nodes.
-    pub async fn ready(&self) -> Result<(), reflector::store::WriterDropped> {
-        self.nodes.wait_until_ready().await?;
-        self.pods.wait_until_ready().await?;
-        self.tracepoints.wait_until_ready().await?;
-        self.retentions.wait_until_ready().await?;
-        self.exports.wait_until_ready().await?;
-        self.probe_nodes.wait_until_ready().await
-    }
-}
-
-fn cache<K>(api: Api<K>) -> Store<K>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .applied_objects();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(item) = stream.next().await {
-            if let Err(e) = item {
-                tracing::warn!(kind = %K::kind(&Default::default()), "watch failed, retrying: {e}");
-            }
-        }
-    });
-    reader
-}
-
 /// Shared by every reconciler.
 pub struct Context {
     pub client: Client,
-    pub caches: Caches,
+    pub cache: Cache,
     pub recorder: Recorder,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
 }
 
 impl Context {
-    pub fn new(client: Client, caches: Caches, settings: Settings, metrics: Arc<Metrics>) -> Self {
+    pub fn new(client: Client, cache: Cache, settings: Settings, metrics: Arc<Metrics>) -> Self {
         let reporter = Reporter {
             controller: MANAGER.to_owned(),
             instance: std::env::var("POD_NAME").ok(),
@@ -107,9 +47,75 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            caches,
+            cache,
             settings,
             metrics,
         }
     }
+
+    /// Runs one reconcile of `object` by `controller`: takes it off its
+    /// queue, counts and times it, inside a span naming the object.
+    pub async fn reconcile<K>(
+        &self,
+        controller: &'static str,
+        queue: &WorkQueue<K>,
+        object: &K,
+        reconcile: impl Future<Output = Result<Action, Error>>,
+    ) -> Result<Action, Error>
+    where
+        K: Resource<DynamicType = ()> + 'static,
+    {
+        queue.started(&ObjectRef::from_obj(object));
+        let span = info_span!(
+            "reconcile",
+            controller,
+            namespace = %object.namespace().unwrap_or_default(),
+            name = %object.name_any(),
+        );
+        self.metrics
+            .timed(controller, reconcile)
+            .instrument(span)
+            .await
+    }
+
+    /// Publishes an Event on the resource; a failure is logged, not fatal.
+    pub async fn publish<K>(&self, resource: &K, warning: bool, reason: &str, note: String)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_owned(),
+            note: Some(truncate(note, 1000)),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self
+            .recorder
+            .publish(&event, &resource.object_ref(&()))
+            .await
+        {
+            warn!("cannot publish event {reason}: {e}");
+        }
+    }
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// The transition time Kubernetes shows for a condition set now.
+pub fn now_time() -> Time {
+    Time(Timestamp::now())
 }

@@ -1,7 +1,7 @@
 //! The operator's Prometheus endpoint: reconciles by controller and result,
-//! their duration, and resources by phase (read from the caches at scrape
-//! time). OpenMetrics to clients that ask for it, the Prometheus text format
-//! to the others.
+//! their duration, writes, and, read from the cache at scrape time, queue
+//! depths, cache sizes and resources by phase. OpenMetrics to clients that
+//! ask for it, the Prometheus text format to the others.
 
 use std::{sync::Arc, time::Duration};
 
@@ -18,18 +18,20 @@ use axum::{
 use crds::v1alpha1::Phase;
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, prometheus_text, text},
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
     metrics::{
+        MetricType,
         counter::Counter,
         family::Family,
-        gauge::ConstGauge,
+        gauge::{ConstGauge, Gauge},
         histogram::{Histogram, exponential_buckets},
     },
     registry::{Registry, Unit},
 };
+use sonde_daemon::MetricsFormat;
 
 use crate::{
-    context::Caches,
+    cache::Cache,
     state::{self, Liveness},
 };
 
@@ -44,11 +46,19 @@ struct ControllerLabels {
     controller: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
 /// Counters the reconcilers update.
 #[derive(Debug)]
 pub struct Metrics {
     reconciles: Family<ReconcileLabels, Counter>,
     durations: Family<ControllerLabels, Histogram, fn() -> Histogram>,
+    in_flight: Family<ControllerLabels, Gauge>,
+    probe_node_writes: Counter,
+    status_writes: Family<KindLabels, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -61,6 +71,9 @@ impl Default for Metrics {
         Self {
             reconciles: Family::default(),
             durations: Family::new_with_constructor(duration_histogram),
+            in_flight: Family::default(),
+            probe_node_writes: Counter::default(),
+            status_writes: Family::default(),
         }
     }
 }
@@ -73,10 +86,26 @@ impl Metrics {
         controller: &'static str,
         reconcile: impl std::future::Future<Output = Result<T, E>>,
     ) -> Result<T, E> {
+        let in_flight = self
+            .in_flight
+            .get_or_create(&ControllerLabels { controller })
+            .clone();
+        in_flight.inc();
         let started = std::time::Instant::now();
         let result = reconcile.await;
         self.reconciled(controller, &result, started.elapsed());
+        in_flight.dec();
         result
+    }
+
+    /// Counts a write of a `ProbeNode`'s spec.
+    pub fn probe_node_written(&self) {
+        self.probe_node_writes.inc();
+    }
+
+    /// Counts a write of the status of a resource of `kind`.
+    pub fn status_written(&self, kind: &'static str) {
+        self.status_writes.get_or_create(&KindLabels { kind }).inc();
     }
 
     /// Counts one reconcile of `controller` and its duration.
@@ -91,21 +120,27 @@ impl Metrics {
     }
 }
 
-/// Resources by phase and nodes by agent state, read from the caches.
-#[derive(Debug)]
+/// Resources by phase, nodes by agent state, cache sizes and queue
+/// depths, read from the cache.
 struct CacheCollector {
-    caches: Caches,
+    cache: Cache,
     grace: Duration,
+}
+
+impl std::fmt::Debug for CacheCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheCollector").finish_non_exhaustive()
+    }
 }
 
 impl Collector for CacheCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let tracepoints = self.caches.tracepoints.state();
+        let tracepoints = self.cache.tracepoints.state();
         let mut family = encoder.encode_descriptor(
             "tracepoints",
             "Tracepoints by phase",
             None,
-            prometheus_client::metrics::MetricType::Gauge,
+            MetricType::Gauge,
         )?;
         for phase in [
             Phase::Pending,
@@ -124,7 +159,7 @@ impl Collector for CacheCollector {
         }
 
         let now = k8s_openapi::jiff::Timestamp::now();
-        let probe_nodes = self.caches.probe_nodes.state();
+        let probe_nodes = self.cache.probe_nodes();
         let reporting = probe_nodes
             .iter()
             .filter(|pn| state::liveness(Some(pn), now, self.grace) == Liveness::Reporting)
@@ -133,7 +168,7 @@ impl Collector for CacheCollector {
             "nodes",
             "Nodes by whether their agent reports within the grace period",
             None,
-            prometheus_client::metrics::MetricType::Gauge,
+            MetricType::Gauge,
         )?;
         ConstGauge::new(reporting as i64)
             .encode(family.encode_family(&[("agent", "reporting")])?)?;
@@ -144,28 +179,45 @@ impl Collector for CacheCollector {
             (
                 "retentions",
                 "Retention resources",
-                self.caches.retentions.state().len(),
+                self.cache.retentions.len(),
             ),
-            (
-                "exports",
-                "Export resources",
-                self.caches.exports.state().len(),
-            ),
+            ("exports", "Export resources", self.cache.exports.len()),
         ] {
-            let family = encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                prometheus_client::metrics::MetricType::Gauge,
-            )?;
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             ConstGauge::new(count as i64).encode(family)?;
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "cache_objects",
+            "Objects in the operator's cache, by kind",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (kind, count) in self.cache.sizes() {
+            ConstGauge::new(count as i64).encode(family.encode_family(&[("kind", kind)])?)?;
+        }
+        let queues = &self.cache.queues;
+        let mut family = encoder.encode_descriptor(
+            "queue_depth",
+            "Objects queued for a reconcile that has not started yet, by controller",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (controller, depth) in [
+            ("node", queues.nodes.depth()),
+            ("tracepoint", queues.tracepoints.depth()),
+            ("retention", queues.retentions.depth()),
+            ("export", queues.exports.depth()),
+        ] {
+            ConstGauge::new(depth as i64)
+                .encode(family.encode_family(&[("controller", controller)])?)?;
         }
         Ok(())
     }
 }
 
 /// The registry the operator serves.
-pub fn registry(metrics: &Arc<Metrics>, caches: Caches, grace: Duration) -> Registry {
+pub fn registry(metrics: &Arc<Metrics>, cache: Cache, grace: Duration) -> Registry {
     let mut registry = Registry::with_prefix("sonde_operator");
     registry.register(
         "reconciles",
@@ -178,7 +230,22 @@ pub fn registry(metrics: &Arc<Metrics>, caches: Caches, grace: Duration) -> Regi
         Unit::Seconds,
         metrics.durations.clone(),
     );
-    registry.register_collector(Box::new(CacheCollector { caches, grace }));
+    registry.register(
+        "reconciles_in_flight",
+        "Reconciles running now, by controller",
+        metrics.in_flight.clone(),
+    );
+    registry.register(
+        "probe_node_writes",
+        "Writes of a ProbeNode's spec (each one a change of what a node runs)",
+        metrics.probe_node_writes.clone(),
+    );
+    registry.register(
+        "status_writes",
+        "Writes of a resource's status, by kind",
+        metrics.status_writes.clone(),
+    );
+    registry.register_collector(Box::new(CacheCollector { cache, grace }));
     registry
 }
 
@@ -197,24 +264,9 @@ pub async fn serve(
 }
 
 async fn scrape(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> impl IntoResponse {
-    let openmetrics = headers
-        .get(ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/openmetrics-text"));
-    let mut body = String::new();
-    let (encoded, content_type) = if openmetrics {
-        (
-            text::encode(&mut body, &registry),
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )
-    } else {
-        (
-            prometheus_text::encode(&mut body, &registry),
-            "text/plain; version=0.0.4; charset=utf-8",
-        )
-    };
-    match encoded {
-        Ok(()) => ([(CONTENT_TYPE, content_type)], body).into_response(),
+    let format = MetricsFormat::negotiate(headers.get(ACCEPT).and_then(|v| v.to_str().ok()));
+    match format.encode(&registry) {
+        Ok(body) => ([(CONTENT_TYPE, format.content_type())], body).into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }

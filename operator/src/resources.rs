@@ -18,9 +18,8 @@ use serde_json::json;
 
 use crate::{
     Error,
-    context::{Context, MANAGER},
+    context::{Context, MANAGER, now_time},
     state::{self, Liveness},
-    tracepoints::publish,
 };
 
 /// What the reporting nodes say about one resource.
@@ -42,7 +41,7 @@ fn reports(resource: &impl ResourceExt, kind: AssignmentKind, ctx: &Context) -> 
     let namespace = resource.namespace().unwrap_or_default();
     let name = resource.name_any();
     let generation = resource.meta().generation.unwrap_or_default();
-    let probe_nodes: Vec<Arc<ProbeNode>> = ctx.caches.probe_nodes.state();
+    let probe_nodes: Vec<Arc<ProbeNode>> = ctx.cache.probe_nodes();
     let (namespace, name) = (namespace.as_str(), name.as_str());
     let now = Timestamp::now();
     let mut out = Reports::default();
@@ -108,6 +107,7 @@ fn conditions(valid: Result<(), String>, reports: &Reports) -> Vec<Condition> {
 /// InvalidSpec Event with `invalid`'s message.
 async fn write_status<K>(
     ctx: &Context,
+    kind: &'static str,
     resource: &K,
     status: &impl serde::Serialize,
     invalid: Option<String>,
@@ -132,8 +132,9 @@ where
         })),
     )
     .await?;
+    ctx.metrics.status_written(kind);
     if let Some(message) = invalid {
-        publish(ctx, resource, true, "InvalidSpec", message).await;
+        ctx.publish(resource, true, "InvalidSpec", message).await;
     }
     Ok(())
 }
@@ -142,9 +143,13 @@ pub async fn reconcile_retention(
     retention: Arc<Retention>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    ctx.metrics
-        .timed("retention", retention_status(&retention, &ctx))
-        .await
+    ctx.reconcile(
+        "retention",
+        &ctx.cache.queues.retentions,
+        &*retention,
+        retention_status(&retention, &ctx),
+    )
+    .await
 }
 
 async fn retention_status(retention: &Retention, ctx: &Context) -> Result<Action, Error> {
@@ -170,15 +175,19 @@ async fn retention_status(retention: &Retention, ctx: &Context) -> Result<Action
         let invalid = valid.err().filter(|_| {
             previous.is_none_or(|p| p.observed_generation != status.observed_generation)
         });
-        write_status(ctx, retention, &status, invalid).await?;
+        write_status(ctx, "Retention", retention, &status, invalid).await?;
     }
     Ok(Action::requeue(ctx.settings.heartbeat_grace / 2))
 }
 
 pub async fn reconcile_export(export: Arc<Export>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.metrics
-        .timed("export", export_status(&export, &ctx))
-        .await
+    ctx.reconcile(
+        "export",
+        &ctx.cache.queues.exports,
+        &*export,
+        export_status(&export, &ctx),
+    )
+    .await
 }
 
 async fn export_status(export: &Export, ctx: &Context) -> Result<Action, Error> {
@@ -197,7 +206,7 @@ async fn export_status(export: &Export, ctx: &Context) -> Result<Action, Error> 
         rows_dropped: reports.lost,
         last_error_time: match (&last_error, previous) {
             (Some(e), Some(p)) if p.last_error.as_ref() == Some(e) => p.last_error_time.clone(),
-            (Some(_), _) => Some(crate::tracepoints::now_time()),
+            (Some(_), _) => Some(now_time()),
             (None, p) => p.and_then(|p| p.last_error_time.clone()),
         },
         last_error: last_error.or_else(|| previous.and_then(|p| p.last_error.clone())),
@@ -205,7 +214,7 @@ async fn export_status(export: &Export, ctx: &Context) -> Result<Action, Error> 
         conditions: conditions(valid.clone(), &reports),
     };
     if reports.events > previous.map_or(0, |p| p.rows_exported) {
-        status.last_success_time = Some(crate::tracepoints::now_time());
+        status.last_success_time = Some(now_time());
     }
     state::carry_transition_times(
         &mut status.conditions,
@@ -217,7 +226,7 @@ async fn export_status(export: &Export, ctx: &Context) -> Result<Action, Error> 
         let invalid = valid.err().filter(|_| {
             previous.is_none_or(|p| p.observed_generation != status.observed_generation)
         });
-        write_status(ctx, export, &status, invalid).await?;
+        write_status(ctx, "Export", export, &status, invalid).await?;
     }
     Ok(Action::requeue(ctx.settings.heartbeat_grace / 2))
 }

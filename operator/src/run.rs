@@ -1,27 +1,46 @@
-//! The operator process: flags, caches, leader election, the controllers
-//! and `/metrics`.
+//! The operator process: flags, client, cache, leader election, the
+//! controllers and `/metrics`.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::{ArgAction, Parser};
-use crds::{Export, Retention, Tracepoint, v1alpha1::ProbeNode};
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
-    Api, Client, ResourceExt,
-    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+    Resource,
+    runtime::{
+        Controller,
+        controller::{self, Action},
+        reflector::Store,
+        watcher,
+    },
 };
 use kube_lease_manager::LeaseManagerBuilder;
-use tokio::signal::unix::{SignalKind, signal};
+use serde::de::DeserializeOwned;
+use sonde_daemon::{Shutdown, chain};
 use tracing::{info, warn};
 
 use crate::{
     Error,
-    context::{Caches, Context, Settings},
+    cache::Cache,
+    client,
+    context::{Context, Settings},
     metrics::{self, Metrics},
-    nodes, resources, tracepoints,
+    nodes,
+    queue::WorkQueue,
+    resources, tracepoints,
 };
+
+/// Reconciles of one controller that may run at once (never two of one
+/// object). Node reconciles are one write each, paced by the client's rate
+/// limit; status reconciles mostly compute and rarely write.
+const NODE_CONCURRENCY: u16 = 16;
+const STATUS_CONCURRENCY: u16 = 8;
+
+/// How long a queued object waits for more changes before its reconcile:
+/// `kubectl apply` of several resources becomes one write per node.
+const NODE_DEBOUNCE: Duration = Duration::from_millis(200);
+const STATUS_DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Sonde's operator: reconciles Tracepoint, Retention and Export resources
 /// into per-node state and the agents' reports into their status.
@@ -56,6 +75,30 @@ pub struct Config {
     /// duration) is counted as unknown, and no longer waited for.
     #[arg(long, env = "SONDE_HEARTBEAT_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub heartbeat_grace: Duration,
+
+    /// Requests per second to the apiserver, on average. A Retention or
+    /// Export change rewrites every node's ProbeNode: at 1,000 nodes that is
+    /// 1,000 writes, which at 100/s take 10 s instead of arriving at once
+    /// and taking every seat the apiserver's priority and fairness gives
+    /// the operator's priority level, starving the agents' heartbeats and
+    /// other controllers of the same level.
+    #[arg(long, env = "SONDE_KUBE_API_QPS", default_value_t = 100.0, value_parser = parse_qps)]
+    pub kube_api_qps: f64,
+
+    /// Requests the operator may send at once after being idle: a
+    /// Tracepoint change touching up to this many nodes is written without
+    /// waiting for the rate.
+    #[arg(long, env = "SONDE_KUBE_API_BURST", default_value_t = 200)]
+    pub kube_api_burst: u32,
+}
+
+fn parse_qps(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(qps) if qps.is_finite() && qps > 0.0 => Ok(qps),
+        _ => Err(format!(
+            "{text:?} is not a positive number of requests per second"
+        )),
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -69,23 +112,23 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Runs until SIGINT or SIGTERM, or until leadership is lost (an error: the
 /// process exits and its replacement campaigns again).
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let mut shutdown = std::pin::pin!(shutdown_signal().context("cannot handle signals")?);
-    let client = Client::try_default().await.context(
+    let (_signals, signal) = Shutdown::on_signals().context("cannot handle signals")?;
+    let mut shutdown = std::pin::pin!(signal.wait());
+    let kube_config = kube::Config::infer().await.context(
         "cannot configure the Kubernetes client (KUBECONFIG, or the in-cluster service account)",
     )?;
+    let client = client::rate_limited(kube_config, config.kube_api_qps, config.kube_api_burst)
+        .context("cannot build the Kubernetes client")?;
     let listener = tokio::net::TcpListener::bind(config.metrics_addr)
         .await
         .with_context(|| format!("cannot serve metrics on {}", config.metrics_addr))?;
     let metrics_addr = listener.local_addr()?;
 
-    let caches = Caches::start(&client);
+    let cache = Cache::start(&client, config.heartbeat_grace);
     let metrics = Arc::new(Metrics::default());
-    let registry = metrics::registry(&metrics, caches.clone(), config.heartbeat_grace);
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let metrics_task = tokio::spawn(metrics::serve(listener, registry, async move {
-        let mut stopped = stopped;
-        let _ = stopped.changed().await;
-    }));
+    let registry = metrics::registry(&metrics, cache.clone(), config.heartbeat_grace);
+    let (stop, stopped) = Shutdown::new();
+    let metrics_task = tokio::spawn(metrics::serve(listener, registry, stopped.wait()));
     info!("serving Prometheus metrics on http://{metrics_addr}/metrics");
 
     let mut leading = None;
@@ -114,7 +157,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             None => {
                 drop(channel);
                 let _ = task.await;
-                let _ = stop.send(true);
+                stop.trigger();
                 return Ok(());
             }
             Some(led) => led.context("leader election stopped")?,
@@ -125,21 +168,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     tokio::select! {
         () = &mut shutdown => {
-            let _ = stop.send(true);
+            stop.trigger();
             return Ok(());
         }
-        ready = caches.ready() => ready.context("a cache stopped before it was filled")?,
+        ready = cache.ready() => ready.context("a cache stopped before it was filled")?,
     }
     info!("caches filled; reconciling");
     let ctx = Arc::new(Context::new(
         client.clone(),
-        caches,
+        cache,
         Settings {
             heartbeat_grace: config.heartbeat_grace,
         },
         metrics,
     ));
-    let controllers = controllers(&client, ctx);
+    let controllers = controllers(ctx);
 
     let lost = async {
         match &mut leading {
@@ -159,7 +202,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         drop(channel);
         let _ = task.await;
     }
-    let _ = stop.send(true);
+    stop.trigger();
     let _ = metrics_task.await;
     result
 }
@@ -172,82 +215,30 @@ fn default_identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// All four controllers, running until one stops.
-async fn controllers(client: &Client, ctx: Arc<Context>) {
-    let config = watcher::Config::default;
-
-    let nodes = Controller::new(Api::<Node>::all(client.clone()), config());
-    let node_store = nodes.store();
-    let all_nodes = move || {
-        node_store
-            .state()
-            .iter()
-            .map(|n| ObjectRef::from_obj(n.as_ref()))
-            .collect::<Vec<_>>()
+/// All four controllers, running until one stops. Each is fed by its
+/// queue alone (see `cache`); no controller watches anything itself.
+async fn controllers(ctx: Arc<Context>) {
+    let cache = &ctx.cache;
+    let config = |concurrency, debounce| {
+        controller::Config::default()
+            .concurrency(concurrency)
+            .debounce(debounce)
     };
-    let (every_node, every_node_2, every_node_3) =
-        (all_nodes.clone(), all_nodes.clone(), all_nodes);
-    let nodes = nodes
-        .owns(Api::<ProbeNode>::all(client.clone()), config())
-        .watches(Api::<Pod>::all(client.clone()), config(), |pod: Pod| {
-            pod.spec
-                .and_then(|s| s.node_name)
-                .map(|node| ObjectRef::<Node>::new(&node))
-        })
-        .watches(
-            Api::<Tracepoint>::all(client.clone()),
-            config(),
-            move |_| every_node(),
-        )
-        .watches(Api::<Retention>::all(client.clone()), config(), move |_| {
-            every_node_2()
-        })
-        .watches(Api::<Export>::all(client.clone()), config(), move |_| {
-            every_node_3()
-        })
+    let nodes = fed_by(&cache.queues.nodes, cache.nodes.clone())
+        .with_config(config(NODE_CONCURRENCY, NODE_DEBOUNCE))
         .run(nodes::reconcile, error_policy, ctx.clone())
         .for_each(log_result("node"));
-
-    let tracepoints = Controller::new(Api::<Tracepoint>::all(client.clone()), config());
-    let tracepoint_store = tracepoints.store();
-    let tracepoints = tracepoints
-        .watches(
-            Api::<ProbeNode>::all(client.clone()),
-            config(),
-            |pn: ProbeNode| named_in::<Tracepoint>(&pn, crds::v1alpha1::AssignmentKind::Tracepoint),
-        )
-        .watches(
-            Api::<Pod>::all(client.clone()),
-            config(),
-            move |pod: Pod| {
-                let namespace = pod.namespace();
-                tracepoint_store
-                    .state()
-                    .iter()
-                    .filter(|tp| tp.namespace() == namespace)
-                    .map(|tp| ObjectRef::from_obj(tp.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+    let tracepoints = fed_by(&cache.queues.tracepoints, cache.tracepoints.clone())
+        .with_config(config(STATUS_CONCURRENCY, STATUS_DEBOUNCE))
         .run(tracepoints::reconcile, error_policy, ctx.clone())
         .for_each(log_result("tracepoint"));
-
-    let retentions = Controller::new(Api::<Retention>::all(client.clone()), config())
-        .watches(
-            Api::<ProbeNode>::all(client.clone()),
-            config(),
-            |pn: ProbeNode| named_in::<Retention>(&pn, crds::v1alpha1::AssignmentKind::Retention),
-        )
+    let retentions = fed_by(&cache.queues.retentions, cache.retentions.clone())
+        .with_config(config(STATUS_CONCURRENCY, STATUS_DEBOUNCE))
         .run(resources::reconcile_retention, error_policy, ctx.clone())
         .for_each(log_result("retention"));
-
-    let exports = Controller::new(Api::<Export>::all(client.clone()), config())
-        .watches(
-            Api::<ProbeNode>::all(client.clone()),
-            config(),
-            |pn: ProbeNode| named_in::<Export>(&pn, crds::v1alpha1::AssignmentKind::Export),
-        )
-        .run(resources::reconcile_export, error_policy, ctx)
+    let exports = fed_by(&cache.queues.exports, cache.exports.clone())
+        .with_config(config(STATUS_CONCURRENCY, STATUS_DEBOUNCE))
+        .run(resources::reconcile_export, error_policy, ctx.clone())
         .for_each(log_result("export"));
 
     futures::future::select_all([
@@ -259,29 +250,22 @@ async fn controllers(client: &Client, ctx: Arc<Context>) {
     .await;
 }
 
-/// The resources of one kind a ProbeNode's spec or status names.
-fn named_in<K>(pn: &ProbeNode, kind: crds::v1alpha1::AssignmentKind) -> Vec<ObjectRef<K>>
+/// A controller of the objects in `store`, reconciling what `queue` holds.
+fn fed_by<K>(queue: &Arc<WorkQueue<K>>, store: Store<K>) -> Controller<K>
 where
-    K: kube::Resource<DynamicType = ()>,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
-    let assigned = pn
-        .spec
-        .assignments
-        .iter()
-        .filter(|a| a.kind == kind)
-        .map(|a| (a.namespace.as_str(), a.name.as_str()));
-    let reported = pn
-        .status
-        .iter()
-        .flat_map(|s| &s.assignments)
-        .filter(|a| a.kind == kind)
-        .map(|a| (a.namespace.as_str(), a.name.as_str()));
-    let mut refs: Vec<(&str, &str)> = assigned.chain(reported).collect();
-    refs.sort_unstable();
-    refs.dedup();
-    refs.into_iter()
-        .map(|(namespace, name)| ObjectRef::new(name).within(namespace))
-        .collect()
+    Controller::for_stream(
+        futures::stream::pending::<Result<K, watcher::Error>>(),
+        store,
+    )
+    .reconcile_on(queue.stream())
 }
 
 fn error_policy<K>(_: Arc<K>, error: &Error, _: Arc<Context>) -> Action {
@@ -299,28 +283,4 @@ fn log_result<T, E: std::fmt::Display>(
         }
         std::future::ready(())
     }
-}
-
-/// An error and its sources on one line: `a: b: c`.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        line.push_str(": ");
-        line.push_str(&e.to_string());
-        source = e.source();
-    }
-    line
-}
-
-/// Resolves on SIGINT or SIGTERM; the handlers are installed when called.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-    })
 }

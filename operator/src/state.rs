@@ -8,8 +8,8 @@ use std::{collections::BTreeMap, time::Duration};
 use crds::{
     Export, Retention, Tracepoint,
     v1alpha1::{
-        Assignment, AssignmentKind, AssignmentState, AssignmentStatus, ColumnStatus,
-        ContainerTarget, NodeCounts, NodeError, Phase, PodTarget, ProbeNode, TracepointStatus,
+        Assignment, AssignmentKind, AssignmentState, AssignmentStatus, ColumnStatus, NodeCounts,
+        NodeError, Phase, ProbeNode, ProbeNodeSpec, TracepointStatus,
     },
 };
 use k8s_openapi::{
@@ -56,87 +56,72 @@ pub fn activity(tp: &Tracepoint, now: Timestamp) -> Result<(), Inactive> {
     }
 }
 
-/// Whether a pod still runs (or is about to): not finished.
-fn is_live(pod: &Pod) -> bool {
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    !matches!(phase, Some("Succeeded" | "Failed"))
+/// What the operator keeps of a pod: what decides whether a Tracepoint
+/// selects it, and where it runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodFacts {
+    pub labels: BTreeMap<String, String>,
+    /// `spec.nodeName`, once scheduled.
+    pub node: Option<String>,
+    /// Not finished: still runs, or is about to.
+    pub live: bool,
 }
 
-/// The live pods a Tracepoint selects, on any node: its own namespace only.
-pub fn selected_pods<'a>(
-    tp: &'a Tracepoint,
-    pods: &'a [impl AsRef<Pod>],
-) -> impl Iterator<Item = &'a Pod> + 'a {
-    let namespace = tp.namespace();
-    pods.iter().map(AsRef::as_ref).filter(move |pod| {
-        pod.metadata.namespace == namespace
-            && is_live(pod)
-            && pod.spec.as_ref().is_some_and(|s| s.node_name.is_some())
-            && tp.spec.selects_pod(pod.labels())
-    })
-}
-
-fn pod_node(pod: &Pod) -> Option<&str> {
-    pod.spec.as_ref()?.node_name.as_deref()
-}
-
-/// The selected containers of a pod, with their runtime ids once started.
-fn pod_target(tp: &Tracepoint, pod: &Pod) -> PodTarget {
-    let statuses = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_deref())
-        .unwrap_or_default();
-    let containers = pod
-        .spec
-        .iter()
-        .flat_map(|spec| &spec.containers)
-        .filter(|c| tp.spec.selects_container(&c.name))
-        .map(|c| ContainerTarget {
-            name: c.name.clone(),
-            id: statuses
-                .iter()
-                .find(|s| s.name == c.name)
-                .and_then(|s| s.container_id.clone()),
-        })
-        .collect();
-    PodTarget {
-        name: pod.name_any(),
-        uid: pod.uid().unwrap_or_default(),
-        containers,
+impl PodFacts {
+    pub fn of(pod: &Pod) -> Self {
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        Self {
+            labels: pod.labels().clone(),
+            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            live: !matches!(phase, Some("Succeeded" | "Failed")),
+        }
     }
 }
 
+/// The node a pod of the Tracepoint's namespace puts under it: the pod's
+/// node if the pod is live, bound to a node and selected.
+pub fn selecting_node<'p>(tp: &Tracepoint, pod: &'p PodFacts) -> Option<&'p str> {
+    let node = pod.node.as_deref()?;
+    (pod.live && tp.spec.selects_pod(&pod.labels)).then_some(node)
+}
+
+/// The nodes where live pods a Tracepoint selects run (its own namespace
+/// only), sorted. The operator keeps this set up to date incrementally
+/// (see `cache`); this is its definition.
+pub fn nodes_with_selected_pods(
+    tp: &Tracepoint,
+    pods: &[impl AsRef<Pod>],
+) -> std::collections::BTreeSet<String> {
+    pods.iter()
+        .map(AsRef::as_ref)
+        .filter(|pod| pod.metadata.namespace == tp.metadata.namespace)
+        .filter_map(|pod| selecting_node(tp, &PodFacts::of(pod)).map(str::to_owned))
+        .collect()
+}
+
 /// Everything a node must run, in a stable order: valid, live Tracepoints
-/// whose nodeSelector matches the node (with the selected pods on it as
-/// targets, possibly none), and every valid Retention and Export.
+/// whose nodeSelector matches the node, and every valid Retention and
+/// Export. Pods play no part: the agent selects them itself, so pod churn
+/// never rewrites a `ProbeNode`.
 pub fn assignments_for_node(
     node: &Node,
     tracepoints: &[impl AsRef<Tracepoint>],
     retentions: &[impl AsRef<Retention>],
     exports: &[impl AsRef<Export>],
-    pods: &[impl AsRef<Pod>],
     now: Timestamp,
 ) -> Vec<Assignment> {
-    let node_name = node.name_any();
     let mut assignments = Vec::new();
     for tp in tracepoints.iter().map(AsRef::as_ref) {
-        if activity(tp, now).is_err() || !tp.spec.selects_node(node.labels()) {
+        if !runs_on(tp, node, now) {
             continue;
         }
-        let mut targets: Vec<PodTarget> = selected_pods(tp, pods)
-            .filter(|pod| pod_node(pod) == Some(node_name.as_str()))
-            .map(|pod| pod_target(tp, pod))
-            .collect();
-        targets.sort_by(|a, b| a.name.cmp(&b.name));
         assignments.push(Assignment {
-            targets,
             tracepoint: Some(tp.spec.clone()),
             ..assignment(AssignmentKind::Tracepoint, tp)
         });
     }
     for retention in retentions.iter().map(AsRef::as_ref) {
-        if retention.metadata.deletion_timestamp.is_none() && retention.spec.validate().is_ok() {
+        if retention_runs(retention) {
             assignments.push(Assignment {
                 retention: Some(retention.spec.clone()),
                 ..assignment(AssignmentKind::Retention, retention)
@@ -144,7 +129,7 @@ pub fn assignments_for_node(
         }
     }
     for export in exports.iter().map(AsRef::as_ref) {
-        if export.metadata.deletion_timestamp.is_none() && export.spec.validate().is_ok() {
+        if export_runs(export) {
             assignments.push(Assignment {
                 export: Some(export.spec.clone()),
                 ..assignment(AssignmentKind::Export, export)
@@ -166,8 +151,42 @@ fn assignment(kind: AssignmentKind, resource: &impl ResourceExt) -> Assignment {
         tracepoint: None,
         retention: None,
         export: None,
-        targets: Vec::new(),
     }
+}
+
+/// Whether a Tracepoint is assigned to a node now.
+pub fn runs_on(tp: &Tracepoint, node: &Node, now: Timestamp) -> bool {
+    activity(tp, now).is_ok() && tp.spec.selects_node(node.labels())
+}
+
+/// Whether a Retention or Export is assigned (to every node) now.
+pub fn retention_runs(retention: &Retention) -> bool {
+    retention.metadata.deletion_timestamp.is_none() && retention.spec.validate().is_ok()
+}
+
+/// Whether an Export is assigned (to every node) now.
+pub fn export_runs(export: &Export) -> bool {
+    export.metadata.deletion_timestamp.is_none() && export.spec.validate().is_ok()
+}
+
+/// A digest of a `ProbeNode` spec, to tell whether the cached object (whose
+/// spec copies are dropped to save memory, see `cache`) is what the
+/// operator would write. Equal specs give equal digests.
+pub fn spec_digest(spec: &ProbeNodeSpec) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // Fixed keys: the same spec gives the same digest in every process.
+    let mut hasher = std::hash::DefaultHasher::new();
+    // Serializing typed specs cannot fail (no maps with non-string keys).
+    serde_json::to_vec(spec)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Time from `now` to `at`, plus a little so that `at` has passed by then.
+pub fn until(now: Timestamp, at: Timestamp) -> Duration {
+    let wait = at.duration_since(now);
+    Duration::try_from(wait).unwrap_or_default() + Duration::from_millis(100)
 }
 
 /// How a node's agent stands, from its ProbeNode's heartbeat.
@@ -193,6 +212,12 @@ pub fn liveness(probe_node: Option<&ProbeNode>, now: Timestamp, grace: Duration)
     }
 }
 
+/// When a node's agent counts as silent unless it reports again.
+pub fn silent_at(probe_node: &ProbeNode, grace: Duration) -> Option<Timestamp> {
+    let Time(at) = probe_node.status.as_ref()?.heartbeat_time.as_ref()?;
+    at.checked_add(SignedDuration::try_from(grace).ok()?).ok()
+}
+
 /// The agent's report of one resource on one node.
 pub fn reported<'a>(
     probe_node: Option<&'a ProbeNode>,
@@ -208,11 +233,12 @@ pub fn reported<'a>(
         .find(|a| a.kind == kind && a.namespace == namespace && a.name == name)
 }
 
-/// Whether a node still runs (or may still run) a resource: assigned in its
-/// spec, or reported by its agent in any state but Idle. A node whose
-/// agent is silent is not waited for.
+/// Whether a node still runs (or may still run) a resource: `assigned` in
+/// its spec, or reported attached by its agent. A node whose agent is
+/// silent is not waited for.
 pub fn still_on_node(
     probe_node: &ProbeNode,
+    assigned: bool,
     kind: AssignmentKind,
     namespace: &str,
     name: &str,
@@ -222,25 +248,21 @@ pub fn still_on_node(
     if liveness(Some(probe_node), now, grace) != Liveness::Reporting {
         return false;
     }
-    let assigned = probe_node
-        .spec
-        .assignments
-        .iter()
-        .any(|a| a.kind == kind && a.namespace == namespace && a.name == name);
     let reported = reported(Some(probe_node), kind, namespace, name)
         .is_some_and(|s| s.state == AssignmentState::Attached);
     assigned || reported
 }
 
 /// Inputs of a Tracepoint's status besides the Tracepoint.
-pub struct Cluster<'a, N, P, F>
+pub struct Cluster<'a, N, F>
 where
-    N: AsRef<Node>,
-    P: AsRef<Pod>,
+    N: Fn(&str) -> Option<std::sync::Arc<Node>>,
     F: Fn(&str) -> Option<std::sync::Arc<ProbeNode>>,
 {
-    pub nodes: &'a [N],
-    pub pods: &'a [P],
+    /// The nodes where live pods the Tracepoint selects run
+    /// ([`nodes_with_selected_pods`]), sorted.
+    pub nodes_with_pods: &'a [String],
+    pub node: N,
     pub probe_node: F,
     pub now: Timestamp,
     pub grace: Duration,
@@ -248,14 +270,13 @@ where
 
 /// A Tracepoint's status: phase, node counts and errors, columns and
 /// conditions. `previous` keeps conditions' transition times stable.
-pub fn tracepoint_status<N, P, F>(
+pub fn tracepoint_status<N, F>(
     tp: &Tracepoint,
-    cluster: &Cluster<'_, N, P, F>,
+    cluster: &Cluster<'_, N, F>,
     previous: Option<&TracepointStatus>,
 ) -> TracepointStatus
 where
-    N: AsRef<Node>,
-    P: AsRef<Pod>,
+    N: Fn(&str) -> Option<std::sync::Arc<Node>>,
     F: Fn(&str) -> Option<std::sync::Arc<ProbeNode>>,
 {
     let namespace = tp.namespace().unwrap_or_default();
@@ -318,16 +339,14 @@ where
     let mut counts = NodeCounts::default();
     let mut pending = 0u32;
     let mut errors = Vec::new();
-    for node in cluster.nodes.iter().map(AsRef::as_ref) {
-        let node_name = node.name_any();
+    for node_name in cluster.nodes_with_pods {
+        let Some(node) = (cluster.node)(node_name) else {
+            continue;
+        };
         if !tp.spec.selects_node(node.labels()) {
             continue;
         }
-        let runs_here =
-            selected_pods(tp, cluster.pods).any(|pod| pod_node(pod) == Some(node_name.as_str()));
-        if !runs_here {
-            continue;
-        }
+        let node_name = node_name.clone();
         counts.selected += 1;
         let probe_node = (cluster.probe_node)(&node_name);
         if let Liveness::Silent(why) = liveness(probe_node.as_deref(), cluster.now, cluster.grace) {

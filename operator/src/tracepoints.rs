@@ -1,6 +1,7 @@
-//! The Tracepoint controller: holds each Tracepoint with a finalizer until
-//! every node detached it, ends it when its ttl runs out, and writes its
-//! status from the agents' reports, with Events for what changed.
+//! The Tracepoint controller: holds each Tracepoint with a finalizer
+//! (`kube::runtime::finalizer`) until every node whose agent reports has
+//! detached it, ends it when its ttl runs out, and writes its status from
+//! the agents' reports, with Events for what changed.
 
 use std::{sync::Arc, time::Duration};
 
@@ -8,55 +9,92 @@ use crds::{
     Tracepoint,
     v1alpha1::{AssignmentKind, Phase, TracepointStatus},
 };
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::{
-    Api, Resource, ResourceExt,
+    Api, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
         controller::Action,
-        events::{Event, EventType},
+        finalizer::{self, finalizer},
         reflector::ObjectRef,
     },
 };
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::{
     Error,
     context::{Context, FINALIZER, MANAGER},
-    nodes::until,
     state::{self, Cluster},
 };
 
-/// How often a deletion checks whether the nodes detached.
-const DETACH_POLL: Duration = Duration::from_millis(500);
-
 pub async fn reconcile(tp: Arc<Tracepoint>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.metrics.timed("tracepoint", apply(&tp, &ctx)).await
+    ctx.reconcile(
+        "tracepoint",
+        &ctx.cache.queues.tracepoints,
+        &*tp,
+        with_finalizer(tp.clone(), &ctx),
+    )
+    .await
 }
 
-async fn apply(tp: &Tracepoint, ctx: &Context) -> Result<Action, Error> {
+async fn with_finalizer(tp: Arc<Tracepoint>, ctx: &Context) -> Result<Action, Error> {
     let namespace = tp.namespace().ok_or(Error::MissingMetadata {
         kind: "Tracepoint",
         field: "metadata.namespace",
     })?;
-    let name = tp.name_any();
     let api: Api<Tracepoint> = Api::namespaced(ctx.client.clone(), &namespace);
+    if tp.metadata.deletion_timestamp.is_some()
+        && tp.finalizers().iter().any(|f| f == FINALIZER)
+        && let Some(recheck) = detaching(&tp, &api, ctx).await?
+    {
+        // Nodes report the detach (or fall silent): either queues this
+        // Tracepoint again; the requeue is for the latter.
+        return Ok(Action::requeue(recheck));
+    }
+    let api = &api;
+    finalizer(api, FINALIZER, tp.clone(), |event| async move {
+        match event {
+            finalizer::Event::Apply(tp) => apply(&tp, api, ctx).await,
+            finalizer::Event::Cleanup(tp) => {
+                info!("detached from every node; finalizer released");
+                ctx.publish(
+                    &*tp,
+                    false,
+                    "Detached",
+                    "detached from every node".to_owned(),
+                )
+                .await;
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::finalizer(&tp, e))
+}
+
+/// While a deleted Tracepoint still runs on nodes whose agent reports, says
+/// so in its status and returns when to look again: when the first of those
+/// agents would count as silent.
+async fn detaching(
+    tp: &Tracepoint,
+    api: &Api<Tracepoint>,
+    ctx: &Context,
+) -> Result<Option<Duration>, Error> {
+    let (namespace, name) = (tp.namespace().unwrap_or_default(), tp.name_any());
     let now = Timestamp::now();
     let grace = ctx.settings.heartbeat_grace;
-
-    if tp.metadata.deletion_timestamp.is_some() {
-        if !tp.finalizers().iter().any(|f| f == FINALIZER) {
-            return Ok(Action::await_change());
-        }
-        let remaining: Vec<String> = ctx
-            .caches
-            .probe_nodes
-            .state()
-            .iter()
+    let remaining: Vec<_> =
+        ctx.cache
+            .probe_nodes()
+            .into_iter()
             .filter(|pn| {
+                let assigned = ctx.cache.spec(&pn.name_any()).is_some_and(|spec| {
+                    spec.assigns(AssignmentKind::Tracepoint, &namespace, &name)
+                });
                 state::still_on_node(
                     pn,
+                    assigned,
                     AssignmentKind::Tracepoint,
                     &namespace,
                     &name,
@@ -64,82 +102,49 @@ async fn apply(tp: &Tracepoint, ctx: &Context) -> Result<Action, Error> {
                     grace,
                 )
             })
-            .map(|pn| pn.name_any())
             .collect();
-        if !remaining.is_empty() {
-            let mut status = status_of(tp, ctx, now);
-            if let Some(ready) = status.conditions.iter_mut().find(|c| c.type_ == "Ready") {
-                ready.message = format!("detaching from {}", remaining.join(", "));
-            }
-            write_status(&api, tp, status, ctx).await?;
-            return Ok(Action::requeue(DETACH_POLL));
-        }
-        let finalizers: Vec<String> = tp
-            .finalizers()
-            .iter()
-            .filter(|f| *f != FINALIZER)
-            .cloned()
-            .collect();
-        set_finalizers(&api, tp, finalizers).await?;
-        info!(tracepoint = %format!("{namespace}/{name}"), "detached from every node; finalizer released");
-        publish(
-            ctx,
-            tp,
-            false,
-            "Detached",
-            "detached from every node".to_owned(),
-        )
-        .await;
-        return Ok(Action::await_change());
+    let Some(silent_at) = remaining
+        .iter()
+        .filter_map(|pn| state::silent_at(pn, grace))
+        .min()
+    else {
+        return Ok(None);
+    };
+    ctx.cache.queue_nodes_for_tracepoint(tp, now);
+    let mut status = status_of(tp, ctx, now);
+    if let Some(ready) = status.conditions.iter_mut().find(|c| c.type_ == "Ready") {
+        let nodes: Vec<String> = remaining.iter().map(|pn| pn.name_any()).collect();
+        ready.message = format!("detaching from {}", nodes.join(", "));
     }
+    write_status(api, tp, status, ctx).await?;
+    Ok(Some(state::until(now, silent_at)))
+}
 
-    if !tp.finalizers().iter().any(|f| f == FINALIZER) {
-        let mut finalizers = tp.finalizers().to_vec();
-        finalizers.push(FINALIZER.to_owned());
-        set_finalizers(&api, tp, finalizers).await?;
-    }
-
+async fn apply(tp: &Tracepoint, api: &Api<Tracepoint>, ctx: &Context) -> Result<Action, Error> {
+    let now = Timestamp::now();
+    // Nodes whose assignment is not current yet, as when the ttl ran out.
+    ctx.cache.queue_nodes_for_tracepoint(tp, now);
     let status = status_of(tp, ctx, now);
     let phase = status.phase;
-    write_status(&api, tp, status, ctx).await?;
+    write_status(api, tp, status, ctx).await?;
 
     // Silent agents are only noticed by looking again; a ttl ends on time.
-    let mut next = grace / 2;
+    let mut next = ctx.settings.heartbeat_grace / 2;
     if phase != Some(Phase::Terminated)
         && let Some(at) = state::expiry(tp)
     {
-        next = next.min(until(now, at));
+        next = next.min(state::until(now, at));
     }
     Ok(Action::requeue(next))
 }
 
-/// Replaces the finalizers, if the Tracepoint did not change meanwhile
-/// (a conflict is retried by the controller).
-async fn set_finalizers(
-    api: &Api<Tracepoint>,
-    tp: &Tracepoint,
-    finalizers: Vec<String>,
-) -> Result<(), Error> {
-    api.patch(
-        &tp.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({
-            "metadata": {
-                "resourceVersion": tp.resource_version(),
-                "finalizers": finalizers,
-            }
-        })),
-    )
-    .await?;
-    Ok(())
-}
-
 fn status_of(tp: &Tracepoint, ctx: &Context, now: Timestamp) -> TracepointStatus {
-    let caches = &ctx.caches;
+    let cache = &ctx.cache;
+    let nodes_with_pods = cache.nodes_with_pods(&ObjectRef::from_obj(tp));
     let cluster = Cluster {
-        nodes: &caches.nodes.state(),
-        pods: &caches.pods.state(),
-        probe_node: |node: &str| caches.probe_nodes.get(&ObjectRef::new(node)),
+        nodes_with_pods: &nodes_with_pods,
+        node: |node: &str| cache.nodes.get(&ObjectRef::new(node)),
+        probe_node: |node: &str| cache.probe_node(node),
         now,
         grace: ctx.settings.heartbeat_grace,
     };
@@ -168,49 +173,9 @@ async fn write_status(
         })),
     )
     .await?;
+    ctx.metrics.status_written("Tracepoint");
     for (warning, reason, message) in events {
-        publish(ctx, tp, warning, reason, message).await;
+        ctx.publish(tp, warning, reason, message).await;
     }
     Ok(())
-}
-
-/// Publishes an Event on the resource; a failure is logged, not fatal.
-pub async fn publish<K>(ctx: &Context, resource: &K, warning: bool, reason: &str, note: String)
-where
-    K: Resource<DynamicType = ()>,
-{
-    let event = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.to_owned(),
-        note: Some(truncate(note, 1000)),
-        action: "Reconcile".to_owned(),
-        secondary: None,
-    };
-    if let Err(e) = ctx
-        .recorder
-        .publish(&event, &resource.object_ref(&()))
-        .await
-    {
-        warn!("cannot publish event {reason}: {e}");
-    }
-}
-
-fn truncate(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
-}
-
-/// The transition time Kubernetes shows for a condition set now.
-pub fn now_time() -> Time {
-    Time(Timestamp::now())
 }

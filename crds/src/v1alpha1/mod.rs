@@ -18,8 +18,8 @@ pub use export::{
     ExportStatus, Mapping, OtlpDestination, OtlpProtocol, Signal, Tls,
 };
 pub use probe_node::{
-    AssignedSpec, Assignment, AssignmentKind, AssignmentState, AssignmentStatus, ContainerTarget,
-    PodTarget, ProbeNode, ProbeNodeSpec, ProbeNodeStatus,
+    AssignedSpec, Assignment, AssignmentKind, AssignmentState, AssignmentStatus, ProbeNode,
+    ProbeNodeSpec, ProbeNodeStatus,
 };
 pub use retention::{
     Aggregate, AggregateFn, MAX_ROLLUPS, MAX_TABLES, Retention, RetentionLimit, RetentionSpec,

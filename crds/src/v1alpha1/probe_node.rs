@@ -75,10 +75,6 @@ pub struct Assignment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserved_object_schema")]
     pub export: Option<ExportSpec>,
-    /// Selected pods running on this node (Tracepoint only). Empty: none
-    /// runs here now, so the probe stays detached (Idle).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub targets: Vec<PodTarget>,
 }
 
 /// The spec an [`Assignment`] carries.
@@ -147,31 +143,6 @@ impl std::fmt::Display for AssignmentKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// A selected pod on this node.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PodTarget {
-    /// Pod name.
-    pub name: String,
-    /// Pod UID; the agent finds the pod's cgroups by it.
-    pub uid: String,
-    /// Selected containers of the pod.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub containers: Vec<ContainerTarget>,
-}
-
-/// A selected container.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ContainerTarget {
-    /// Container name.
-    pub name: String,
-    /// Runtime container ID as in the pod's status, such as
-    /// containerd://4f3c...; absent until the container has started.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
 }
 
 /// What the node's agent reports.
@@ -260,8 +231,7 @@ mod tests {
             "probe": {"tracepoint": {"group": "syscalls", "name": "sys_enter_openat"}},
             "fields": [{"name": "filename", "type": "string"}],
             "table": "opens"
-        },
-        "targets": [{"name": "web-0", "uid": "pod-uid", "containers": [{"name": "web"}]}]
+        }
     }"#;
 
     #[test]
@@ -269,7 +239,6 @@ mod tests {
         let assignment: Assignment = serde_json::from_str(ASSIGNMENT).expect("valid assignment");
         assert!(matches!(assignment.spec(), Ok(AssignedSpec::Tracepoint(_))));
         assert_eq!(assignment.validate(), Ok(()));
-        assert_eq!(assignment.targets[0].containers[0].name, "web");
     }
 
     #[test]

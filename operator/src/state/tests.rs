@@ -88,23 +88,28 @@ fn report(state: AssignmentState, generation: i64) -> AssignmentStatus {
 }
 
 #[test]
-fn a_node_gets_the_tracepoint_with_its_own_selected_pods() {
+fn a_tracepoint_selects_the_nodes_of_its_live_pods_in_its_namespace() {
     let tp = tracepoint(json!({}));
     let pods = vec![
         pod("shop", "web-1", "node-a", "web", "Running"),
-        pod("shop", "web-2", "node-b", "web", "Running"),
-        pod("shop", "db-1", "node-a", "db", "Running"),
-        pod("other", "web-9", "node-a", "web", "Running"),
-        pod("shop", "web-old", "node-a", "web", "Succeeded"),
+        pod("shop", "web-2", "node-b", "web", "Pending"),
+        pod("shop", "db-1", "node-c", "db", "Running"),
+        pod("other", "web-9", "node-d", "web", "Running"),
+        pod("shop", "web-old", "node-e", "web", "Succeeded"),
     ];
+    let nodes: Vec<String> = nodes_with_selected_pods(&tp, &pods).into_iter().collect();
+    assert_eq!(nodes, ["node-a", "node-b"]);
+}
+
+#[test]
+fn a_node_gets_the_tracepoint_whatever_its_pods() {
     let none: [Arc<Retention>; 0] = [];
     let no_exports: [Arc<Export>; 0] = [];
     let assignments = assignments_for_node(
         &node("node-a", "a"),
-        &[tp],
+        &[tracepoint(json!({}))],
         &none,
         &no_exports,
-        &pods,
         now(),
     );
     assert_eq!(assignments.len(), 1);
@@ -113,21 +118,14 @@ fn a_node_gets_the_tracepoint_with_its_own_selected_pods() {
         (a.kind, a.namespace.as_str(), a.name.as_str(), a.generation),
         (AssignmentKind::Tracepoint, "shop", "calls", 2)
     );
-    assert_eq!(a.targets.len(), 1, "{:?}", a.targets);
-    assert_eq!(a.targets[0].name, "web-1");
-    // Only the selected container, with its runtime id.
     assert_eq!(
-        a.targets[0].containers,
-        vec![ContainerTarget {
-            name: "main".to_owned(),
-            id: Some("containerd://web-1-main".to_owned()),
-        }]
+        a.tracepoint.as_ref().map(|s| s.table.as_str()),
+        Some("calls")
     );
 }
 
 #[test]
 fn node_selector_invalid_and_expired_tracepoints_are_not_assigned() {
-    let pods = vec![pod("shop", "web-1", "node-a", "web", "Running")];
     let none: [Arc<Retention>; 0] = [];
     let no_exports: [Arc<Export>; 0] = [];
     let other_pool = tracepoint(json!({"nodeSelector": {"pool": "b"}}));
@@ -137,54 +135,47 @@ fn node_selector_invalid_and_expired_tracepoints_are_not_assigned() {
     let node = node("node-a", "a");
     for tp in [other_pool, invalid, expired] {
         assert!(
-            assignments_for_node(
-                &node,
-                std::slice::from_ref(&tp),
-                &none,
-                &no_exports,
-                &pods,
-                now()
-            )
-            .is_empty(),
+            assignments_for_node(&node, std::slice::from_ref(&tp), &none, &no_exports, now())
+                .is_empty(),
             "{:?}",
             tp.spec
         );
     }
     assert_eq!(
-        assignments_for_node(&node, &[live], &none, &no_exports, &pods, now()).len(),
+        assignments_for_node(&node, &[live], &none, &no_exports, now()).len(),
         1
     );
 }
 
 #[test]
-fn an_idle_node_still_gets_the_tracepoint() {
-    let pods: Vec<Arc<Pod>> = Vec::new();
+fn equal_specs_have_equal_digests() {
     let none: [Arc<Retention>; 0] = [];
     let no_exports: [Arc<Export>; 0] = [];
-    let assignments = assignments_for_node(
-        &node("node-a", "a"),
-        &[tracepoint(json!({}))],
-        &none,
-        &no_exports,
-        &pods,
-        now(),
+    let spec = |tp: Arc<Tracepoint>| ProbeNodeSpec {
+        node: "node-a".to_owned(),
+        assignments: assignments_for_node(&node("node-a", "a"), &[tp], &none, &no_exports, now()),
+    };
+    let digest = spec_digest(&spec(tracepoint(json!({}))));
+    assert_eq!(spec_digest(&spec(tracepoint(json!({})))), digest);
+    assert_ne!(
+        spec_digest(&spec(tracepoint(json!({"table": "other"})))),
+        digest
     );
-    assert_eq!(assignments.len(), 1);
-    assert!(assignments[0].targets.is_empty());
 }
 
 fn status_with(
     reports: &[(&str, Option<Arc<ProbeNode>>)],
     tp: &Arc<Tracepoint>,
 ) -> TracepointStatus {
-    let nodes = vec![node("node-a", "a"), node("node-b", "b")];
+    let nodes = [node("node-a", "a"), node("node-b", "b")];
     let pods = vec![
         pod("shop", "web-1", "node-a", "web", "Running"),
         pod("shop", "web-2", "node-b", "web", "Running"),
     ];
+    let nodes_with_pods: Vec<String> = nodes_with_selected_pods(tp, &pods).into_iter().collect();
     let cluster = Cluster {
-        nodes: &nodes,
-        pods: &pods,
+        nodes_with_pods: &nodes_with_pods,
+        node: |name: &str| nodes.iter().find(|n| n.name_any() == name).cloned(),
         probe_node: |name: &str| {
             reports
                 .iter()
@@ -336,6 +327,7 @@ fn deletion_waits_for_reporting_nodes_only() {
     let on = |pn: &ProbeNode| {
         still_on_node(
             pn,
+            false,
             AssignmentKind::Tracepoint,
             "shop",
             "calls",
@@ -351,11 +343,9 @@ fn deletion_waits_for_reporting_nodes_only() {
 #[test]
 fn unchanged_conditions_keep_their_transition_time() {
     let tp = tracepoint(json!({}));
-    let nodes: Vec<Arc<Node>> = Vec::new();
-    let pods: Vec<Arc<Pod>> = Vec::new();
     let cluster = Cluster {
-        nodes: &nodes,
-        pods: &pods,
+        nodes_with_pods: &[],
+        node: |_: &str| None,
         probe_node: |_: &str| None,
         now: now(),
         grace: GRACE,

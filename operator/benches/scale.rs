@@ -1,0 +1,371 @@
+//! The operator at scale, measured (not a test: it prints figures and
+//! asserts nothing). `make bench-operator`, or
+//! `cargo bench -p operator --bench scale [-- nodes pods heartbeat-seconds]`.
+//!
+//! A real apiserver from the e2e harness holds 1,000 Node objects, 20,000
+//! pods in 50 namespaces, 100 Tracepoints (a third without nodeSelector, a
+//! third on a zone of 100 nodes, a third on a rack of 10), 20 Retentions and
+//! 5 Exports; simulated agents write every node's ProbeNode status every
+//! 10 s. Measured: initial sync time, the operator's RSS and CPU per
+//! heartbeat, 1,000 pod changes in 60 s (ProbeNode writes, and latency to
+//! the Tracepoint's status), a Tracepoint edit on one rack, and the
+//! latency from an agent's report to the Tracepoint's status.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use crds::{
+    Tracepoint,
+    v1alpha1::{AssignmentState, Phase},
+};
+use e2e::fleet::{SimulatedAgents, api_pod};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde_json::json;
+use support::fleet::{self, Fleet, Operator, Size};
+
+const SETTLE: Duration = Duration::from_secs(600);
+const CHURN_EVENTS: usize = 1_000;
+const CHURN_SPAN: Duration = Duration::from_secs(60);
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; numbers are the size.
+    let numbers: Vec<usize> = std::env::args().filter_map(|a| a.parse().ok()).collect();
+    // Agents heartbeat every 10 s; the grace period is three heartbeats.
+    let heartbeat = Duration::from_secs(numbers.get(2).copied().unwrap_or(10) as u64);
+    let size = Size {
+        nodes: numbers.first().copied().unwrap_or(1_000),
+        pods: numbers.get(1).copied().unwrap_or(20_000),
+        namespaces: 50,
+        tracepoints: 100,
+        retentions: 20,
+        exports: 5,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(bench(size, heartbeat))
+}
+
+async fn bench(size: Size, heartbeat: Duration) -> anyhow::Result<()> {
+    println!("fleet: {size:?}");
+    let started = Instant::now();
+    let fleet = Fleet::create(size, 64).await?;
+    let client = fleet.client.clone();
+    println!(
+        "created the fleet through the apiserver in {:.1?}",
+        started.elapsed()
+    );
+
+    // Initial sync.
+    let expected = fleet.expected().await?;
+    let started = Instant::now();
+    let grace = format!("{}s", 3 * heartbeat.as_secs());
+    let operator = Operator::start(&fleet.kubeconfig, fleet.cluster.dir(), &grace)?;
+    let generations = fleet.wait_current(&expected, SETTLE).await?;
+    let synced = started.elapsed();
+    let with_status = wait_all_statuses(&client).await?;
+    operator.wait_idle(SETTLE).await?;
+    let writes = operator.probe_node_writes().await?;
+    println!(
+        "initial sync: all {} ProbeNodes current after {synced:.1?}, every Tracepoint with a status after {:.1?}; {writes} ProbeNode writes ({:.2} per node)",
+        size.nodes,
+        synced + with_status,
+        writes as f64 / size.nodes as f64,
+    );
+
+    // Steady state with agents reporting.
+    let agents = SimulatedAgents::start(&client, fleet.nodes(), heartbeat).await?;
+    let started = Instant::now();
+    match fleet::wait_phase(&client, Phase::Running, Duration::from_secs(180)).await {
+        Ok(_) => println!(
+            "agents report (every {heartbeat:?}): every Tracepoint Running after {:.1?}",
+            started.elapsed()
+        ),
+        Err(e) => println!(
+            "agents report (every {heartbeat:?}): {e:#}; {} heartbeats written in {:.0?} (the apiserver's pace here)",
+            agents.heartbeats(),
+            started.elapsed()
+        ),
+    }
+    let (cpu, beats) = (operator.cpu_time()?, agents.heartbeats());
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let (cpu, beats) = (operator.cpu_time()? - cpu, agents.heartbeats() - beats);
+    println!(
+        "steady state: RSS {:.1} MiB; {beats} heartbeats in 30 s cost {cpu:.2?} CPU, {:.0} µs per heartbeat",
+        operator.rss_bytes()? as f64 / (1024.0 * 1024.0),
+        cpu.as_micros() as f64 / beats.max(1) as f64,
+    );
+
+    // A failed step (the apiserver here is near its limit) is reported,
+    // and the next one still runs.
+    if let Err(e) = churn(&fleet, &operator, &generations).await {
+        println!("pod churn: {e:#}");
+    }
+    if let Err(e) = rack_edit(&fleet, &operator).await {
+        println!("Tracepoint edit on one rack: {e:#}");
+    }
+    if let Err(e) = report_latency(&fleet, &agents, heartbeat).await {
+        println!("agent report → Tracepoint status: {e:#}");
+    }
+
+    let body = operator.metrics().await?;
+    for line in body.lines().filter(|l| {
+        l.starts_with("sonde_operator_reconcile_duration_seconds_sum")
+            || l.starts_with("sonde_operator_reconcile_duration_seconds_count")
+            || l.starts_with("sonde_operator_status_writes_total")
+            || l.starts_with("sonde_operator_cache_objects")
+    }) {
+        println!("  {line}");
+    }
+    println!(
+        "final RSS {:.1} MiB",
+        operator.rss_bytes()? as f64 / (1024.0 * 1024.0)
+    );
+    Ok(())
+}
+
+/// 1,000 pod changes in 60 s: app-0 pods of team-00 (tp-000's, which has
+/// no nodeSelector) created on nodes that had none, then deleted. Each
+/// one changes tp-000's selected nodes by one; none changes a ProbeNode.
+async fn churn(
+    fleet: &Fleet,
+    operator: &Operator,
+    generations: &std::collections::BTreeMap<String, i64>,
+) -> anyhow::Result<()> {
+    let client = &fleet.client;
+    let tracepoints: Api<Tracepoint> = Api::namespaced(client.clone(), "team-00");
+    let observed: Arc<Mutex<Vec<(Instant, u32)>>> = Arc::default();
+    let watch = {
+        let observed = observed.clone();
+        let config = watcher::Config::default().fields("metadata.name=tp-000");
+        tokio::spawn(
+            watcher(tracepoints.clone(), config)
+                .default_backoff()
+                .applied_objects()
+                .for_each(move |tp| {
+                    if let Ok(tp) = tp
+                        && let Some(n) = tp.status.and_then(|s| s.nodes)
+                    {
+                        observed
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((Instant::now(), n.selected));
+                    }
+                    std::future::ready(())
+                }),
+        )
+    };
+    let base = tracepoints
+        .get("tp-000")
+        .await?
+        .status
+        .and_then(|s| s.nodes)
+        .map(|n| n.selected)
+        .unwrap_or_default();
+    let writes = operator.probe_node_writes().await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "team-00");
+    let half = CHURN_EVENTS / 2;
+    // Odd nodes: tp-000's pods are on multiples of 100 only.
+    let nodes: Vec<String> = (0..half)
+        .map(|k| fleet::node_name((2 * k + 1) % fleet.size.nodes))
+        .collect();
+    let every = CHURN_SPAN / CHURN_EVENTS as u32;
+    let mut tick = tokio::time::interval(every);
+    let mut events = Vec::with_capacity(CHURN_EVENTS);
+    for (k, node) in nodes.iter().enumerate() {
+        tick.tick().await;
+        let at = Instant::now();
+        pods.create(
+            &PostParams::default(),
+            &api_pod("team-00", &format!("churn-{k}"), node, &[("app", "app-0")]),
+        )
+        .await?;
+        events.push((at, base + k as u32 + 1, true));
+    }
+    for k in 0..half {
+        tick.tick().await;
+        let at = Instant::now();
+        pods.delete(
+            &format!("churn-{k}"),
+            &DeleteParams::default().grace_period(0),
+        )
+        .await?;
+        events.push((at, base + (half - k - 1) as u32, false));
+    }
+    let sent = Instant::now();
+    // Wait for the last change to show.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while observed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .last()
+        .is_none_or(|(_, n)| *n != base)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    watch.abort();
+    let observed = observed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut latencies: Vec<Duration> = events
+        .iter()
+        .filter_map(|(at, count, grows)| {
+            observed
+                .iter()
+                .find(|(seen, n)| seen >= at && if *grows { n >= count } else { n <= count })
+                .map(|(seen, _)| *seen - *at)
+        })
+        .collect();
+    let seen = latencies.len();
+    latencies.sort();
+    operator.wait_idle(SETTLE).await?;
+    let churn_writes = operator.probe_node_writes().await? - writes;
+    let after = fleet.wait_current(&fleet.expected().await?, SETTLE).await?;
+    let rewritten = fleet::rewritten(generations, &after);
+    println!(
+        "pod churn: {CHURN_EVENTS} pod changes in {:.1?}; ProbeNode writes {churn_writes}, ProbeNodes whose generation changed {}, nodes whose assignments changed 0 (pods are not part of a ProbeNode)",
+        sent.duration_since(events[0].0),
+        rewritten.len(),
+    );
+    println!(
+        "pod change → Tracepoint status (selected nodes) current: {seen} of {} changes seen; p50 {:.0?}, p99 {:.0?}, max {:.0?}",
+        events.len(),
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or_default(),
+    );
+    Ok(())
+}
+
+/// tp-002 is on rack r2 (ten nodes): an edit writes those ten.
+async fn rack_edit(fleet: &Fleet, operator: &Operator) -> anyhow::Result<()> {
+    let before_expected = fleet.expected().await?;
+    let before = fleet::generations(&fleet.probe_nodes().await?);
+    let writes = operator.probe_node_writes().await?;
+    let team = fleet::namespace_name(2 % fleet.size.namespaces);
+    let started = Instant::now();
+    Api::<Tracepoint>::namespaced(fleet.client.clone(), &team)
+        .patch(
+            "tp-002",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"sampling": {"oneIn": 10}}})),
+        )
+        .await?;
+    let expected = fleet.expected().await?;
+    let after = fleet.wait_current(&expected, SETTLE).await?;
+    let took = started.elapsed();
+    operator.wait_idle(SETTLE).await?;
+    let written = operator.probe_node_writes().await? - writes;
+    let changed = fleet::changed(&before_expected, &expected);
+    let rewritten: BTreeSet<String> = fleet::rewritten(&before, &after);
+    println!(
+        "Tracepoint edit on one rack: {} nodes' assignments changed; {written} ProbeNode writes, {} ProbeNodes rewritten ({}), all current after {took:.0?}",
+        changed.len(),
+        rewritten.len(),
+        if rewritten == changed {
+            "exactly those nodes"
+        } else {
+            "NOT those nodes"
+        },
+    );
+    Ok(())
+}
+
+/// An agent reports tp-000 Failed on one of its nodes, then Attached
+/// again: time until the Tracepoint's status says so, ten times each.
+async fn report_latency(
+    fleet: &Fleet,
+    agents: &SimulatedAgents,
+    heartbeat: Duration,
+) -> anyhow::Result<()> {
+    let tracepoints: Api<Tracepoint> = Api::namespaced(fleet.client.clone(), "team-00");
+    let mut latencies = Vec::new();
+    for round in 0..10 {
+        // tp-000's pods: nodes 0, 100, 200, ...
+        let node = fleet::node_name((round * 100) % fleet.size.nodes);
+        for (state, phase) in [
+            (AssignmentState::Failed, Phase::Failed),
+            (AssignmentState::Attached, Phase::Running),
+        ] {
+            let started = Instant::now();
+            agents
+                .report(
+                    &node,
+                    "team-00",
+                    "tp-000",
+                    state,
+                    if state == AssignmentState::Failed {
+                        "BinaryNotFound"
+                    } else {
+                        ""
+                    },
+                )
+                .await?;
+            loop {
+                let tp = tracepoints.get("tp-000").await?;
+                let status = tp.status.unwrap_or_default();
+                let shows = match state {
+                    AssignmentState::Failed => status.node_errors.iter().any(|e| e.node == node),
+                    _ => status.phase == Some(phase),
+                };
+                if shows {
+                    latencies.push(started.elapsed());
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(60) {
+                    anyhow::bail!("tp-000's status did not show {state:?} on {node}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    latencies.sort();
+    println!(
+        "agent report → Tracepoint status current ({} reports, heartbeats from {} nodes every {heartbeat:?} meanwhile): p50 {:.0?}, max {:.0?}",
+        latencies.len(),
+        fleet.size.nodes,
+        percentile(&latencies, 0.50),
+        latencies.last().copied().unwrap_or_default(),
+    );
+    Ok(())
+}
+
+/// Polls until every Tracepoint has a status; returns how long it took.
+async fn wait_all_statuses(client: &kube::Client) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let list = Api::<Tracepoint>::all(client.clone())
+            .list(&Default::default())
+            .await?;
+        if list
+            .iter()
+            .all(|tp| tp.status.as_ref().is_some_and(|s| s.phase.is_some()))
+        {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > SETTLE {
+            anyhow::bail!("not every Tracepoint has a status after {SETTLE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index]
+}
