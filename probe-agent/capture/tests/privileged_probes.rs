@@ -8,7 +8,7 @@
 use std::{
     collections::BTreeSet,
     io::Write,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
@@ -21,52 +21,18 @@ use crds::v1alpha1::TracepointSpec;
 use probe_capture::{
     engine::{AttachError, Engine},
     loader::{LoadOptions, ProbeId, Targets},
-    plan::HostPaths,
-    preflight,
     tracefs::Tracefs,
 };
+
+mod common;
+
+use common::{engine, paused, run_to_end};
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_sonde-loadgen");
 const DEMO_APP: &str = env!("CARGO_BIN_EXE_sonde-demo-app");
 
-fn engine(options: LoadOptions) -> Engine {
-    if let Err(e) = preflight::check_privileges() {
-        panic!("this test loads eBPF programs and cannot run here: {e}");
-    }
-    let tracefs = Tracefs::locate(None).expect("tracefs mounted (scripts/install.sh mounts it)");
-    Engine::load(tracefs, options, "test-node", Box::new(HostPaths)).expect("eBPF object loads")
-}
-
 fn spec(yaml: &str) -> TracepointSpec {
     serde_yaml::from_str(yaml).expect("valid TracepointSpec YAML")
-}
-
-/// Starts a program paused on stdin, so probes can target its pid first.
-fn paused(program: &str, args: &[&str]) -> Child {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {program}: {e}"))
-}
-
-/// Releases a paused child and drains the ring until it exits.
-fn run_to_end(engine: &mut Engine, child: &mut Child) {
-    let mut stdin = child.stdin.take().expect("child stdin is piped");
-    stdin.write_all(b"go\n").expect("release the child");
-    drop(stdin);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        engine.drain();
-        if let Some(status) = child.try_wait().expect("wait for child") {
-            assert!(status.success(), "child failed: {status}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "child did not finish in time");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    engine.drain();
 }
 
 fn rows(batches: &[RecordBatch]) -> usize {

@@ -6,38 +6,18 @@
 //! record they accept must arrive whole: captured + counted lost ==
 //! generated.
 
-use std::{
-    io::Write,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
-
 use arrow_array::{RecordBatch, cast::AsArray};
 use crds::v1alpha1::TracepointSpec;
 use probe_capture::{
-    engine::{AttachError, Engine},
+    engine::AttachError,
     loader::{LoadOptions, Targets},
-    plan::{HostPaths, PlanError},
-    preflight,
-    tracefs::Tracefs,
+    plan::PlanError,
 };
 use probe_common::{MAX_FIELDS, MAX_RECORD, RECORD_HEADER_LEN};
 
-const LOADGEN: &str = env!("CARGO_BIN_EXE_sonde-loadgen");
+mod common;
 
-fn engine() -> Engine {
-    if let Err(e) = preflight::check_privileges() {
-        panic!("this test loads eBPF programs and cannot run here: {e}");
-    }
-    let tracefs = Tracefs::locate(None).expect("tracefs mounted (scripts/install.sh mounts it)");
-    Engine::load(
-        tracefs,
-        LoadOptions::default(),
-        "test-node",
-        Box::new(HostPaths),
-    )
-    .expect("eBPF object loads")
-}
+const LOADGEN: &str = env!("CARGO_BIN_EXE_sonde-loadgen");
 
 /// An openat Tracepoint whose `MAX_FIELDS` columns all read the filename:
 /// `MAX_FIELDS - 1` of 256 bytes, and a last one of `last_max` bytes. Each
@@ -70,7 +50,7 @@ fn record_len(last_max: u32) -> u32 {
 fn a_record_past_the_mask_is_refused_with_its_size() {
     // 48 + 15 × 264 + 88 = 4096: one byte past what the kernel side keeps.
     assert_eq!(record_len(87), MAX_RECORD + 1);
-    let mut engine = engine();
+    let mut engine = common::engine(LoadOptions::default());
     let err = engine
         .attach(
             &openat_spec(87, "/dev/null"),
@@ -106,13 +86,11 @@ fn the_largest_record_allowed_arrives_whole_and_balanced() {
     let path = path.to_str().expect("utf-8 path").to_owned();
     let calls = 20_000u64;
 
-    let mut engine = engine();
-    let mut child = Command::new(LOADGEN)
-        .args(["openat", &calls.to_string(), &path, "--wait-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start sonde-loadgen");
+    let mut engine = common::engine(LoadOptions::default());
+    let mut child = common::paused(
+        LOADGEN,
+        &["openat", &calls.to_string(), &path, "--wait-stdin"],
+    );
     let probe = engine
         .attach(
             &openat_spec(last_max, &path),
@@ -120,20 +98,7 @@ fn the_largest_record_allowed_arrives_whole_and_balanced() {
         )
         .expect("the largest record the plan allows attaches")
         .id;
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    stdin.write_all(b"go\n").expect("release the child");
-    drop(stdin);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        engine.drain();
-        if let Some(status) = child.try_wait().expect("wait for child") {
-            assert!(status.success(), "child failed: {status}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "child did not finish in time");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    engine.drain();
+    common::run_to_end(&mut engine, &mut child);
 
     let totals = engine.totals(probe).expect("totals");
     let batches = engine.batches(probe);
