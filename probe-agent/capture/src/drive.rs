@@ -20,9 +20,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nix::{
-    poll::{PollFd, PollFlags, PollTimeout, poll},
-    sys::eventfd::{EfdFlags, EventFd},
+use nix::sys::{
+    epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout},
+    eventfd::{EfdFlags, EventFd},
 };
 
 use crate::engine::Engine;
@@ -123,17 +123,29 @@ pub fn spawn<D: Driven>(
 }
 
 /// The loop itself, on the calling thread, until [`Waker::stop`].
+///
+/// The ring's fd is watched edge-triggered: the kernel reports it readable
+/// whenever data waits, so a level-triggered wait would return at once
+/// under a steady load and spin. Edges come only from the programs' wake-ups
+/// (the ring crossing its watermark); between them the drain interval
+/// paces the loop.
 pub fn run<D: Driven>(mut driven: D, waker: &Waker, options: DriveOptions) -> D {
-    let timeout = PollTimeout::try_from(options.drain_interval).unwrap_or(PollTimeout::MAX);
+    let timeout = EpollTimeout::try_from(options.drain_interval).unwrap_or(EpollTimeout::MAX);
+    let epoll = match watch(driven.engine(), waker) {
+        Ok(epoll) => Some(epoll),
+        Err(e) => {
+            // Draining on the interval alone still works: only early
+            // wake-ups are lost.
+            tracing::warn!("cannot watch the ring buffer for wake-ups: {e}");
+            None
+        }
+    };
+    let mut events = [EpollEvent::empty(); 2];
     while !waker.stopping() {
-        {
-            let engine = driven.engine();
-            let mut fds = [
-                PollFd::new(engine.as_fd(), PollFlags::POLLIN),
-                PollFd::new(waker.shared.event.as_fd(), PollFlags::POLLIN),
-            ];
+        match &epoll {
             // EINTR and friends: drain anyway, then wait again.
-            let _ = poll(&mut fds, timeout);
+            Some(epoll) => drop(epoll.wait(&mut events, timeout)),
+            None => std::thread::sleep(options.drain_interval),
         }
         waker.clear();
         driven.engine().drain();
@@ -142,4 +154,18 @@ pub fn run<D: Driven>(mut driven: D, waker: &Waker, options: DriveOptions) -> D 
     driven.engine().drain();
     driven.stopped();
     driven
+}
+
+/// An epoll set of the ring (edge-triggered) and the waker's eventfd.
+fn watch(engine: &Engine, waker: &Waker) -> nix::Result<Epoll> {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    epoll.add(
+        engine.as_fd(),
+        EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, 0),
+    )?;
+    epoll.add(
+        waker.shared.event.as_fd(),
+        EpollEvent::new(EpollFlags::EPOLLIN, 1),
+    )?;
+    Ok(epoll)
 }
