@@ -45,12 +45,6 @@ impl Shutdown {
         // Nobody waiting is fine: there is nothing left to stop.
         let _ = self.sender.send(true);
     }
-
-    pub fn signal(&self) -> ShutdownSignal {
-        ShutdownSignal {
-            receiver: self.sender.subscribe(),
-        }
-    }
 }
 
 impl ShutdownSignal {

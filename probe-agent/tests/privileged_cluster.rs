@@ -63,15 +63,6 @@ fn assignment(
     })
 }
 
-/// `127.0.0.1:<port>` from the "serving Prometheus metrics" line.
-fn metrics_addr(line: &str) -> String {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("http://"))
-        .and_then(|w| w.strip_suffix("/metrics"))
-        .unwrap()
-        .to_owned()
-}
-
 fn probe_node() -> ProbeNode {
     let mut calls = assignment(
         "calls",
@@ -221,7 +212,7 @@ async fn cluster_agent_captures_selected_pods_and_reports() -> anyhow::Result<()
     );
     line(&agent, "cluster agent running");
     let url = tokio::task::block_in_place(|| agent.flight_url(Duration::from_secs(30)));
-    let first_metrics = metrics_addr(&line(&agent, "serving Prometheus metrics"));
+    let first_metrics = tokio::task::block_in_place(|| agent.metrics_addr(Duration::from_secs(30)));
 
     // The assignments, as the operator would write them.
     let written = Instant::now();
@@ -346,7 +337,7 @@ async fn cluster_agent_captures_selected_pods_and_reports() -> anyhow::Result<()
         ],
     );
     let url = tokio::task::block_in_place(|| agent.flight_url(Duration::from_secs(30)));
-    let metrics = metrics_addr(&line(&agent, "serving Prometheus metrics"));
+    let metrics = tokio::task::block_in_place(|| agent.metrics_addr(Duration::from_secs(30)));
     // Two Tracepoints attach, each on its own kernel tracepoint.
     let mut programs_again = program_ids(&line(&agent, "programs=["));
     programs_again.extend(program_ids(&line(&agent, "programs=[")));

@@ -119,6 +119,16 @@ fn sample(body: &str, series: &str) -> u64 {
     e2e::sample_value(body, series).map_or(0, |v| v as u64)
 }
 
+/// The sum of every series whose line starts with `prefix` (one family
+/// and some of its labels), 0 if none.
+fn sum_of(body: &str, prefix: &str) -> u64 {
+    body.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_query_and_a_stopped_apiserver_do_not_delay_the_drain() -> anyhow::Result<()> {
     e2e::require_root()?;
@@ -183,17 +193,7 @@ async fn a_slow_query_and_a_stopped_apiserver_do_not_delay_the_drain() -> anyhow
         ],
     );
     let url = tokio::task::block_in_place(|| agent.flight_url(Duration::from_secs(30)));
-    let metrics_line = tokio::task::block_in_place(|| {
-        agent
-            .expect("serving Prometheus metrics", Duration::from_secs(30))
-            .0
-    });
-    let metrics = metrics_line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http://"))
-        .and_then(|w| w.strip_suffix("/metrics"))
-        .unwrap()
-        .to_owned();
+    let metrics = tokio::task::block_in_place(|| agent.metrics_addr(Duration::from_secs(30)));
     let api: Api<ProbeNode> = Api::all(cluster.client());
     api.create(&PostParams::default(), &probe_node()).await?;
     let start = Instant::now();
@@ -305,12 +305,7 @@ async fn a_slow_query_and_a_stopped_apiserver_do_not_delay_the_drain() -> anyhow
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let lost: u64 = body
-        .lines()
-        .filter(|l| l.starts_with(&format!("sonde_events_lost_total{{{probe}")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum();
+    let lost = sum_of(&body, &format!("sonde_events_lost_total{{{probe}"));
     let captured = sample(&body, &format!("sonde_events_captured_total{{{probe}}}"));
     assert_eq!(lost, 0, "no event lost: {body}");
     assert_eq!(captured, WARM_CALLS + LOAD_CALLS, "every call captured");
@@ -323,12 +318,7 @@ async fn a_slow_query_and_a_stopped_apiserver_do_not_delay_the_drain() -> anyhow
     );
     assert_eq!(appended, captured, "every captured row reached the store");
     let held = sample(&body, &format!("sonde_table_held_rows{{{table}}}"));
-    let evicted: u64 = body
-        .lines()
-        .filter(|l| l.starts_with(&format!("sonde_table_evicted_rows_total{{{table}")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum();
+    let evicted = sum_of(&body, &format!("sonde_table_evicted_rows_total{{{table}"));
     assert_eq!(
         held + evicted,
         appended,

@@ -86,12 +86,10 @@ impl Agent {
                 "1m",
             ],
         );
-        let line = process.wait_for_line("serving Prometheus metrics on http://");
-        let url = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("http://"))
+        let metrics = process
+            .metrics_addr(Duration::from_secs(60))
+            .parse()
             .unwrap();
-        let metrics = url.strip_suffix("/metrics").unwrap().parse().unwrap();
         Self { process, metrics }
     }
 

@@ -112,12 +112,8 @@ impl Agent {
             .and_then(|w| w.strip_suffix(';'))
             .map(|addr| format!("grpc://{addr}"))
             .unwrap();
-        let line = process.wait_for_line("serving Prometheus metrics on http://");
-        let metrics = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("http://"))
-            .and_then(|url| url.strip_suffix("/metrics"))
-            .unwrap()
+        let metrics = process
+            .metrics_addr(Duration::from_secs(60))
             .parse()
             .unwrap();
         Self {

@@ -104,10 +104,6 @@ impl<D> DriveThread<D> {
     pub fn join(self) -> std::thread::Result<D> {
         self.thread.join()
     }
-
-    pub fn is_finished(&self) -> bool {
-        self.thread.is_finished()
-    }
 }
 
 /// Starts the drive loop on a thread of its own (`sonde-drive`).

@@ -156,6 +156,17 @@ impl AgentProcess {
             .to_owned()
     }
 
+    /// The `/metrics` address from the "serving Prometheus metrics" line, as
+    /// `127.0.0.1:<port>`.
+    pub fn metrics_addr(&self, within: Duration) -> String {
+        let (line, _) = self.expect("serving Prometheus metrics", within);
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("http://"))
+            .and_then(|w| w.strip_suffix("/metrics"))
+            .expect("a http:// address ending in /metrics")
+            .to_owned()
+    }
+
     /// Waits for the exit of an agent already told to stop.
     pub fn wait(mut self) -> ExitStatus {
         let mut child = self.child.take().expect("the agent is running");
