@@ -1,25 +1,30 @@
 //! A fleet made of API objects only, for scale tests of the operator: Node
 //! objects with no kubelet behind them, pods bound to them that never run,
-//! all created with bounded concurrency, and simulated agents that write
-//! their node's `ProbeNode` status (heartbeat and one report per
-//! assignment) the way the agent does.
+//! all created with bounded concurrency, and simulated agents that renew
+//! their node's heartbeat Lease and write its `ProbeNode` status (one
+//! report per assignment) when it changes, the way the agent does.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use crds::v1alpha1::{AssignmentState, AssignmentStatus, ProbeNode, ProbeNodeStatus};
+use crds::v1alpha1::{
+    AssignmentState, AssignmentStatus, HEARTBEAT_LEASE_LABEL, ProbeNode, ProbeNodeStatus,
+};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::{
     ClusterResourceScope, NamespaceResourceScope,
-    api::core::v1::{Container, Node, Pod, PodSpec},
-    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+    api::{
+        coordination::v1::Lease,
+        core::v1::{Container, Node, Pod, PodSpec},
+    },
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time},
     jiff::Timestamp,
 };
 use kube::{
@@ -131,26 +136,40 @@ where
         .await
 }
 
-/// Agents for a set of nodes, simulated: each writes its `ProbeNode`'s
-/// status every `interval` (spread evenly over the interval), reporting
-/// every assignment of the spec Attached at its generation unless
-/// [`SimulatedAgents::report`] said otherwise. Stops on drop.
+/// Agents for a set of nodes, simulated the way the agent runs with a
+/// heartbeat Lease: each renews its node's Lease in `namespace` every
+/// `interval` (spread evenly over the interval), and writes its
+/// `ProbeNode`'s status when what it reports changes, and at least every
+/// `status_interval` with its event counts grown (as the agent's
+/// `--status-interval`): every assignment of the spec Attached at its
+/// generation unless [`SimulatedAgents::report`] said otherwise. Stops on
+/// drop.
 pub struct SimulatedAgents {
     overrides: Overrides,
     heartbeats: Arc<AtomicU64>,
+    status_writes: Arc<AtomicU64>,
+    /// What each node last wrote, heartbeat time left out.
+    written: Written,
+    silenced: Arc<Mutex<HashSet<String>>>,
     client: Client,
     store: reflector::Store<ProbeNode>,
+    status_interval: Duration,
     tasks: Vec<JoinHandle<()>>,
 }
 
 /// Report overrides: (node, namespace, name) → (state, reason).
 type Overrides = Arc<Mutex<HashMap<(String, String, String), (AssignmentState, String)>>>;
 
+/// Each node's last written status, and when it was written.
+type Written = Arc<Mutex<HashMap<String, (ProbeNodeStatus, Instant)>>>;
+
 impl SimulatedAgents {
     pub async fn start(
         client: &Client,
+        namespace: &str,
         nodes: Vec<String>,
         interval: Duration,
+        status_interval: Duration,
     ) -> anyhow::Result<Self> {
         let (store, writer) = reflector::store();
         let watch = watcher(
@@ -165,48 +184,68 @@ impl SimulatedAgents {
             .wait_until_ready()
             .await
             .context("watching ProbeNodes")?;
-        let overrides = Overrides::default();
-        let heartbeats = Arc::<AtomicU64>::default();
+        let mut agents = Self {
+            overrides: Overrides::default(),
+            heartbeats: Arc::default(),
+            status_writes: Arc::default(),
+            written: Written::default(),
+            silenced: Arc::default(),
+            client: client.clone(),
+            store,
+            status_interval,
+            tasks: Vec::new(),
+        };
         let every = interval / u32::try_from(nodes.len().max(1)).unwrap_or(u32::MAX);
-        let agents = (
-            client.clone(),
-            store.clone(),
-            overrides.clone(),
-            heartbeats.clone(),
-        );
+        let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
+        let shared = agents.shared();
+        let silenced = agents.silenced.clone();
+        let heartbeats = agents.heartbeats.clone();
         tasks.push(tokio::spawn(async move {
-            let (client, store, overrides, heartbeats) = agents;
             let mut tick = tokio::time::interval(every.max(Duration::from_micros(100)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // Slow writes overlap rather than delaying every agent behind them.
             let limit = Arc::new(tokio::sync::Semaphore::new(64));
             for node in nodes.iter().cycle() {
                 tick.tick().await;
+                if silenced
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(node)
+                {
+                    continue;
+                }
                 let Ok(permit) = limit.clone().acquire_owned().await else {
                     return;
                 };
-                let (client, store, overrides, heartbeats, node) = (
-                    client.clone(),
-                    store.clone(),
-                    overrides.clone(),
+                let (shared, leases, heartbeats, node) = (
+                    shared.clone(),
+                    leases.clone(),
                     heartbeats.clone(),
                     node.clone(),
                 );
                 tokio::spawn(async move {
-                    if heartbeat(&client, &store, &overrides, &node).await.is_ok() {
+                    // A report that changed goes out first, as the agent's does.
+                    let reported = shared.report_if_changed(&node).await;
+                    if reported.is_ok() && renew(&leases, &node, interval).await.is_ok() {
                         heartbeats.fetch_add(1, Ordering::Relaxed);
                     }
                     drop(permit);
                 });
             }
         }));
-        Ok(Self {
-            overrides,
-            heartbeats,
-            client: client.clone(),
-            store,
-            tasks,
-        })
+        agents.tasks = tasks;
+        Ok(agents)
+    }
+
+    fn shared(&self) -> Reporter {
+        Reporter {
+            client: self.client.clone(),
+            store: self.store.clone(),
+            overrides: self.overrides.clone(),
+            written: self.written.clone(),
+            status_writes: self.status_writes.clone(),
+            status_interval: self.status_interval,
+        }
     }
 
     /// From now on, `node` reports the Tracepoint `namespace/name` in
@@ -226,12 +265,37 @@ impl SimulatedAgents {
                 (node.to_owned(), namespace.to_owned(), name.to_owned()),
                 (state, reason.to_owned()),
             );
-        heartbeat(&self.client, &self.store, &self.overrides, node).await
+        self.shared().report_if_changed(node).await
+    }
+
+    /// From now on `node`'s agent neither renews its Lease nor writes its
+    /// status, as when it dies.
+    pub fn silence(&self, node: &str) {
+        self.silenced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node.to_owned());
+    }
+
+    /// Lease renewals that succeeded so far.
+    pub fn heartbeats(&self) -> u64 {
+        self.heartbeats.load(Ordering::Relaxed)
     }
 
     /// Status writes that succeeded so far.
-    pub fn heartbeats(&self) -> u64 {
-        self.heartbeats.load(Ordering::Relaxed)
+    pub fn status_writes(&self) -> u64 {
+        self.status_writes.load(Ordering::Relaxed)
+    }
+
+    /// How long ago the last status of any node was written (`None`:
+    /// never).
+    pub fn since_last_status(&self) -> Option<Duration> {
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|(_, at)| at.elapsed())
+            .min()
     }
 }
 
@@ -243,57 +307,142 @@ impl Drop for SimulatedAgents {
     }
 }
 
-async fn heartbeat(
-    client: &Client,
-    store: &reflector::Store<ProbeNode>,
-    overrides: &Overrides,
-    node: &str,
-) -> anyhow::Result<()> {
-    let Some(pn) = store.get(&reflector::ObjectRef::new(node)) else {
-        anyhow::bail!("{node} has no ProbeNode yet");
-    };
-    let assignments: Vec<AssignmentStatus> = {
-        let overrides = overrides.lock().unwrap_or_else(|e| e.into_inner());
-        pn.spec
-            .assignments
-            .iter()
-            .map(|a| {
-                let key = (node.to_owned(), a.namespace.clone(), a.name.clone());
-                let (state, reason) = overrides
-                    .get(&key)
-                    .cloned()
-                    .unwrap_or((AssignmentState::Attached, String::new()));
-                AssignmentStatus {
-                    kind: a.kind,
-                    namespace: a.namespace.clone(),
-                    name: a.name.clone(),
-                    generation: a.generation,
-                    state,
-                    reason: (!reason.is_empty()).then(|| reason.clone()),
-                    message: (!reason.is_empty()).then(|| format!("simulated: {reason}")),
-                    events: 0,
-                    lost: 0,
+/// What writes a simulated agent's status.
+#[derive(Clone)]
+struct Reporter {
+    client: Client,
+    store: reflector::Store<ProbeNode>,
+    overrides: Overrides,
+    written: Written,
+    status_writes: Arc<AtomicU64>,
+    status_interval: Duration,
+}
+
+impl Reporter {
+    /// Writes `node`'s status if it differs from the one last written, or
+    /// that one is `status_interval` old (with its counts grown).
+    async fn report_if_changed(&self, node: &str) -> anyhow::Result<()> {
+        let mut status = self.status(node)?;
+        let last = self
+            .written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+            .cloned();
+        if let Some((last, at)) = last {
+            let same = |a: &AssignmentStatus, b: &AssignmentStatus| {
+                (
+                    a.kind,
+                    &a.namespace,
+                    &a.name,
+                    a.generation,
+                    a.state,
+                    &a.reason,
+                ) == (
+                    b.kind,
+                    &b.namespace,
+                    &b.name,
+                    b.generation,
+                    b.state,
+                    &b.reason,
+                )
+            };
+            let unchanged = last.assignments.len() == status.assignments.len()
+                && last
+                    .assignments
+                    .iter()
+                    .zip(&status.assignments)
+                    .all(|(a, b)| same(a, b));
+            if unchanged && at.elapsed() < self.status_interval {
+                return Ok(());
+            }
+            // Counts carried over; a periodic write has them grown.
+            for (now, before) in status.assignments.iter_mut().zip(&last.assignments) {
+                if same(now, before) {
+                    now.events = before.events + u64::from(unchanged) * 1_000;
                 }
-            })
-            .collect()
-    };
-    let status = ProbeNodeStatus {
-        heartbeat_time: Some(Time(Timestamp::now())),
-        agent_version: Some("simulated".to_owned()),
-        attached: assignments
-            .iter()
-            .filter(|a| a.state == AssignmentState::Attached)
-            .count() as u32,
-        assignments,
-        ..ProbeNodeStatus::default()
-    };
-    Api::<ProbeNode>::all(client.clone())
-        .patch_status(
+            }
+        }
+        let mut stamped = status.clone();
+        stamped.heartbeat_time = Some(Time(Timestamp::now()));
+        Api::<ProbeNode>::all(self.client.clone())
+            .patch_status(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": stamped })),
+            )
+            .await
+            .with_context(|| format!("writing the status of ProbeNode {node}"))?;
+        self.status_writes.fetch_add(1, Ordering::Relaxed);
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node.to_owned(), (status, Instant::now()));
+        Ok(())
+    }
+
+    /// What `node`'s agent reports now, without a heartbeat time.
+    fn status(&self, node: &str) -> anyhow::Result<ProbeNodeStatus> {
+        let Some(pn) = self.store.get(&reflector::ObjectRef::new(node)) else {
+            anyhow::bail!("{node} has no ProbeNode yet");
+        };
+        let assignments: Vec<AssignmentStatus> = {
+            let overrides = self.overrides.lock().unwrap_or_else(|e| e.into_inner());
+            pn.spec
+                .assignments
+                .iter()
+                .map(|a| {
+                    let key = (node.to_owned(), a.namespace.clone(), a.name.clone());
+                    let (state, reason) = overrides
+                        .get(&key)
+                        .cloned()
+                        .unwrap_or((AssignmentState::Attached, String::new()));
+                    AssignmentStatus {
+                        kind: a.kind,
+                        namespace: a.namespace.clone(),
+                        name: a.name.clone(),
+                        generation: a.generation,
+                        state,
+                        reason: (!reason.is_empty()).then(|| reason.clone()),
+                        message: (!reason.is_empty()).then(|| format!("simulated: {reason}")),
+                        events: 0,
+                        lost: 0,
+                    }
+                })
+                .collect()
+        };
+        Ok(ProbeNodeStatus {
+            heartbeat_time: None,
+            agent_version: Some("simulated".to_owned()),
+            attached: assignments
+                .iter()
+                .filter(|a| a.state == AssignmentState::Attached)
+                .count() as u32,
+            assignments,
+            ..ProbeNodeStatus::default()
+        })
+    }
+}
+
+/// Renews `node`'s heartbeat Lease, as the agent does.
+async fn renew(leases: &Api<Lease>, node: &str, interval: Duration) -> anyhow::Result<()> {
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": node, "labels": {HEARTBEAT_LEASE_LABEL: "true"}},
+        "spec": {
+            "holderIdentity": node,
+            "leaseDurationSeconds": 3 * interval.as_secs().max(1),
+            "renewTime": MicroTime(Timestamp::now()),
+        },
+    });
+    leases
+        .patch(
             node,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
+            &PatchParams::apply("sonde-agent").force(),
+            &Patch::Apply(&lease),
         )
         .await
-        .with_context(|| format!("writing the status of ProbeNode {node}"))?;
+        .with_context(|| format!("renewing the heartbeat Lease of {node}"))?;
     Ok(())
 }

@@ -6,6 +6,12 @@
 //! assignment of it changes, an agent's heartbeat queues nothing unless a
 //! report or the agent's liveness changed.
 //!
+//! Agents heartbeat by renewing a Lease each (see
+//! [`crds::v1alpha1::HEARTBEAT_LEASE_LABEL`]), watched in the operator's
+//! namespace. The cached `ProbeNode`'s `status.heartbeatTime` is the
+//! agent's latest sign of life, its status write or its Lease renewal,
+//! whichever is newer: liveness is decided from that one field.
+//!
 //! The caches keep only what the operator reads: of pods their labels,
 //! node and liveness ([`PodFacts`], not `Pod` objects: 20,000 of those
 //! would be ~50 MiB); of nodes their labels; of `ProbeNode`s the status,
@@ -22,11 +28,17 @@ use std::{
 
 use crds::{
     Export, Retention, Tracepoint,
-    v1alpha1::{AssignmentKind, AssignmentStatus, ProbeNode, ProbeNodeStatus},
+    v1alpha1::{
+        AssignmentKind, AssignmentStatus, HEARTBEAT_LEASE_LABEL, ProbeNode, ProbeNodeStatus,
+    },
 };
 use futures::{Stream, StreamExt};
 use k8s_openapi::{
-    api::core::v1::{Node, Pod},
+    api::{
+        coordination::v1::Lease,
+        core::v1::{Node, Pod},
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
 use kube::{
@@ -126,6 +138,8 @@ pub struct Cache {
     /// operator just wrote would write the same spec twice.
     specs: Arc<Mutex<HashMap<String, Arc<SpecView>>>>,
     pods_ready: tokio::sync::watch::Receiver<bool>,
+    /// Each node's latest heartbeat Lease renewal.
+    leases: Arc<Mutex<HashMap<String, Timestamp>>>,
     grace: Duration,
 }
 
@@ -161,13 +175,15 @@ enum Observed {
     Retention(Result<Event<Retention>, watcher::Error>),
     Export(Result<Event<Export>, watcher::Error>),
     ProbeNode(Result<Event<ProbeNode>, watcher::Error>),
+    Lease(Result<Event<Lease>, watcher::Error>),
 }
 
 impl Cache {
     /// Starts the watches (one per kind), filling the caches for as long as
     /// the runtime runs and retrying with backoff while the apiserver is
-    /// away. `grace` is the agents' heartbeat grace period.
-    pub fn start(client: &Client, grace: Duration) -> Self {
+    /// away. `grace` is the agents' heartbeat grace period; their Leases
+    /// are watched in `lease_namespace`.
+    pub fn start(client: &Client, grace: Duration, lease_namespace: &str) -> Self {
         let (nodes, node_writer) = reflector::store();
         let (pods_ready_sender, pods_ready) = tokio::sync::watch::channel(false);
         let (tracepoints, tracepoint_writer) = reflector::store();
@@ -189,6 +205,7 @@ impl Cache {
             index: Arc::default(),
             specs: Arc::default(),
             pods_ready,
+            leases: Arc::default(),
             grace,
         };
         let writers = Writers {
@@ -212,6 +229,13 @@ impl Cache {
             watch(client, slim_resource)
                 .map(Observed::ProbeNode)
                 .boxed(),
+            watcher::watcher(
+                Api::<Lease>::namespaced(client.clone(), lease_namespace),
+                watcher::Config::default().labels(&format!("{HEARTBEAT_LEASE_LABEL}=true")),
+            )
+            .default_backoff()
+            .map(Observed::Lease)
+            .boxed(),
         ]);
         tokio::spawn(cache.clone().follow(events, writers));
         cache
@@ -251,7 +275,7 @@ impl Cache {
     }
 
     /// Objects in each cache, by kind.
-    pub fn sizes(&self) -> [(&'static str, usize); 6] {
+    pub fn sizes(&self) -> [(&'static str, usize); 7] {
         [
             ("Node", self.nodes.len()),
             ("Pod", self.index().pods.values().map(HashMap::len).sum()),
@@ -259,6 +283,7 @@ impl Cache {
             ("Retention", self.retentions.len()),
             ("Export", self.exports.len()),
             ("ProbeNode", self.probe_nodes.len()),
+            ("Lease", self.leases().len()),
         ]
     }
 
@@ -362,6 +387,10 @@ impl Cache {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn leases(&self) -> MutexGuard<'_, HashMap<String, Timestamp>> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn specs(&self) -> MutexGuard<'_, HashMap<String, Arc<SpecView>>> {
         self.specs.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -412,6 +441,11 @@ impl Cache {
                 Observed::ProbeNode(event) => {
                     if let Some(event) = ok(event) {
                         self.on_probe_node(&mut writers.probe_nodes, event);
+                    }
+                }
+                Observed::Lease(event) => {
+                    if let Some(event) = ok(event) {
+                        self.on_lease(&mut writers.probe_nodes, event);
                     }
                 }
             }
@@ -634,12 +668,64 @@ impl Cache {
         );
     }
 
+    /// An agent's heartbeat: its node's cached `ProbeNode` takes the
+    /// renewal as its heartbeat time if newer, and the Tracepoints that
+    /// select the node are queued if that makes its agent reporting again.
+    fn on_lease(&self, writer: &mut Writer<ProbeNode>, event: Event<Lease>) {
+        let (lease, deleted) = match event {
+            Event::Apply(lease) | Event::InitApply(lease) => (lease, false),
+            Event::Delete(lease) => (lease, true),
+            // Leases a relist misses have expired by then or soon will.
+            Event::Init | Event::InitDone => return,
+        };
+        let spec = lease.spec.unwrap_or_default();
+        let node = spec
+            .holder_identity
+            .unwrap_or_else(|| lease.metadata.name.unwrap_or_default());
+        let renewed = spec.renew_time.map(|t| t.0);
+        let Some(renewed) = renewed.filter(|_| !deleted) else {
+            self.leases().remove(&node);
+            return;
+        };
+        self.leases().insert(node.clone(), renewed);
+        let Some(old) = self.probe_nodes.get(&ObjectRef::new(&node)) else {
+            return;
+        };
+        let mut new = (*old).clone();
+        if !heard_from(&mut new, renewed) {
+            return;
+        }
+        writer.apply_watcher_event(&Event::Apply(new));
+        let new = self.probe_nodes.get(&ObjectRef::new(&node));
+        let now = Timestamp::now();
+        let live =
+            |pn: Option<&ProbeNode>| state::liveness(pn, now, self.grace) == Liveness::Reporting;
+        if !live(Some(&old)) && live(new.as_deref()) {
+            self.queue_selecting(&node);
+        }
+    }
+
+    /// Queues the Tracepoints selecting pods on `node`.
+    fn queue_selecting(&self, node: &str) {
+        let touched: Vec<_> = self
+            .index()
+            .selections
+            .iter()
+            .filter(|(_, nodes)| nodes.contains_key(node))
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        self.queues.tracepoints.push_all(touched);
+    }
+
     fn on_probe_node(&self, writer: &mut Writer<ProbeNode>, mut event: Event<ProbeNode>) {
         // The spec goes to `specs`, the status to the store.
         let view = match &mut event {
             Event::Apply(pn) | Event::Delete(pn) | Event::InitApply(pn) => {
                 let view = SpecView::of(pn);
                 pn.spec.assignments = Vec::new();
+                if let Some(renewed) = self.leases().get(&pn.name_any()) {
+                    heard_from(pn, *renewed);
+                }
                 Some(view)
             }
             Event::Init | Event::InitDone => None,
@@ -699,18 +785,11 @@ impl Cache {
             state::liveness(pn.as_deref(), now, self.grace) == Liveness::Reporting
         };
         if live(&old) != live(&new) {
-            let touched: Vec<_> = self
-                .index()
-                .selections
-                .iter()
-                .filter(|(_, nodes)| nodes.contains_key(&node))
-                .map(|(tp, _)| tp.clone())
-                .collect();
+            self.queue_selecting(&node);
             // Retentions and Exports count reporting nodes too, but run on
             // every node: queueing all of them for every agent that comes
             // or goes would rewrite their status a thousand times while a
             // fleet starts. Their periodic resync picks the count up.
-            self.queues.tracepoints.push_all(touched);
         }
         let status = |pn: &Option<Arc<ProbeNode>>| pn.as_ref().and_then(|pn| pn.status.clone());
         let assigned = |spec: &Option<Arc<SpecView>>| {
@@ -850,6 +929,17 @@ where
         _ => None,
     };
     Some((old, new))
+}
+
+/// Takes `at` as the `ProbeNode`'s heartbeat time if it is newer; returns
+/// whether it was.
+fn heard_from(pn: &mut ProbeNode, at: Timestamp) -> bool {
+    let status = pn.status.get_or_insert_with(ProbeNodeStatus::default);
+    if status.heartbeat_time.as_ref().is_some_and(|t| t.0 >= at) {
+        return false;
+    }
+    status.heartbeat_time = Some(Time(at));
+    true
 }
 
 fn ok<K: Resource<DynamicType = ()>>(event: Result<Event<K>, watcher::Error>) -> Option<Event<K>> {
@@ -1003,5 +1093,33 @@ mod tests {
         later.metadata.generation = Some(2);
         assert!(SpecView::of(&later).supersedes(&view));
         assert!(!view.supersedes(&SpecView::of(&later)));
+    }
+
+    #[test]
+    fn a_lease_renewal_is_a_heartbeat_only_when_newer() {
+        let at = |s: &str| s.parse::<Timestamp>().expect("a timestamp");
+        let mut pn = probe_node(json!([]), &[]);
+        // The status was written at 12:00:00.
+        assert!(!heard_from(&mut pn, at("2026-11-28T11:59:50Z")));
+        assert!(!heard_from(&mut pn, at("2026-11-28T12:00:00Z")));
+        assert!(heard_from(&mut pn, at("2026-11-28T12:00:10Z")));
+        let heartbeat = |pn: &ProbeNode| pn.status.as_ref()?.heartbeat_time.clone();
+        assert_eq!(heartbeat(&pn), Some(Time(at("2026-11-28T12:00:10Z"))));
+        // An agent's liveness follows its Lease once its status is old.
+        let grace = Duration::from_secs(30);
+        let now = at("2026-11-28T12:00:35Z");
+        assert_eq!(state::liveness(Some(&pn), now, grace), Liveness::Reporting);
+        let mut silent = probe_node(json!([]), &[]);
+        assert!(matches!(
+            state::liveness(Some(&silent), now, grace),
+            Liveness::Silent(_)
+        ));
+        // A ProbeNode with no status yet takes the Lease's time.
+        silent.status = None;
+        assert!(heard_from(&mut silent, at("2026-11-28T12:00:30Z")));
+        assert_eq!(
+            state::liveness(Some(&silent), now, grace),
+            Liveness::Reporting
+        );
     }
 }

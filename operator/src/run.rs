@@ -55,7 +55,8 @@ pub struct Config {
     #[arg(long, env = "SONDE_LEADER_ELECT", default_value_t = true, action = ArgAction::Set)]
     pub leader_elect: bool,
 
-    /// Namespace of the leader-election Lease (the operator's own).
+    /// The operator's own namespace: where its leader-election Lease is,
+    /// and where agents renew their heartbeat Leases.
     #[arg(long, env = "POD_NAMESPACE", default_value = "sonde-system")]
     pub namespace: String,
 
@@ -124,7 +125,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot serve metrics on {}", config.metrics_addr))?;
     let metrics_addr = listener.local_addr()?;
 
-    let cache = Cache::start(&client, config.heartbeat_grace);
+    let cache = Cache::start(&client, config.heartbeat_grace, &config.namespace);
     let metrics = Arc::new(Metrics::default());
     let registry = metrics::registry(&metrics, cache.clone(), config.heartbeat_grace);
     let (stop, stopped) = Shutdown::new();

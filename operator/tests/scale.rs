@@ -32,12 +32,18 @@ const SIZE: Size = Size {
     exports: 1,
 };
 const SETTLE: Duration = Duration::from_secs(60);
+/// The operator's `--heartbeat-grace`.
+const GRACE: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_nodes_are_written_exactly_when_their_assignments_change() -> anyhow::Result<()> {
     let mut fleet = Fleet::create(SIZE, 32).await?;
     let client = fleet.client.clone();
-    let operator = Operator::start(&fleet.kubeconfig, fleet.cluster.dir(), "10s")?;
+    let operator = Operator::start(
+        &fleet.kubeconfig,
+        fleet.cluster.dir(),
+        &format!("{}s", GRACE.as_secs()),
+    )?;
 
     // Initial sync: one write per node.
     let mut expected = fleet.expected().await?;
@@ -53,7 +59,15 @@ async fn probe_nodes_are_written_exactly_when_their_assignments_change() -> anyh
     let mut writes = SIZE.nodes as u64;
 
     // Agents report every assignment attached: every Tracepoint Running.
-    let agents = SimulatedAgents::start(&client, fleet.nodes(), Duration::from_secs(2)).await?;
+    // They write their status only when it changes: Leases keep them live.
+    let agents = SimulatedAgents::start(
+        &client,
+        fleet::NAMESPACE,
+        fleet.nodes(),
+        Duration::from_secs(2),
+        Duration::from_secs(3600),
+    )
+    .await?;
     let running = fleet::wait_phase(&client, Phase::Running, SETTLE).await?;
     assert_eq!(running.len(), SIZE.tracepoints);
     assert!(
@@ -191,7 +205,56 @@ async fn probe_nodes_are_written_exactly_when_their_assignments_change() -> anyh
     writes += SIZE.nodes as u64;
     assert_eq!(operator.probe_node_writes().await?, writes);
     assert_eq!(fleet::rewritten(&generations, &after).len(), SIZE.nodes);
-    assert!(agents.heartbeats() > 0);
+
+    // Heartbeats are Leases: once no status has been written for longer
+    // than the grace period, every agent still counts as reporting.
+    let quiet = GRACE + Duration::from_secs(2);
+    let waited = std::time::Instant::now();
+    while agents.since_last_status().is_none_or(|d| d < quiet) {
+        anyhow::ensure!(
+            waited.elapsed() < SETTLE,
+            "the simulated agents kept writing their status"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let body = operator.metrics().await?;
+    assert_eq!(
+        e2e::sample_value(&body, "sonde_operator_nodes{agent=\"reporting\"}"),
+        Some(SIZE.nodes as f64),
+        "{body}"
+    );
+    assert_eq!(
+        e2e::sample_value(&body, "sonde_operator_cache_objects{kind=\"Lease\"}"),
+        Some(SIZE.nodes as f64),
+        "{body}"
+    );
+    let tp = tracepoints.get("tp-000").await?;
+    let nodes = tp.status.and_then(|s| s.nodes).unwrap_or_default();
+    assert_eq!((nodes.unknown, nodes.running), (0, nodes.selected));
+
+    // An agent that stops renewing its Lease is not reporting after the
+    // grace period. tp-000 selects a pod on node 0.
+    let silent = fleet::node_name(0);
+    agents.silence(&silent);
+    let silenced = std::time::Instant::now();
+    let tp = wait_for_status(&tracepoints, "tp-000", |s| {
+        s.nodes.as_ref().is_some_and(|n| n.unknown == 1)
+    })
+    .await?;
+    let status = tp.status.unwrap_or_default();
+    assert!(
+        status
+            .node_errors
+            .iter()
+            .any(|e| e.node == silent && e.reason == "AgentNotReporting"),
+        "{status:?}"
+    );
+    eprintln!(
+        "{} Lease heartbeats, {} status writes; a silenced agent counted not reporting after {:?}",
+        agents.heartbeats(),
+        agents.status_writes(),
+        silenced.elapsed()
+    );
     Ok(())
 }
 

@@ -39,11 +39,25 @@ pub struct Config {
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
 
-    /// Cluster mode: how often the node's status is written when nothing
-    /// changes (a heartbeat older than three intervals marks the agent
-    /// gone). The cluster is reached through KUBECONFIG, or in-cluster.
+    /// Cluster mode: how often the agent heartbeats, by renewing its Lease
+    /// in --heartbeat-namespace, or without one by writing its node's
+    /// status (the operator counts an agent silent for its grace period,
+    /// three intervals by default, as not reporting). The cluster is
+    /// reached through KUBECONFIG, or in-cluster.
     #[arg(long, env = "SONDE_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
+
+    /// Cluster mode: the namespace of the agent's heartbeat Lease (named
+    /// after the node), the one the operator runs in; the downward API sets
+    /// it. Unset: the heartbeat is a write of the node's status.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub heartbeat_namespace: Option<String>,
+
+    /// Cluster mode, with a heartbeat Lease: how often the node's status is
+    /// written when no state changes, to update its event counts. A state
+    /// change is written at once.
+    #[arg(long, env = "SONDE_STATUS_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub status_interval: Duration,
 
     /// Where tracefs is mounted; found in /proc/mounts' usual places if unset.
     #[arg(long, env = "SONDE_TRACEFS", value_name = "DIR")]

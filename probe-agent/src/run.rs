@@ -2,7 +2,7 @@
 //! in that order so that anything a user can get wrong fails the start
 //! before a port is bound or a program loaded.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use probe_capture::{
@@ -24,8 +24,13 @@ use tracing::{error, info};
 
 use crate::{
     cluster::{
-        ClusterAgent, Intervals as ClusterIntervals, cgroups::CgroupResolver, report,
-        secrets::SecretCache, status::NodeFacts, watch::ClusterView,
+        ClusterAgent, Intervals as ClusterIntervals,
+        cgroups::CgroupResolver,
+        heartbeat::{self, Pulse},
+        report,
+        secrets::SecretCache,
+        status::NodeFacts,
+        watch::ClusterView,
     },
     config::Config,
     standalone::{Intervals, Standalone},
@@ -167,6 +172,8 @@ async fn serve(
         drain_interval: config.drain_interval,
     };
     let mut cluster_tasks = Vec::new();
+    // Ends by itself on `stop`, deleting the Lease: awaited, not aborted.
+    let mut heartbeat_task = None;
     let drive = match (mode, client) {
         (Mode::Standalone(dir), _) => {
             let mut agent = Standalone::start(
@@ -205,6 +212,18 @@ async fn serve(
             };
             let (view, watches) = ClusterView::start(&client, &node_name, waker.clone());
             cluster_tasks.extend(watches);
+            let pulse = config.heartbeat_namespace.clone().map(|namespace| {
+                let pulse = Arc::new(Pulse::default());
+                heartbeat_task = Some(tokio::spawn(heartbeat::renew(
+                    client.clone(),
+                    namespace,
+                    node_name.clone(),
+                    config.heartbeat_interval,
+                    pulse.clone(),
+                    stop.clone(),
+                )));
+                pulse
+            });
             let (statuses, published) = tokio::sync::watch::channel(None);
             cluster_tasks.push(tokio::spawn(report::write_statuses(
                 client.clone(),
@@ -226,14 +245,26 @@ async fn serve(
                 statuses,
                 ClusterIntervals {
                     heartbeat: config.heartbeat_interval,
+                    status: config.status_interval,
                 },
+                pulse,
             );
+            let heartbeat = match &config.heartbeat_namespace {
+                Some(namespace) => format!(
+                    "heartbeat Lease {namespace}/{node_name} every {:?}, status on change and \
+                     every {:?}",
+                    config.heartbeat_interval, config.status_interval
+                ),
+                None => format!(
+                    "status on change and every {:?} (no --heartbeat-namespace: no Lease)",
+                    config.heartbeat_interval
+                ),
+            };
             info!(
                 node = %node_name,
                 flight = %flight_addr,
                 "cluster agent running; watching ProbeNode {node_name} and the pods on \
-                 this node; status every {:?}; Ctrl-C stops and detaches",
-                config.heartbeat_interval
+                 this node; {heartbeat}; Ctrl-C stops and detaches"
             );
             serving();
             drive::spawn(agent, waker.clone(), drive_options)
@@ -249,6 +280,15 @@ async fn serve(
         // Only a panic ends the loop before it is told to stop.
         joined = &mut drive => joined,
     };
+    if let Some(mut task) = heartbeat_task {
+        // It stops on `stop`; a drive loop that failed did not send it.
+        if tokio::time::timeout(Duration::from_secs(3), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
     for task in cluster_tasks {
         task.abort();
     }

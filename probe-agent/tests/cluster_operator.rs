@@ -22,9 +22,13 @@ use arrow_array::RecordBatch;
 use common::{AgentProcess, count, linked_programs, loadgen, pids, program_ids, rows, strings};
 use crds::{
     Tracepoint,
-    v1alpha1::{AssignmentState, AssignmentStatus, Phase, ProbeNode, TracepointStatus},
+    v1alpha1::{
+        AssignmentState, AssignmentStatus, HEARTBEAT_LEASE_LABEL, Phase, ProbeNode,
+        TracepointStatus,
+    },
 };
 use e2e::Cluster;
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, api::DeleteParams};
 use nix::{
     sys::signal::{Signal, kill},
@@ -103,7 +107,14 @@ fn agent(kubeconfig: &Path, node: &str) -> AgentProcess {
         Path::new(common::AGENT),
         kubeconfig,
         node,
-        &["--heartbeat-interval", "2s"],
+        &[
+            "--heartbeat-interval",
+            "2s",
+            "--heartbeat-namespace",
+            NAMESPACE,
+            "--status-interval",
+            "2s",
+        ],
     )
 }
 
@@ -275,6 +286,26 @@ async fn kubectl_apply_to_rows_on_the_right_nodes() -> anyhow::Result<()> {
                 .heartbeat_time
         })
         .await;
+    }
+
+    // Each heartbeats through a Lease named after its node.
+    let leases: Api<Lease> = Api::namespaced(cluster.client(), NAMESPACE);
+    for node in ["node-a", "node-b"] {
+        let lease = until("heartbeat Lease", Duration::from_secs(10), || async {
+            leases.get_opt(node).await.ok()?
+        })
+        .await;
+        let spec = lease.spec.unwrap_or_default();
+        assert_eq!(spec.holder_identity.as_deref(), Some(node));
+        assert!(spec.renew_time.is_some());
+        assert_eq!(
+            lease
+                .metadata
+                .labels
+                .unwrap_or_default()
+                .get(HEARTBEAT_LEASE_LABEL),
+            Some(&"true".to_owned())
+        );
     }
 
     // kubectl apply: the getppid Tracepoint, and one on the nap the waiting
@@ -503,7 +534,9 @@ async fn kubectl_apply_to_rows_on_the_right_nodes() -> anyhow::Result<()> {
         let pn = probe_nodes.get(node).await?;
         assert!(pn.spec.assignments.is_empty(), "{node}: {:?}", pn.spec);
     }
-    drop(agent_a);
+    // A clean stop takes the heartbeat Lease away with it.
+    assert!(agent_a.stop().success());
+    assert!(leases.get_opt("node-a").await?.is_none());
     drop(agent_b);
     eprintln!("test took {:?}", test_start.elapsed());
     Ok(())

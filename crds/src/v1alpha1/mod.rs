@@ -39,3 +39,11 @@ pub const GROUP: &str = "sonde.dev";
 pub const VERSION: &str = "v1alpha1";
 /// `apiVersion` as written in manifests.
 pub const API_VERSION: &str = "sonde.dev/v1alpha1";
+
+/// The label of an agent's heartbeat: a `coordination.k8s.io` Lease named
+/// after its node, in the agents' namespace, with `spec.holderIdentity` the
+/// node and `spec.renewTime` renewed every heartbeat interval. The operator
+/// watches Leases with this label (value `"true"`) to tell which agents
+/// report, so that a heartbeat is a small write rather than a rewrite of the
+/// node's whole `ProbeNode`.
+pub const HEARTBEAT_LEASE_LABEL: &str = "sonde.dev/agent-heartbeat";

@@ -149,8 +149,10 @@ impl std::fmt::Display for AssignmentKind {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ProbeNodeStatus {
-    /// When the agent last wrote this status; the operator treats a node
-    /// whose heartbeat is old as failed.
+    /// When the agent last wrote this status. The operator treats a node
+    /// whose agent has neither written its status nor renewed its heartbeat
+    /// Lease (labelled `sonde.dev/agent-heartbeat`) for its grace period as
+    /// not reporting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_time: Option<Time>,
     /// Agent version.

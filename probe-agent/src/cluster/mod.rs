@@ -16,6 +16,7 @@
 //! the cgroup id, through the engine's identity map kept current here.
 
 pub mod cgroups;
+pub mod heartbeat;
 pub mod reconcile;
 pub mod report;
 pub mod secrets;
@@ -55,6 +56,7 @@ use tracing::{error, info, warn};
 
 use self::{
     cgroups::{CgroupResolver, ContainerCgroup, ContainerId},
+    heartbeat::Pulse,
     reconcile::{AppliedProbe, AppliedState, Decision, DesiredProbe},
     secrets::SecretValues,
     selection::SelectedContainer,
@@ -71,8 +73,12 @@ const RESYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// drive loop's).
 #[derive(Clone, Copy, Debug)]
 pub struct Intervals {
-    /// How often the status is written when nothing changes.
+    /// How often the agent shows it is alive: its heartbeat Lease is
+    /// renewed, or without one its status written.
     pub heartbeat: Duration,
+    /// With a heartbeat Lease: how often the status is written when no
+    /// state changes, for its counters.
+    pub status: Duration,
 }
 
 /// `(kind, namespace, name)` of an assignment.
@@ -143,8 +149,11 @@ pub struct ClusterAgent {
     /// [`Self::follow`].
     view: Option<ClusterView>,
     intervals: Intervals,
+    /// Shared with the heartbeat Lease's task, if there is one.
+    pulse: Option<Arc<Pulse>>,
     next_resync: Instant,
-    next_heartbeat: Instant,
+    /// When the status is written next although no state changed.
+    next_status: Instant,
 }
 
 impl ClusterAgent {
@@ -177,9 +186,11 @@ impl ClusterAgent {
             view: None,
             intervals: Intervals {
                 heartbeat: Duration::from_secs(10),
+                status: Duration::from_secs(60),
             },
+            pulse: None,
             next_resync: now,
-            next_heartbeat: now,
+            next_status: now,
         }
     }
 
@@ -195,20 +206,31 @@ impl ClusterAgent {
     }
 
     /// From now on the drive loop applies `view`'s assignments and pods,
-    /// publishing the status on `statuses` at each change and every
-    /// heartbeat interval.
+    /// publishing the status on `statuses` at each change and every status
+    /// interval while `pulse` says the heartbeat Lease is renewed (every
+    /// heartbeat interval otherwise, and without a `pulse`).
     pub fn follow(
         &mut self,
         view: ClusterView,
         statuses: channel::Sender<Option<ProbeNodeStatus>>,
         intervals: Intervals,
+        pulse: Option<Arc<Pulse>>,
     ) {
         let now = Instant::now();
         self.view = Some(view);
         self.statuses = Some(statuses);
         self.intervals = intervals;
+        self.pulse = pulse;
         self.next_resync = now;
-        self.next_heartbeat = now + intervals.heartbeat;
+        self.next_status = now + self.status_every();
+    }
+
+    /// How often the status is written when no state changes.
+    fn status_every(&self) -> Duration {
+        match &self.pulse {
+            Some(pulse) if pulse.leased() => self.intervals.status,
+            _ => self.intervals.heartbeat,
+        }
     }
 
     pub fn program_ids(&self) -> Vec<u32> {
@@ -280,7 +302,7 @@ impl ClusterAgent {
     }
 
     /// Publishes the status if a state changed since the last one (counts
-    /// wait for the heartbeat). Returns whether it published.
+    /// wait for the periodic status). Returns whether it published.
     fn publish_changes(&mut self) -> bool {
         let Some(statuses) = &self.statuses else {
             return false;
@@ -905,7 +927,7 @@ fn state_of(
 }
 
 /// The states with their counts zeroed: what must be written at once
-/// when it changes (counts wait for the heartbeat).
+/// when it changes (counts wait for the periodic status).
 fn without_counts(states: &[AssignmentStatus]) -> Vec<AssignmentStatus> {
     states
         .iter()
@@ -957,6 +979,9 @@ impl Driven for ClusterAgent {
         if let Some(reports) = &self.reports {
             reports.answer(|| self.probe_report());
         }
+        if let Some(pulse) = &self.pulse {
+            pulse.beat();
+        }
         let Some(view) = self.view.clone() else {
             return;
         };
@@ -976,20 +1001,22 @@ impl Driven for ClusterAgent {
             self.reconcile(&assignments, pods.iter().map(Arc::as_ref));
             self.next_resync = now + RESYNC_INTERVAL;
             if self.publish_changes() {
-                self.next_heartbeat = now + self.intervals.heartbeat;
+                self.next_status = now + self.status_every();
             }
         }
         // Before both stores are listed nothing is reconciled: the resync
         // stays due and runs on the first drain after they are.
-        if now >= self.next_heartbeat {
-            // Counts only go out with the heartbeat; nothing before the
-            // first reconcile, which would report nothing applied.
+        // The Lease may have failed since: the status takes the heartbeat over.
+        self.next_status = self.next_status.min(now + self.status_every());
+        if now >= self.next_status {
+            // Counts only go out with the periodic status; nothing before
+            // the first reconcile, which would report nothing applied.
             if self.published.is_some()
                 && let Some(statuses) = &self.statuses
             {
                 statuses.send_replace(Some(self.node_status(self.assignment_states())));
             }
-            self.next_heartbeat = now + self.intervals.heartbeat;
+            self.next_status = now + self.status_every();
         }
     }
 
