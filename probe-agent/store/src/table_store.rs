@@ -153,10 +153,19 @@ impl Default for StoreConfig {
 }
 
 /// When and how [`TableStore::compact`] turns hot batches cold.
+///
+/// Hot batches older than `cold_after` are merged in runs up to
+/// `max_rows`, `max_input_bytes` and a sixteenth of the table's maxAge; a
+/// full run is compacted at once, a run still filling waits until its
+/// oldest batch is `merge_for` past `cold_after` (or a sixty-fourth of the
+/// table's maxAge, when longer), so a table at 10 rows/s holds a few
+/// dozen cold batches an hour rather than 3600 small ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Compaction {
-    /// A hot batch is compacted once its newest row is this old.
+    /// A hot batch may be compacted once its newest row is this old.
     pub cold_after: Duration,
+    /// How much longer a run that is not full waits for more batches.
+    pub merge_for: Duration,
     /// Most rows per cold batch.
     pub max_rows: usize,
     /// Most bytes of hot batches merged into one cold batch (a table's
@@ -169,7 +178,8 @@ impl Default for Compaction {
     fn default() -> Self {
         Self {
             cold_after: Duration::from_secs(30),
-            max_rows: 1 << 16,
+            merge_for: Duration::from_secs(300),
+            max_rows: 1 << 14,
             max_input_bytes: 16 << 20,
             codec: Codec::Zstd,
         }
@@ -1169,15 +1179,23 @@ fn compaction_runs(state: &TableState, config: &Compaction, now: i64) -> Vec<Vec
         .policy
         .max_age
         .map_or(i64::MAX, |age| (duration_ns(age) / 16).max(1));
+    let merge_for = state
+        .policy
+        .max_age
+        .map_or(config.merge_for, |age| config.merge_for.max(age / 64));
+    // A run that is not full goes only once its first batch is this old.
+    let settled_before = cold_before.saturating_sub(duration_ns(merge_for));
+    let settled = |run: &[RunPart]| run.first().is_some_and(|p| p.max_ns < settled_before);
     let mut runs = Vec::new();
     let mut run: Vec<RunPart> = Vec::new();
     let (mut rows, mut bytes, mut min_ns, mut max_ns) = (0usize, 0u64, i64::MAX, i64::MIN);
     for held in &state.batches {
         let Rows::Hot(batch) = &held.rows else {
             // A cold batch ends a run.
-            if run.len() > 0 {
+            if settled(&run) {
                 runs.push(std::mem::take(&mut run));
             }
+            run.clear();
             (rows, bytes, min_ns, max_ns) = (0, 0, i64::MAX, i64::MIN);
             continue;
         };
@@ -1186,9 +1204,10 @@ fn compaction_runs(state: &TableState, config: &Compaction, now: i64) -> Vec<Vec
             break;
         }
         if held.incompressible {
-            if !run.is_empty() {
+            if settled(&run) {
                 runs.push(std::mem::take(&mut run));
             }
+            run.clear();
             (rows, bytes, min_ns, max_ns) = (0, 0, i64::MAX, i64::MIN);
             continue;
         }
@@ -1200,6 +1219,7 @@ fn compaction_runs(state: &TableState, config: &Compaction, now: i64) -> Vec<Vec
                 .saturating_sub(held.min_ns.min(min_ns))
                 <= max_span;
         if !fits && !run.is_empty() {
+            // Full: compacted now, whatever its age.
             runs.push(std::mem::take(&mut run));
             (rows, bytes, min_ns, max_ns) = (0, 0, i64::MAX, i64::MIN);
         }
@@ -1215,7 +1235,7 @@ fn compaction_runs(state: &TableState, config: &Compaction, now: i64) -> Vec<Vec
             max_ns: held.max_ns,
         });
     }
-    if !run.is_empty() {
+    if settled(&run) {
         runs.push(run);
     }
     runs

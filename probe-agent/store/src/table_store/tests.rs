@@ -458,6 +458,7 @@ fn compacting(policy: RetentionPolicy, budget: Option<u64>) -> StoreConfig {
     StoreConfig {
         compaction: Some(Compaction {
             cold_after: Duration::from_secs(1),
+            merge_for: Duration::ZERO,
             ..Compaction::default()
         }),
         ..config(policy, budget)
@@ -693,4 +694,41 @@ fn followers_and_rollup_readers_see_compacted_tables_whole() {
     assert!(recent.batches.len() < all.batches.len());
     assert_eq!(recent.info.rows, seq);
     assert_eq!(seqs(&recent.batches).last().copied(), Some(seq - 1));
+}
+
+#[test]
+fn a_slow_table_is_merged_into_few_cold_batches() {
+    // The agent's defaults: cold after 30 s, runs wait five minutes to fill.
+    let config = StoreConfig {
+        compaction: Some(Compaction::default()),
+        ..config(RetentionPolicy::DEFAULT, None)
+    };
+    let (store, clock) = store_at(config, T0);
+    let name = TableName::new("shop", "slow");
+    store
+        .create_table(name.clone(), schema())
+        .expect("new table");
+    let mut seq = 0;
+    // One 10-row batch a second for twenty minutes, upkeep every second.
+    for _ in 0..1200 {
+        clock.advance(Duration::from_secs(1));
+        let now = clock.now_ns();
+        let times: Vec<i64> = (0..10).map(|i| now - SEC + i * (SEC / 10)).collect();
+        store.append(&name, batch(seq, &times)).expect("append");
+        seq += 10;
+        store.compact();
+    }
+    let stats = store.table_stats(&name).expect("table");
+    // At most 5.5 minutes hot (330 batches); the rest in runs of about five
+    // minutes each.
+    assert!(stats.batches <= 340, "{stats:?}");
+    assert!(
+        stats.cold_batches >= 2 && stats.cold_batches <= 6,
+        "{stats:?}"
+    );
+    assert_eq!(stats.rows, seq);
+    assert_eq!(
+        seqs(&store.snapshot(&name).expect("table").batches),
+        (0..seq).collect::<Vec<_>>()
+    );
 }
