@@ -273,6 +273,7 @@ async fn heartbeat(
                     message: (!reason.is_empty()).then(|| format!("simulated: {reason}")),
                     events: 0,
                     lost: 0,
+                    tables: Vec::new(),
                 }
             })
             .collect()
