@@ -90,6 +90,8 @@ async fn serve(
         budget_bytes: Some(config.memory_budget),
         compaction: Some(Compaction {
             cold_after: config.cold_after,
+            // Runs still filling wait ten times as long (5 min by default).
+            merge_for: config.cold_after * 10,
             ..Compaction::default()
         }),
         cache_bytes: config.decode_cache,
