@@ -81,7 +81,8 @@ pub struct Config {
 
     /// Age of its newest row after which a table's batches are compacted
     /// into compressed cold batches (a run of batches that is not full yet
-    /// waits ten times as long); 0s compacts at every upkeep.
+    /// waits ten times as long); a short one such as 1ms compacts at every
+    /// upkeep.
     #[arg(long, env = "SONDE_COLD_AFTER", default_value = "30s", value_parser = parse_duration)]
     pub cold_after: Duration,
 
