@@ -156,7 +156,7 @@ impl Rows {
         if let Some((filename, flags, ret, latency)) = &mut self.filename {
             let r = rng.next();
             // Mostly the same config and library files; one in ten unique.
-            if r % 10 == 0 {
+            if r.is_multiple_of(10) {
                 filename.append_value(format!("/tmp/upload-{:016x}", rng.next()));
             } else {
                 filename.append_value(format!(
