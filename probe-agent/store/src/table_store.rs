@@ -928,7 +928,13 @@ impl TableStore {
             return;
         };
         let cutoff = now.saturating_sub(duration_ns(max_age));
-        if state.batches.iter().all(|h| h.min_ns >= cutoff) {
+        // Cold batches straddling the cutoff stay (see the module docs):
+        // they alone do not make the queue worth rebuilding.
+        let expired = |h: &Held| match h.rows {
+            Rows::Hot(_) => h.min_ns < cutoff,
+            Rows::Cold(_) => h.max_ns < cutoff,
+        };
+        if !state.batches.iter().any(expired) {
             return;
         }
         let mut freed = Evicted::default();
