@@ -44,10 +44,12 @@ privileged-test:
 	cargo test --locked --workspace --exclude probe-ebpf --test '*' -- --test-threads=2
 
 # Benchmarks are not tests: they measure and print ratios, asserting nothing.
-# The benchmark builds on the capture crate alone (no query engine).
+# The capture benchmark builds on the capture crate alone (no query engine);
+# the storage benchmark on the store alone.
 bench: install
 	cargo build --release --locked -p probe-capture --bin sonde-bench --bin sonde-loadgen
 	$(CARGO_TARGET_DIR)/release/sonde-bench
+	cargo bench --locked -p probe-store --bench density
 
 # The operator against 1,000 Node objects and 20,000 pods on a real
 # apiserver, with simulated agents: sync time, memory, writes, latencies.

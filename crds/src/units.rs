@@ -48,6 +48,21 @@ pub enum DurationError {
 /// The longest duration Go (and so Kubernetes CEL) can represent, in nanoseconds.
 const MAX_DURATION_NANOS: u128 = i64::MAX as u128;
 
+/// Formats a duration the way Go does, to whole seconds from a second up
+/// (`2h13m5s`, `4m0s`, `12s`) and in milliseconds below (`350ms`).
+pub fn format_duration(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    if secs == 0 {
+        return format!("{}ms", duration.subsec_millis());
+    }
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s}s"),
+        _ => format!("{h}h{m}m{s}s"),
+    }
+}
+
 /// Parses a Go-style duration: a sequence of decimal numbers, each with an
 /// optional fraction and a unit, such as `300ms`, `1.5h` or `2h45m`.
 ///
@@ -213,6 +228,19 @@ fn parse_byte_str(text: &str) -> Result<u64, ByteSizeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_format_like_go() {
+        for (duration, text) in [
+            (Duration::from_millis(350), "350ms"),
+            (Duration::from_secs(12), "12s"),
+            (Duration::from_secs(240), "4m0s"),
+            (Duration::from_secs(2 * 3600 + 13 * 60 + 5), "2h13m5s"),
+        ] {
+            assert_eq!(format_duration(duration), text);
+            assert!(parse_duration(text).is_ok(), "{text} parses back");
+        }
+    }
 
     #[test]
     fn durations_parse_like_go() {

@@ -407,6 +407,7 @@ impl Reporter {
                         message: (!reason.is_empty()).then(|| format!("simulated: {reason}")),
                         events: 0,
                         lost: 0,
+                        tables: Vec::new(),
                     }
                 })
                 .collect()

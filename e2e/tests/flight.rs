@@ -102,10 +102,14 @@ def rows(table):
 /// Runs a Python script with the venv's interpreter and parses the JSON it
 /// prints last.
 async fn python(agent: &Agent, script: &str) -> anyhow::Result<Value> {
+    python_on(agent.port, script).await
+}
+
+async fn python_on(port: u16, script: &str) -> anyhow::Result<Value> {
     let output = tokio::process::Command::new(e2e::python()?)
         .arg("-c")
         .arg(format!("{PRELUDE}\n{script}"))
-        .env("SONDE_PORT", agent.port.to_string())
+        .env("SONDE_PORT", port.to_string())
         .env("SONDE_TOKEN", TOKEN)
         .kill_on_drop(true)
         .output()
@@ -412,5 +416,209 @@ print(json.dumps(results))
         ],
     );
     assert_eq!(answer["after"], json!({"rows": 3, "count": 1000}));
+    agent.stop().await
+}
+
+/// The generated rows in the real table store, every one of them in
+/// compressed cold batches, served the way the agent serves them.
+struct CompressedAgent {
+    port: u16,
+    store: probe_store::TableStore,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), probe_serve::flight::FlightError>>,
+}
+
+impl CompressedAgent {
+    async fn start() -> anyhow::Result<Self> {
+        use probe_store::{Compaction, RetentionPolicy, StoreConfig, TableStore};
+        let store = TableStore::new(StoreConfig {
+            // The rows are from 1970: no age limit.
+            default_policy: RetentionPolicy::UNBOUNDED,
+            compaction: Some(Compaction {
+                cold_after: Duration::ZERO,
+                merge_for: Duration::ZERO,
+                max_rows: 256,
+                ..Compaction::default()
+            }),
+            ..StoreConfig::default()
+        });
+        store.create_table(opens(), standard_schema())?;
+        store.create_table(TableName::new("sonde", "probe_status"), standard_schema())?;
+        for chunk in generated_rows().chunks(100) {
+            store.append(&opens(), standard_batch(chunk)?)?;
+        }
+        let done = store.compact();
+        let stats = store.table_stats(&opens()).context("no table")?;
+        ensure!(
+            done.failures == 0 && stats.batches == stats.cold_batches && stats.cold_batches >= 4,
+            "not all compressed: {done:?} {stats:?}"
+        );
+        ensure!(stats.bytes * 3 < stats.plain_bytes, "{stats:?}");
+        let mut config = FlightConfig::new("127.0.0.1:0".parse()?);
+        config.token = Some(TOKEN.to_owned());
+        let server = probe_serve::flight::bind(Arc::new(store.clone()), config).await?;
+        let port = server.local_addr().port();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        Ok(Self {
+            port,
+            store,
+            shutdown: Some(tx),
+            task,
+        })
+    }
+
+    async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.shutdown.take().context("stopped twice")?.send(());
+        tokio::time::timeout(Duration::from_secs(10), self.task).await???;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_tables_read_the_same_from_pyarrow_and_adbc() -> anyhow::Result<()> {
+    let agent = CompressedAgent::start().await?;
+    let since = 1_200_000_000i64;
+    let until = 1_300_000_000i64;
+    let answer = python_on(
+        agent.port,
+        &format!(
+            r#"
+import adbc_driver_flightsql.dbapi as dbapi
+import adbc_driver_flightsql as fsql
+client = flight.connect(uri)
+opts = call_options()
+ticket = json.dumps({{"table": "shop.opens", "columns": ["time_", "pid", "comm"],
+                      "since": {since}, "until": {until}}})
+table = client.do_get(flight.Ticket(ticket), options=opts).read_all()
+dense = json.dumps({{"table": "shop.opens", "dictionary": True}})
+dense = client.do_get(flight.Ticket(dense), options=opts).read_all()
+conn = dbapi.connect(uri, db_kwargs={{fsql.DatabaseOptions.AUTHORIZATION_HEADER.value: "Bearer " + token}})
+cur = conn.cursor()
+cur.execute("SELECT comm, count(*) AS n, max(pid) AS top FROM shop.opens WHERE pid >= 1100 AND path LIKE '/data/%' GROUP BY comm ORDER BY comm")
+counts = [list(r) for r in cur.fetchall()]
+cur.execute("SELECT arrow_cast(pod, 'Dictionary(Int32, Utf8)') AS pod, count(*) AS n FROM shop.opens GROUP BY pod")
+pods = cur.fetch_arrow_table()
+cur.close()
+conn.close()
+print(json.dumps({{"names": table.schema.names, "rows": rows(table),
+                   "comm_type": str(table.schema.field("comm").type),
+                   "dense_comm_type": str(dense.schema.field("comm").type),
+                   "dense_comms": dense.column("comm").to_pylist(),
+                   "dense_paths": dense.column("path").to_pylist(),
+                   "counts": counts,
+                   "pod_type": str(pods.schema.field("pod").type),
+                   "pods": pods.to_pylist()}}))
+"#
+        ),
+    )
+    .await?;
+
+    let all = generated_rows();
+    let expected: Vec<&Row> = all
+        .iter()
+        .filter(|r| r.time >= since && r.time < until)
+        .collect();
+    assert_eq!(answer["names"], json!(["time_", "pid", "comm"]));
+    assert_eq!(
+        answer["rows"]["time_"],
+        json!(expected.iter().map(|r| r.time).collect::<Vec<_>>())
+    );
+    assert_eq!(
+        answer["rows"]["pid"],
+        json!(expected.iter().map(|r| r.pid).collect::<Vec<_>>())
+    );
+    assert_eq!(
+        answer["rows"]["comm"],
+        json!(expected.iter().map(|r| r.comm.as_str()).collect::<Vec<_>>())
+    );
+    // Plain by default; dictionaries when the ticket asks, same values.
+    assert_eq!(answer["comm_type"], "string");
+    assert_eq!(
+        answer["dense_comm_type"],
+        "dictionary<values=string, indices=int32, ordered=0>"
+    );
+    assert_eq!(
+        answer["dense_comms"],
+        json!(all.iter().map(|r| r.comm.as_str()).collect::<Vec<_>>())
+    );
+    assert_eq!(
+        answer["dense_paths"],
+        json!(all.iter().map(|r| r.path.as_str()).collect::<Vec<_>>())
+    );
+    // Flight SQL filters and aggregates over decoded cold batches.
+    let mut expected: BTreeMap<String, (i64, u32)> = BTreeMap::new();
+    for row in all.iter().filter(|r| r.pid >= 1100) {
+        let entry = expected.entry(row.comm.clone()).or_default();
+        entry.0 += 1;
+        entry.1 = entry.1.max(row.pid);
+    }
+    let expected: Vec<Value> = expected
+        .into_iter()
+        .map(|(c, (n, top))| json!([c, n, top]))
+        .collect();
+    assert_eq!(answer["counts"], json!(expected));
+    assert_eq!(
+        answer["pod_type"],
+        "dictionary<values=string, indices=int32, ordered=0>"
+    );
+    assert_eq!(answer["pods"], json!([{"pod": "web-0", "n": 1000}]));
+    agent.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyarrow_follows_a_compressed_table() -> anyhow::Result<()> {
+    let agent = CompressedAgent::start().await?;
+    let script = format!(
+        r#"{PRELUDE}
+client = flight.connect(uri)
+ticket = json.dumps({{"table": "shop.opens", "columns": ["time_", "path"],
+                      "since": 1990000000, "follow": True}})
+reader = client.do_get(flight.Ticket(ticket), options=call_options())
+first = reader.read_chunk().data
+print(json.dumps({{"snapshot": first.column(1).to_pylist()}}), flush=True)
+while True:
+    chunk = reader.read_chunk().data
+    if chunk.num_rows:
+        print(json.dumps({{"followed": chunk.column(1).to_pylist()}}), flush=True)
+        break
+"#
+    );
+    let mut child = tokio::process::Command::new(e2e::python()?)
+        .arg("-c")
+        .arg(script)
+        .env("SONDE_PORT", agent.port.to_string())
+        .env("SONDE_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await??
+        .context("python ended before the snapshot")?;
+    // The snapshot came from a cold batch; the stream subscribed before it.
+    assert_eq!(
+        serde_json::from_str::<Value>(&line)?,
+        json!({"snapshot": (990..1000).map(|i| format!("/data/{i}")).collect::<Vec<_>>()})
+    );
+    let row = Row::new(5_000_000_000, 1, "new", "/appended");
+    agent.store.append(&opens(), standard_batch(&[row])?)?;
+    // A compaction pass meanwhile does not disturb the follower.
+    agent.store.compact();
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .context("no followed row within 10 s")??
+        .context("python ended before the followed row")?;
+    assert_eq!(
+        serde_json::from_str::<Value>(&line)?,
+        json!({"followed": ["/appended"]})
+    );
+    child.wait().await?;
+    let stats = agent.store.table_stats(&opens()).context("no table")?;
+    // A one-row batch compresses to no less than it holds: it stays hot.
+    assert_eq!(stats.rows, 1001);
+    assert_eq!((stats.batches, stats.cold_batches), (6, 5));
     agent.stop().await
 }

@@ -2,11 +2,15 @@
 //! Both run on every node; nothing needs detaching before they go (a node
 //! dropping the assignment stops them), so they carry no finalizer.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use crds::{
     Export, Retention,
-    v1alpha1::{AssignmentKind, AssignmentState, ExportStatus, ProbeNode, RetentionStatus},
+    units::parse_duration,
+    v1alpha1::{
+        AssignmentKind, AssignmentState, ExportStatus, ProbeNode, RetentionStatus, TableHeld,
+        TableRetention,
+    },
 };
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp};
 use kube::{
@@ -34,6 +38,8 @@ struct Reports {
     /// The first message of any state (an Export that runs but cannot
     /// deliver reports its last error so): node and message.
     message: Option<(String, String)>,
+    /// What each node said its tables hold (Retentions).
+    tables: Vec<TableHeld>,
 }
 
 /// What the nodes whose agent reports say of `resource` (of `kind`).
@@ -55,6 +61,7 @@ fn reports(resource: &impl ResourceExt, kind: AssignmentKind, ctx: &Context) -> 
         };
         out.events += report.events;
         out.lost += report.lost;
+        out.tables.extend(report.tables.iter().cloned());
         if let (None, Some(message)) = (&out.message, &report.message) {
             out.message = Some((pn.name_any(), message.clone()));
         }
@@ -72,6 +79,40 @@ fn reports(resource: &impl ResourceExt, kind: AssignmentKind, ctx: &Context) -> 
         }
     }
     out
+}
+
+/// Each table's retention over the nodes that hold it: the window of the
+/// node that keeps the least (and what limits it there), the bytes of the
+/// node that holds the most, and rows, bytes and compression all nodes
+/// together. In table order.
+fn table_retentions(held: &[TableHeld]) -> Vec<TableRetention> {
+    let mut by_table: BTreeMap<&str, Vec<&TableHeld>> = BTreeMap::new();
+    for table in held {
+        by_table.entry(&table.table).or_default().push(table);
+    }
+    by_table
+        .into_iter()
+        .map(|(table, nodes)| {
+            let window = |t: &TableHeld| t.window.as_deref().and_then(|w| parse_duration(w).ok());
+            let shortest = nodes
+                .iter()
+                .filter(|t| window(t).is_some())
+                .min_by_key(|t| window(t).unwrap_or(Duration::MAX));
+            let total_bytes: u64 = nodes.iter().map(|t| t.bytes).sum();
+            let uncompressed: u64 = nodes.iter().map(|t| t.uncompressed_bytes).sum();
+            TableRetention {
+                table: table.to_owned(),
+                window: shortest.and_then(|t| t.window.clone()),
+                bytes: nodes.iter().map(|t| t.bytes).max(),
+                limited_by: shortest.or(nodes.first()).and_then(|t| t.limited_by),
+                rows: Some(nodes.iter().map(|t| t.rows).sum()),
+                total_bytes: Some(total_bytes),
+                compression_ratio: (total_bytes > 0)
+                    .then(|| format!("{:.1}", uncompressed as f64 / total_bytes as f64)),
+                nodes: Some(u32::try_from(nodes.len()).unwrap_or(u32::MAX)),
+            }
+        })
+        .collect()
 }
 
 fn conditions(valid: Result<(), String>, reports: &Reports) -> Vec<Condition> {
@@ -157,11 +198,7 @@ async fn retention_status(retention: &Retention, ctx: &Context) -> Result<Action
     let valid = retention.spec.validate().map_err(|e| e.to_string());
     let mut status = RetentionStatus {
         observed_generation: retention.metadata.generation,
-        tables: retention
-            .status
-            .as_ref()
-            .map(|s| s.tables.clone())
-            .unwrap_or_default(),
+        tables: table_retentions(&reports.tables),
         conditions: conditions(valid.clone(), &reports),
     };
     let previous = retention.status.as_ref();
@@ -229,4 +266,57 @@ async fn export_status(export: &Export, ctx: &Context) -> Result<Action, Error> 
         write_status(ctx, "Export", export, &status, invalid).await?;
     }
     Ok(Action::requeue(ctx.settings.heartbeat_grace / 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use crds::v1alpha1::RetentionLimit;
+
+    use super::*;
+
+    fn held(table: &str, rows: u64, bytes: u64, window: &str, limit: RetentionLimit) -> TableHeld {
+        TableHeld {
+            table: table.to_owned(),
+            rows,
+            bytes,
+            uncompressed_bytes: bytes * 8,
+            window: Some(window.to_owned()),
+            limited_by: Some(limit),
+        }
+    }
+
+    #[test]
+    fn tables_sum_over_nodes_with_the_shortest_window() {
+        let tables = table_retentions(&[
+            held("opens", 100, 4096, "1h0m0s", RetentionLimit::MaxAge),
+            held("getppid", 10, 100, "5s", RetentionLimit::None),
+            held("opens", 300, 1024, "12m30s", RetentionLimit::MaxBytes),
+        ]);
+        assert_eq!(
+            tables,
+            vec![
+                TableRetention {
+                    table: "getppid".into(),
+                    window: Some("5s".into()),
+                    bytes: Some(100),
+                    limited_by: Some(RetentionLimit::None),
+                    rows: Some(10),
+                    total_bytes: Some(100),
+                    compression_ratio: Some("8.0".into()),
+                    nodes: Some(1),
+                },
+                TableRetention {
+                    table: "opens".into(),
+                    window: Some("12m30s".into()),
+                    bytes: Some(4096),
+                    limited_by: Some(RetentionLimit::MaxBytes),
+                    rows: Some(400),
+                    total_bytes: Some(5120),
+                    compression_ratio: Some("8.0".into()),
+                    nodes: Some(2),
+                },
+            ]
+        );
+        assert!(table_retentions(&[]).is_empty());
+    }
 }

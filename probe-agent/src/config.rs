@@ -93,6 +93,18 @@ pub struct Config {
     #[arg(long, env = "SONDE_MEMORY_BUDGET", default_value = "512Mi", value_parser = parse_bytes)]
     pub memory_budget: u64,
 
+    /// Age of its newest row after which a table's batches are compacted
+    /// into compressed cold batches (a run of batches that is not full yet
+    /// waits ten times as long); a short one such as 1ms compacts at every
+    /// upkeep.
+    #[arg(long, env = "SONDE_COLD_AFTER", default_value = "30s", value_parser = parse_duration)]
+    pub cold_after: Duration,
+
+    /// Memory for decoded cold batches kept for reads, all tables together
+    /// (bytes, or a quantity such as 64Mi); not counted in --memory-budget.
+    #[arg(long, env = "SONDE_DECODE_CACHE", default_value = "64Mi", value_parser = parse_bytes)]
+    pub decode_cache: u64,
+
     /// Ring buffer size in bytes (a power of two, at least one page).
     #[arg(long, env = "SONDE_RING_BYTES", default_value_t = 8 << 20)]
     pub ring_bytes: u32,

@@ -18,7 +18,7 @@ use probe_serve::{
     flight::{self, FlightConfig},
     metrics,
 };
-use probe_store::{StoreConfig, TableStore};
+use probe_store::{Compaction, StoreConfig, TableStore};
 use sonde_daemon::{Shutdown, chain};
 use tracing::{error, info};
 
@@ -93,6 +93,13 @@ async fn serve(
     // bad TLS file fails the start with nothing attached.
     let store = TableStore::new(StoreConfig {
         budget_bytes: Some(config.memory_budget),
+        compaction: Some(Compaction {
+            cold_after: config.cold_after,
+            // Runs still filling wait ten times as long (5 min by default).
+            merge_for: config.cold_after * 10,
+            ..Compaction::default()
+        }),
+        cache_bytes: config.decode_cache,
         ..StoreConfig::default()
     });
     let flight = flight::bind(

@@ -1,7 +1,7 @@
 //! The agent's table store as the capture path and the run modes see it:
 //! the sink sealed batches go to, the Retentions applied to it, and the
-//! upkeep (retention, rollups) that runs on the async runtime's blocking
-//! pool, never on the drive thread.
+//! upkeep (retention, compaction of cold batches, rollups) that runs on the
+//! async runtime's blocking pool, never on the drive thread.
 
 use std::{
     sync::{Arc, Mutex, MutexGuard, PoisonError},
@@ -55,8 +55,8 @@ impl Storage {
         self.store.set_retentions(retentions);
     }
 
-    /// Applies handed-over Retentions to the rollups, enforces retention
-    /// and runs due rollups, once.
+    /// Applies handed-over Retentions to the rollups, enforces retention,
+    /// compacts cold batches and runs due rollups, once.
     pub fn upkeep(&self) {
         let pending = self
             .pending
@@ -70,6 +70,13 @@ impl Storage {
             }
         }
         self.store.enforce();
+        let compacted = self.store.compact();
+        if compacted.failures > 0 {
+            warn!(
+                runs = compacted.failures,
+                "some batches could not be compacted; they stay as they are"
+            );
+        }
         let now = self.store.now_ns();
         for (table, result) in rollups.tick(now) {
             if let Err(e) = result {

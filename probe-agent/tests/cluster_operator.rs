@@ -682,3 +682,141 @@ spec:
     drop(agent_a);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_status_shows_each_tables_window_and_bytes() -> anyhow::Result<()> {
+    e2e::require_root()?;
+    let (cluster, operator_config, agent_config) = sonde_cluster().await?;
+    let work = tempfile::tempdir()?;
+    let go = work.path().join("go");
+    for node in ["node-a", "node-b"] {
+        cluster.add_node(node, &[]).await?;
+        let pod = format!("web-{}", &node[5..]);
+        cluster
+            .run_pod("shop", loadgen_pod(&pod, node, &go))
+            .await?;
+    }
+    let _operator = Operator::start(&operator_config);
+    // Batches go cold (compacted and compressed) at the first upkeep.
+    let agents: Vec<AgentProcess> = ["node-a", "node-b"]
+        .into_iter()
+        .map(|node| {
+            AgentProcess::start_cluster(
+                Path::new(common::AGENT),
+                &agent_config,
+                node,
+                &["--heartbeat-interval", "2s", "--cold-after", "1ms"],
+            )
+        })
+        .collect();
+    let url_a = tokio::task::block_in_place(|| agents[0].flight_url(Duration::from_secs(30)));
+    cluster
+        .apply(&tracepoint(
+            "calls",
+            "tracepoint: {group: syscalls, name: sys_enter_getppid}",
+            "",
+        ))
+        .await?;
+    cluster
+        .apply(
+            "apiVersion: sonde.dev/v1alpha1
+kind: Retention
+metadata: {name: calls-window, namespace: shop}
+spec:
+  tables: [calls]
+  maxBytes: 4Mi
+  maxAge: 1h
+",
+        )
+        .await?;
+    let tracepoints: Api<Tracepoint> = Api::namespaced(cluster.client(), "shop");
+    until(
+        "calls Running on 2 nodes",
+        Duration::from_secs(15),
+        || async {
+            status(&tracepoints, "calls")
+                .await
+                .filter(|s| running(s, 2))
+        },
+    )
+    .await;
+    std::fs::write(&go, "")?;
+    load_done(&cluster, "web-a").await;
+    load_done(&cluster, "web-b").await;
+    let probe_nodes: Api<ProbeNode> = Api::all(cluster.client());
+    let mut captured = Vec::new();
+    for node in ["node-a", "node-b"] {
+        let done = until("counts", Duration::from_secs(15), || async {
+            report(&probe_nodes, node, "calls")
+                .await
+                .filter(|r| r.events + r.lost == CALLS)
+        })
+        .await;
+        captured.push(done.events);
+    }
+
+    // Each agent reports the table under its Retention; the operator sums
+    // the nodes into the Retention's status.
+    // Every row, compacted by the upkeep after the last batch was sealed.
+    let held_a = until(
+        "node-a reports its table compressed",
+        Duration::from_secs(20),
+        || async {
+            report(&probe_nodes, "node-a", "calls-window")
+                .await?
+                .tables
+                .into_iter()
+                .find(|t| {
+                    t.table == "calls"
+                        && t.rows == captured[0]
+                        && t.bytes > 0
+                        && t.bytes * 2 < t.uncompressed_bytes
+                })
+        },
+    )
+    .await;
+    assert_eq!(
+        count(&rows(&url_a, "shop.calls").await),
+        held_a.rows,
+        "what node-a serves is what it reports"
+    );
+    let retentions: Api<crds::Retention> = Api::namespaced(cluster.client(), "shop");
+    let total = captured.iter().sum::<u64>();
+    let table = until("status.tables", Duration::from_secs(30), || async {
+        retentions
+            .get("calls-window")
+            .await
+            .ok()?
+            .status?
+            .tables
+            .into_iter()
+            .find(|t| {
+                let ratio = t
+                    .compression_ratio
+                    .as_deref()
+                    .and_then(|r| r.parse::<f64>().ok());
+                t.table == "calls"
+                    && t.nodes == Some(2)
+                    && t.rows == Some(total)
+                    && ratio.is_some_and(|r| r > 2.0)
+            })
+    })
+    .await;
+    eprintln!("Retention status.tables: {table:?}");
+    let bytes = table.bytes.unwrap();
+    let total_bytes = table.total_bytes.unwrap();
+    assert!(bytes > 0 && bytes <= 4 << 20, "{table:?}");
+    assert!(
+        total_bytes >= bytes && total_bytes <= 2 * bytes,
+        "{table:?}"
+    );
+    let window = crds::units::parse_duration(table.window.as_deref().unwrap())?;
+    assert!(window < Duration::from_secs(300), "{table:?}");
+    assert_eq!(
+        table.limited_by,
+        Some(crds::v1alpha1::RetentionLimit::None),
+        "nothing evicted"
+    );
+    drop(agents);
+    Ok(())
+}

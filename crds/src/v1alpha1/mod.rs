@@ -19,7 +19,7 @@ pub use export::{
 };
 pub use probe_node::{
     AssignedSpec, Assignment, AssignmentKind, AssignmentState, AssignmentStatus, ProbeNode,
-    ProbeNodeSpec, ProbeNodeStatus,
+    ProbeNodeSpec, ProbeNodeStatus, TableHeld,
 };
 pub use retention::{
     Aggregate, AggregateFn, MAX_ROLLUPS, MAX_TABLES, Retention, RetentionLimit, RetentionSpec,

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ValidationError, at};
 use super::{
-    ExportSpec, ProbeKind, RetentionSpec, TracepointSpec, common::preserved_object_schema,
+    ExportSpec, ProbeKind, RetentionLimit, RetentionSpec, TracepointSpec,
+    common::preserved_object_schema,
 };
 
 /// What one node must run, written by the operator. The object is
@@ -204,6 +205,29 @@ pub struct AssignmentStatus {
     /// metrics for the split by stage).
     #[serde(default)]
     pub lost: u64,
+    /// Retention: what each table it bounds holds on this node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<TableHeld>,
+}
+
+/// What one table holds on a node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TableHeld {
+    /// Table name (in the Retention's namespace).
+    pub table: String,
+    /// Rows held.
+    pub rows: u64,
+    /// Bytes held: compressed cold batches count as compressed.
+    pub bytes: u64,
+    /// What the same rows took as captured, before compaction.
+    pub uncompressed_bytes: u64,
+    /// Age of the oldest row held (a Go-style duration such as 2h13m5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// What limits the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limited_by: Option<RetentionLimit>,
 }
 
 /// States of an assignment on a node.

@@ -252,6 +252,20 @@ pub struct TableRetention {
     /// What limits the window on that node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limited_by: Option<RetentionLimit>,
+    /// Rows held, all nodes together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    /// Bytes held, all nodes together (compressed cold batches count as
+    /// compressed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_bytes: Option<u64>,
+    /// What the rows held took as captured ÷ what they take held, all
+    /// nodes together, such as "7.9".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_ratio: Option<String>,
+    /// Nodes that reported this table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<u32>,
 }
 
 // Documented for rustdoc only: kube hoists an optional enum's own schema

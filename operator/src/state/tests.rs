@@ -84,6 +84,7 @@ fn report(state: AssignmentState, generation: i64) -> AssignmentStatus {
         message: (state == AssignmentState::Failed).then(|| "no /bin/app in web-1".to_owned()),
         events: 0,
         lost: 0,
+        tables: Vec::new(),
     }
 }
 

@@ -612,6 +612,16 @@ impl Snapshot {
         )?;
         family(
             encoder,
+            "table_held_uncompressed",
+            "Memory the rows a table holds would take as appended, before compaction; held_uncompressed / held is its compression ratio.",
+            Some(&Unit::Bytes),
+            MetricType::Gauge,
+            self.tables
+                .iter()
+                .map(|s| (labels(s), ConstGauge::new(s.plain_bytes))),
+        )?;
+        family(
+            encoder,
             "table_appended_rows",
             "Rows appended to a table.",
             None,
@@ -826,6 +836,9 @@ mod tests {
             rows: 90,
             bytes: 4096,
             batches: 2,
+            cold_batches: 1,
+            plain_bytes: 20_000,
+            compacted_bytes: 0,
             appended_rows: 97,
             appended_bytes: 5000,
             appended_batches: 3,
@@ -927,6 +940,7 @@ mod tests {
             "# TYPE sonde_table_held_bytes gauge".to_owned(),
             "# UNIT sonde_table_held_bytes bytes".to_owned(),
             format!("sonde_table_held_bytes{{{TABLE}}} 4096"),
+            format!("sonde_table_held_uncompressed_bytes{{{TABLE}}} 20000"),
             "# TYPE sonde_table_appended_rows counter".to_owned(),
             format!("sonde_table_appended_rows_total{{{TABLE}}} 97"),
             "# UNIT sonde_table_appended_bytes bytes".to_owned(),

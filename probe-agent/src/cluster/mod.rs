@@ -133,6 +133,9 @@ pub struct ClusterAgent {
     other_states: Vec<AssignmentStatus>,
     /// `(namespace, name, uid, generation)` of the Retentions applied.
     retentions_applied: Option<Vec<(String, String, String, i64)>>,
+    /// Each applied Retention's table patterns and rollup tables, by
+    /// `(namespace, name)`, for the tables its status reports.
+    retention_tables: HashMap<(String, String), Vec<String>>,
     exports_logged: HashSet<(String, String, i64)>,
     /// The Exports this node runs, and the Secrets they read (see
     /// [`Self::run_exports`]); without them Exports are Unsupported.
@@ -176,6 +179,7 @@ impl ClusterAgent {
             tracepoints: BTreeMap::new(),
             other_states: Vec::new(),
             retentions_applied: None,
+            retention_tables: HashMap::new(),
             exports_logged: HashSet::new(),
             exports: None,
             labelled: HashSet::new(),
@@ -675,6 +679,7 @@ impl ClusterAgent {
     fn apply_retentions(&mut self, assignments: &[&Assignment]) -> Vec<AssignmentStatus> {
         let mut states = Vec::new();
         let mut retentions = Vec::new();
+        self.retention_tables.clear();
         for assignment in assignments {
             let checked = match assignment.spec() {
                 Ok(AssignedSpec::Retention(spec)) => {
@@ -685,6 +690,12 @@ impl ClusterAgent {
             };
             match checked {
                 Ok(spec) => {
+                    let patterns = spec.tables.iter().cloned();
+                    let rollups = spec.rollups.iter().map(|r| r.name.clone());
+                    self.retention_tables.insert(
+                        (assignment.namespace.clone(), assignment.name.clone()),
+                        patterns.chain(rollups).collect(),
+                    );
                     let mut retention = Retention::new(&assignment.name, spec.clone());
                     retention.metadata.namespace = Some(assignment.namespace.clone());
                     retention.metadata.uid = Some(assignment.uid.clone());
@@ -841,10 +852,22 @@ impl ClusterAgent {
                     message: applied.message.clone(),
                     events: counts.events,
                     lost: counts.lost,
+                    tables: Vec::new(),
                 }
             })
             .collect();
+        // Read once, only when some Retention reports its tables.
+        let mut table_stats = None;
         states.extend(self.other_states.iter().cloned().map(|mut state| {
+            if state.kind == AssignmentKind::Retention
+                && state.state == AssignmentState::Attached
+                && let Some(patterns) = self
+                    .retention_tables
+                    .get(&(state.namespace.clone(), state.name.clone()))
+            {
+                let stats = table_stats.get_or_insert_with(|| self.storage.store.stats());
+                state.tables = status::tables_held(stats, &state.namespace, patterns);
+            }
             // An Export's counts and last error are live.
             if state.kind == AssignmentKind::Export
                 && let Some((exports, _)) = &self.exports
@@ -923,6 +946,7 @@ fn state_of(
         message,
         events: 0,
         lost: 0,
+        tables: Vec::new(),
     }
 }
 
@@ -935,6 +959,8 @@ fn without_counts(states: &[AssignmentStatus]) -> Vec<AssignmentStatus> {
         .map(|mut s| {
             s.events = 0;
             s.lost = 0;
+            // Table sizes change all the time: they go out with the counts.
+            s.tables.clear();
             s
         })
         .collect()
@@ -1051,6 +1077,7 @@ mod tests {
             message: None,
             events: 5,
             lost: 1,
+            tables: Vec::new(),
         };
         let mut more = state.clone();
         more.events = 9;

@@ -1,11 +1,18 @@
 //! What the agent reports in its `ProbeNode`'s status: each assignment's
-//! state with a CamelCase reason and the full error chain, the node's
-//! kernel and probe kinds, and the Ready condition.
+//! state with a CamelCase reason and the full error chain, what each
+//! Retention's tables hold, the node's kernel and probe kinds, and the
+//! Ready condition.
 
-use crds::v1alpha1::{AssignmentState, AssignmentStatus, ProbeKind, ProbeNodeStatus};
+use crds::{
+    table_matches,
+    units::format_duration,
+    v1alpha1::{
+        AssignmentState, AssignmentStatus, ProbeKind, ProbeNodeStatus, RetentionLimit, TableHeld,
+    },
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-
 use probe_capture::{elf::ElfError, engine::AttachError, plan::PlanError};
+use probe_store::{EvictionReason, TableStats};
 
 /// Reasons an assignment is not attached, beyond attach errors.
 pub mod reason {
@@ -130,6 +137,31 @@ pub fn node_status(
     }
 }
 
+/// What the tables a Retention bounds hold on this node: the tables of its
+/// namespace that one of `patterns` (its table patterns and rollup tables)
+/// names, in name order.
+pub fn tables_held(stats: &[TableStats], namespace: &str, patterns: &[String]) -> Vec<TableHeld> {
+    stats
+        .iter()
+        .filter(|s| {
+            s.name.schema == namespace && patterns.iter().any(|p| table_matches(p, &s.name.table))
+        })
+        .map(|s| TableHeld {
+            table: s.name.table.clone(),
+            rows: s.rows,
+            bytes: s.bytes,
+            uncompressed_bytes: s.plain_bytes,
+            window: s.window.map(format_duration),
+            limited_by: Some(match s.limited_by {
+                None => RetentionLimit::None,
+                Some(EvictionReason::MaxBytes) => RetentionLimit::MaxBytes,
+                Some(EvictionReason::MaxAge) => RetentionLimit::MaxAge,
+                Some(EvictionReason::Budget) => RetentionLimit::MemoryBudget,
+            }),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -150,6 +182,7 @@ mod tests {
             message: None,
             events: 0,
             lost: 0,
+            tables: Vec::new(),
         }
     }
 

@@ -10,6 +10,7 @@
 //! and all together by a global budget. [`RollupEngine`] writes summarized
 //! history into tables of its own.
 
+mod cold;
 mod retention;
 mod rollup;
 mod table_store;
@@ -20,12 +21,13 @@ pub use crds::TableName;
 use tokio::sync::broadcast;
 
 pub use self::{
+    cold::{Codec, ColdBatch, LOW_CARDINALITY_COLUMNS, cast_to, dictionary_schema},
     retention::{RetentionPolicy, policy_for},
     rollup::{AggregateSpec, RollupEngine, RollupSpec},
     table_store::{
-        Clock, CountedFollow, DEFAULT_BUDGET_BYTES, DEFAULT_FOLLOW_CAPACITY, Evicted,
-        EvictionReason, Evictions, ManualClock, StoreConfig, SystemClock, TIME_COLUMN, TableStats,
-        TableStore,
+        CacheStats, Clock, Compacted, Compaction, CountedFollow, DEFAULT_BUDGET_BYTES,
+        DEFAULT_CACHE_BYTES, DEFAULT_FOLLOW_CAPACITY, Evicted, EvictionReason, Evictions,
+        ManualClock, StoreConfig, SystemClock, TIME_COLUMN, TableStats, TableStore,
     },
 };
 

@@ -39,7 +39,7 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow_select::{concat::concat_batches, filter::filter_record_batch, take::take};
 use crds::{AggregateFn, Retention, manifest::DEFAULT_NAMESPACE, units::parse_duration};
 
-use super::{RetentionPolicy, StoreError, TIME_COLUMN, TableName, TableSource, TableStore};
+use super::{RetentionPolicy, StoreError, TIME_COLUMN, TableName, TableStore};
 
 /// One aggregate column of a rollup.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -315,7 +315,9 @@ fn run_rollup(
 ) -> Result<usize, StoreError> {
     let spec = &state.spec;
     // No source yet (its probe is not attached): nothing to do, no error.
-    let Some(snapshot) = store.snapshot(&spec.source) else {
+    // Only batches that may hold rows of the windows still to roll up:
+    // cold history is not decoded again.
+    let Some(snapshot) = store.snapshot_since(&spec.source, state.next_start) else {
         return Ok(0);
     };
     let source_schema = snapshot.info.schema.clone();

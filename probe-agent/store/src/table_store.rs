@@ -8,13 +8,33 @@
 //! and, where a whole batch would overshoot, copies the surviving rows of
 //! one batch into a compact batch so the memory really goes.
 //!
+//! # Hot and cold batches
+//!
+//! Batches arrive hot: as the capture path sealed them, ready to serve.
+//! [`TableStore::compact`] (run by the agent's upkeep, never by the writer)
+//! merges runs of hot batches older than [`Compaction::cold_after`] into
+//! cold ones ([`ColdBatch`]): up to [`Compaction::max_rows`] rows, their
+//! low-cardinality strings as dictionaries, every buffer compressed. A read
+//! decodes cold batches outside the table's lock, through a cache bounded
+//! by [`StoreConfig::cache_bytes`], and casts them back to the table's
+//! schema, so readers cannot tell hot from cold.
+//!
 //! # What "bytes" means
 //!
-//! A batch's bytes are [`RecordBatch::get_array_memory_size`]: the capacity
-//! of every buffer it references (builder slack included) plus the array
-//! headers. A batch that is a slice of a larger one would count the whole
-//! shared buffer, which is why eviction never keeps a slice: it copies the
-//! kept rows. Schemas and the queue itself are not counted.
+//! What is really held. A hot batch's bytes are
+//! [`RecordBatch::get_array_memory_size`]: the capacity of every buffer it
+//! references (builder slack included) plus the array headers. A batch that
+//! is a slice of a larger one would count the whole shared buffer, which is
+//! why eviction never keeps a slice: it copies the kept rows. A cold
+//! batch's bytes are its compressed message's allocation
+//! ([`ColdBatch::bytes`]). Schemas, the queue and the decode cache (bounded
+//! on its own, for all tables together) are not counted.
+//!
+//! Cold batches are evicted whole. Compaction keeps each one to an eighth
+//! of the table's maxBytes before compression and to a sixteenth of its
+//! maxAge in time, so whole-batch eviction frees at most that much more
+//! than asked; rows of a cold batch straddling the maxAge cutoff are held
+//! (and counted) until its newest row is too old, but never served.
 //!
 //! # The global budget
 //!
@@ -42,6 +62,7 @@ use tokio::sync::broadcast;
 
 use super::{
     StoreError, TableInfo, TableName, TableSnapshot, TableSource,
+    cold::{Codec, ColdBatch},
     retention::{RetentionPolicy, policy_for},
 };
 
@@ -99,6 +120,9 @@ impl Clock for ManualClock {
     }
 }
 
+/// Decoded cold batches kept for reads when none is configured.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
 /// How the store is bounded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StoreConfig {
@@ -109,6 +133,11 @@ pub struct StoreConfig {
     pub budget_bytes: Option<u64>,
     /// Follow-mode channel depth per table, in batches.
     pub follow_capacity: usize,
+    /// How hot batches become cold; `None`: batches stay as appended.
+    pub compaction: Option<Compaction>,
+    /// Most bytes of decoded cold batches kept for reads, all tables
+    /// together (not counted against tables or the budget).
+    pub cache_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -117,8 +146,59 @@ impl Default for StoreConfig {
             default_policy: RetentionPolicy::DEFAULT,
             budget_bytes: Some(DEFAULT_BUDGET_BYTES),
             follow_capacity: DEFAULT_FOLLOW_CAPACITY,
+            compaction: Some(Compaction::default()),
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
+}
+
+/// When and how [`TableStore::compact`] turns hot batches cold.
+///
+/// Hot batches older than `cold_after` are merged in runs up to
+/// `max_rows`, `max_input_bytes` and a sixteenth of the table's maxAge; a
+/// full run is compacted at once, a run still filling waits until its
+/// oldest batch is `merge_for` past `cold_after` (or a sixty-fourth of the
+/// table's maxAge, when longer), so a table at 10 rows/s holds a few
+/// dozen cold batches an hour rather than 3600 small ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compaction {
+    /// A hot batch may be compacted once its newest row is this old.
+    pub cold_after: Duration,
+    /// How much longer a run that is not full waits for more batches.
+    pub merge_for: Duration,
+    /// Most rows per cold batch.
+    pub max_rows: usize,
+    /// Most bytes of hot batches merged into one cold batch (a table's
+    /// maxBytes / 8 when smaller).
+    pub max_input_bytes: u64,
+    pub codec: Codec,
+}
+
+impl Default for Compaction {
+    fn default() -> Self {
+        Self {
+            cold_after: Duration::from_secs(30),
+            merge_for: Duration::from_secs(300),
+            max_rows: 1 << 14,
+            max_input_bytes: 16 << 20,
+            codec: Codec::Zstd,
+        }
+    }
+}
+
+/// What one [`TableStore::compact`] pass did, over all tables.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Compacted {
+    /// Hot batches replaced.
+    pub batches_in: u64,
+    /// Cold batches made.
+    pub batches_out: u64,
+    pub rows: u64,
+    /// Bytes held before and after.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Runs that could not be encoded (they stay hot).
+    pub failures: u64,
 }
 
 /// Why data was evicted.
@@ -176,7 +256,8 @@ impl Evictions {
 }
 
 /// One table's size, limits and history, for metrics and Retention status.
-/// Always `appended == held + evicted.total()` for rows and bytes.
+/// Always `appended == held + evicted.total()` for rows, and
+/// `appended == held + evicted.total() + compacted_bytes` for bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableStats {
     pub name: TableName,
@@ -186,8 +267,14 @@ pub struct TableStats {
     pub rows: u64,
     /// Bytes held now (see the module docs for what a byte is).
     pub bytes: u64,
-    /// Batches held now.
+    /// Batches held now, and how many of them are cold.
     pub batches: u64,
+    pub cold_batches: u64,
+    /// What the rows held now took before compaction (hot batches count
+    /// as they are): `plain_bytes / bytes` is the compression ratio.
+    pub plain_bytes: u64,
+    /// Bytes compaction gave back.
+    pub compacted_bytes: u64,
     pub appended_rows: u64,
     pub appended_bytes: u64,
     pub appended_batches: u64,
@@ -213,13 +300,41 @@ pub struct CountedFollow {
     pub feed: broadcast::Receiver<RecordBatch>,
 }
 
+/// A table's rows: as appended, or compacted.
+#[derive(Clone)]
+enum Rows {
+    Hot(RecordBatch),
+    Cold(Arc<ColdBatch>),
+}
+
 /// A batch held by a table, with what eviction needs to know about it.
 struct Held {
-    batch: RecordBatch,
+    /// Unique in the store: the decode cache's key, and how compaction
+    /// finds the batches it merged.
+    id: u64,
+    rows: Rows,
     bytes: u64,
     /// Oldest and newest `time_` (the append time for tables without one).
     min_ns: i64,
     max_ns: i64,
+    /// Compaction made it no smaller: leave it hot.
+    incompressible: bool,
+}
+
+impl Held {
+    fn num_rows(&self) -> usize {
+        match &self.rows {
+            Rows::Hot(batch) => batch.num_rows(),
+            Rows::Cold(cold) => cold.rows(),
+        }
+    }
+
+    fn plain_bytes(&self) -> u64 {
+        match &self.rows {
+            Rows::Hot(_) => self.bytes,
+            Rows::Cold(cold) => cold.plain_bytes(),
+        }
+    }
 }
 
 struct TableState {
@@ -230,6 +345,7 @@ struct TableState {
     appended_bytes: u64,
     appended_batches: u64,
     evicted: Evictions,
+    compacted_bytes: u64,
     /// Set by the owner of the table (rollups); wins over Retentions.
     policy_override: Option<RetentionPolicy>,
     policy: RetentionPolicy,
@@ -257,6 +373,13 @@ struct Inner {
     /// One budget eviction at a time, so two writers over budget do not
     /// both evict the same excess.
     budget_lock: Mutex<()>,
+    /// One compaction pass at a time.
+    compact_lock: Mutex<()>,
+    next_id: AtomicU64,
+    cache: Mutex<DecodeCache>,
+    /// Cold batches that failed to decode, and their rows (never expected:
+    /// the store wrote them).
+    unreadable: AtomicU64,
 }
 
 /// The agent's tables. Cheap to clone; every clone is the same store.
@@ -299,6 +422,10 @@ impl TableStore {
                 retentions: RwLock::new(Vec::new()),
                 total_bytes: AtomicU64::new(0),
                 budget_lock: Mutex::new(()),
+                compact_lock: Mutex::new(()),
+                next_id: AtomicU64::new(0),
+                cache: Mutex::new(DecodeCache::new(config.cache_bytes)),
+                unreadable: AtomicU64::new(0),
             }),
         }
     }
@@ -357,6 +484,7 @@ impl TableStore {
                 appended_bytes: 0,
                 appended_batches: 0,
                 evicted: Evictions::default(),
+                compacted_bytes: 0,
                 policy_override: None,
                 policy,
                 limited_by: None,
@@ -385,7 +513,9 @@ impl TableStore {
         self.inner
             .total_bytes
             .fetch_sub(state.bytes, Ordering::SeqCst);
-        state.batches.clear();
+        for held in state.batches.drain(..) {
+            self.forget(&held);
+        }
         state.bytes = 0;
         state.rows = 0;
         true
@@ -427,10 +557,12 @@ impl TableStore {
             // exactly the batches after it. No receiver is not an error.
             let _ = entry.feed.send(batch.clone());
             state.batches.push_back(Held {
-                batch,
+                id: self.next_id(),
+                rows: Rows::Hot(batch),
                 bytes,
                 min_ns,
                 max_ns,
+                incompressible: false,
             });
             self.enforce_table(&entry, &mut state, now);
         }
@@ -523,9 +655,198 @@ impl TableStore {
         let mut state = lock(&entry.state);
         self.expire(&entry, &mut state, now);
         let receiver = entry.feed.subscribe();
-        let snapshot = snapshot_of(&entry, &state);
+        let parts = parts_of(&entry, &state, None);
         drop(state);
-        Some((snapshot, receiver))
+        Some((self.materialize(&entry, parts, now), receiver))
+    }
+
+    /// A snapshot of the batches that may hold rows at or after `since_ns`
+    /// (all of them for `None`): readers of recent rows, such as rollups,
+    /// need not decode cold history. Its `info` describes the whole table.
+    pub fn snapshot_since(&self, name: &TableName, since_ns: Option<i64>) -> Option<TableSnapshot> {
+        let entry = self.entry(name).ok()?;
+        let now = self.now_ns();
+        let mut state = lock(&entry.state);
+        self.expire(&entry, &mut state, now);
+        let parts = parts_of(&entry, &state, since_ns);
+        drop(state);
+        Some(self.materialize(&entry, parts, now))
+    }
+
+    /// Cold batches that could not be decoded since start (each read that
+    /// met one counts it): their rows were left out of that read.
+    pub fn unreadable_batches(&self) -> u64 {
+        self.inner.unreadable.load(Ordering::Relaxed)
+    }
+
+    /// The decode cache: bytes held now, its bound, hits and misses.
+    pub fn cache_stats(&self) -> CacheStats {
+        let cache = lock(&self.inner.cache);
+        CacheStats {
+            bytes: cache.bytes,
+            limit: cache.limit,
+            hits: cache.hits,
+            misses: cache.misses,
+        }
+    }
+
+    /// Merges each table's hot batches older than
+    /// [`Compaction::cold_after`] into compressed cold batches. Encoding
+    /// runs outside the table's lock: writers and readers go on meanwhile,
+    /// and a run that was evicted in between is left alone. A no-op
+    /// without [`StoreConfig::compaction`].
+    pub fn compact(&self) -> Compacted {
+        let mut done = Compacted::default();
+        let Some(config) = self.inner.config.compaction else {
+            return done;
+        };
+        let _one_at_a_time = lock(&self.inner.compact_lock);
+        let now = self.now_ns();
+        for entry in self.entries() {
+            let runs = {
+                let state = lock(&entry.state);
+                compaction_runs(&state, &config, now)
+            };
+            for run in runs {
+                self.compact_run(&entry, run, config.codec, &mut done);
+            }
+        }
+        done
+    }
+
+    fn compact_run(
+        &self,
+        entry: &TableEntry,
+        run: Vec<RunPart>,
+        codec: Codec,
+        done: &mut Compacted,
+    ) {
+        let batches: Vec<RecordBatch> = run.iter().map(|p| p.batch.clone()).collect();
+        let bytes_in: u64 = run.iter().map(|p| p.bytes).sum();
+        let encoded = arrow_select::concat::concat_batches(&entry.schema, &batches)
+            .and_then(|merged| ColdBatch::encode(&merged, bytes_in, codec));
+        let mut state = lock(&entry.state);
+        // Still there, in order? Eviction or a drop may have taken some.
+        let Some(start) = state.batches.iter().position(|h| h.id == run[0].id) else {
+            return;
+        };
+        let in_place = state.dropped
+            || state.batches.len() < start + run.len()
+            || run
+                .iter()
+                .zip(state.batches.range(start..))
+                .any(|(part, held)| part.id != held.id);
+        if in_place {
+            return;
+        }
+        let cold = match encoded {
+            Ok(cold) if cold.bytes() < bytes_in => cold,
+            Ok(_) => {
+                for held in state.batches.range_mut(start..start + run.len()) {
+                    held.incompressible = true;
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(table = %entry.name, error = %e, "compaction failed; the batches stay as they are");
+                done.failures += 1;
+                for held in state.batches.range_mut(start..start + run.len()) {
+                    held.incompressible = true;
+                }
+                return;
+            }
+        };
+        let replaced: Vec<Held> = state.batches.drain(start..start + run.len()).collect();
+        let min_ns = replaced
+            .iter()
+            .map(|h| h.min_ns)
+            .min()
+            .unwrap_or(run[0].min_ns);
+        let max_ns = replaced
+            .iter()
+            .map(|h| h.max_ns)
+            .max()
+            .unwrap_or(run[0].max_ns);
+        let bytes_out = cold.bytes();
+        done.batches_in += replaced.len() as u64;
+        done.batches_out += 1;
+        done.rows += cold.rows() as u64;
+        done.bytes_in += bytes_in;
+        done.bytes_out += bytes_out;
+        state.batches.insert(
+            start,
+            Held {
+                id: self.next_id(),
+                rows: Rows::Cold(Arc::new(cold)),
+                bytes: bytes_out,
+                min_ns,
+                max_ns,
+                incompressible: false,
+            },
+        );
+        let saved = bytes_in - bytes_out;
+        state.bytes -= saved;
+        state.compacted_bytes += saved;
+        self.inner.total_bytes.fetch_sub(saved, Ordering::SeqCst);
+    }
+
+    fn next_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Drops a batch leaving the table from the decode cache.
+    fn forget(&self, held: &Held) {
+        if matches!(held.rows, Rows::Cold(_)) {
+            lock(&self.inner.cache).remove(held.id);
+        }
+    }
+
+    /// The batches of a snapshot, cold ones decoded (outside the table's
+    /// lock) and cut to the maxAge cutoff of `now`.
+    fn materialize(&self, entry: &TableEntry, parts: SnapshotParts, now: i64) -> TableSnapshot {
+        let cutoff = parts
+            .max_age
+            .map(|age| now.saturating_sub(duration_ns(age)));
+        let mut batches = Vec::with_capacity(parts.rows.len());
+        for (id, rows, min_ns) in parts.rows {
+            let batch = match rows {
+                Rows::Hot(batch) => batch,
+                Rows::Cold(cold) => match self.decoded(entry, id, &cold) {
+                    Some(batch) => match (cutoff, entry.time_column) {
+                        (Some(cutoff), Some(column)) if min_ns < cutoff => {
+                            match keep_newer(&batch, column, cutoff) {
+                                Some(batch) => batch,
+                                None => continue,
+                            }
+                        }
+                        _ => batch,
+                    },
+                    None => continue,
+                },
+            };
+            batches.push(batch);
+        }
+        TableSnapshot {
+            info: parts.info,
+            batches,
+        }
+    }
+
+    fn decoded(&self, entry: &TableEntry, id: u64, cold: &ColdBatch) -> Option<RecordBatch> {
+        if let Some(batch) = lock(&self.inner.cache).get(id) {
+            return Some(batch);
+        }
+        match cold.decode(&entry.schema) {
+            Ok(batch) => {
+                lock(&self.inner.cache).insert(id, batch.clone());
+                Some(batch)
+            }
+            Err(e) => {
+                self.inner.unreadable.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(table = %entry.name, error = %e, rows = cold.rows(), "a cold batch could not be decoded; its rows are left out of this read");
+                None
+            }
+        }
     }
 
     /// [`Self::follow`] plus how many rows the table was ever given, all
@@ -539,9 +860,12 @@ impl TableStore {
         let mut state = lock(&entry.state);
         self.expire(&entry, &mut state, now);
         let feed = entry.feed.subscribe();
+        let appended_rows = state.appended_rows;
+        let parts = parts_of(&entry, &state, None);
+        drop(state);
         Some(CountedFollow {
-            appended_rows: state.appended_rows,
-            snapshot: snapshot_of(&entry, &state),
+            appended_rows,
+            snapshot: self.materialize(&entry, parts, now),
             feed,
         })
     }
@@ -604,7 +928,13 @@ impl TableStore {
             return;
         };
         let cutoff = now.saturating_sub(duration_ns(max_age));
-        if state.batches.iter().all(|h| h.min_ns >= cutoff) {
+        // Cold batches straddling the cutoff stay (see the module docs):
+        // they alone do not make the queue worth rebuilding.
+        let expired = |h: &Held| match h.rows {
+            Rows::Hot(_) => h.min_ns < cutoff,
+            Rows::Cold(_) => h.max_ns < cutoff,
+        };
+        if !state.batches.iter().any(expired) {
             return;
         }
         let mut freed = Evicted::default();
@@ -615,9 +945,17 @@ impl TableStore {
                 kept.push_back(held);
                 continue;
             }
-            let rows = held.batch.num_rows() as u64;
-            let survivor = match entry.time_column {
-                Some(column) if held.max_ns >= cutoff => keep_newer(&held.batch, column, cutoff),
+            let rows = held.num_rows() as u64;
+            let survivor = match (&held.rows, entry.time_column) {
+                // Straddling the cutoff: held until its newest row is too
+                // old, cut on every read (see the module docs).
+                (Rows::Cold(_), _) if held.max_ns >= cutoff => {
+                    kept.push_back(held);
+                    continue;
+                }
+                (Rows::Hot(batch), Some(column)) if held.max_ns >= cutoff => {
+                    keep_newer(batch, column, cutoff)
+                }
                 _ => None,
             };
             match survivor {
@@ -632,16 +970,19 @@ impl TableStore {
                     let (min_ns, max_ns) =
                         time_bounds(&batch, entry.time_column).unwrap_or((cutoff, held.max_ns));
                     kept.push_back(Held {
-                        batch,
+                        id: held.id,
+                        rows: Rows::Hot(batch),
                         bytes,
                         min_ns,
                         max_ns,
+                        incompressible: held.incompressible,
                     });
                 }
                 None => {
                     freed.rows += rows;
                     freed.bytes += held.bytes;
                     freed.batches += 1;
+                    self.forget(&held);
                 }
             }
         }
@@ -661,18 +1002,21 @@ impl TableStore {
             let Some(front) = state.batches.front() else {
                 break;
             };
-            let rows = front.batch.num_rows();
+            let rows = front.num_rows();
             let remainder = if front.bytes <= excess {
                 None
-            } else {
+            } else if let Rows::Hot(batch) = &front.rows {
                 // The estimate assumes bytes spread evenly over rows; the
                 // loop goes round again if the copy freed too little.
                 let drop_rows =
                     (u128::from(excess) * rows as u128).div_ceil(u128::from(front.bytes)) as usize;
                 (drop_rows < rows)
-                    .then(|| compact(&front.batch.slice(drop_rows, rows - drop_rows)))
+                    .then(|| compact(&batch.slice(drop_rows, rows - drop_rows)))
                     .flatten()
                     .filter(|b| (b.get_array_memory_size() as u64) < front.bytes)
+            } else {
+                // Cold batches go whole.
+                None
             };
             // `front()` returned Some above, so the queue is not empty.
             let Some(held) = state.batches.pop_front() else {
@@ -686,10 +1030,12 @@ impl TableStore {
                     freed.bytes += gone;
                     excess = excess.saturating_sub(gone);
                     state.batches.push_front(Held {
-                        batch,
+                        id: held.id,
+                        rows: Rows::Hot(batch),
                         bytes,
                         min_ns: held.min_ns,
                         max_ns: held.max_ns,
+                        incompressible: held.incompressible,
                     });
                 }
                 None => {
@@ -697,6 +1043,7 @@ impl TableStore {
                     freed.bytes += held.bytes;
                     freed.batches += 1;
                     excess = excess.saturating_sub(held.bytes);
+                    self.forget(&held);
                 }
             }
         }
@@ -768,11 +1115,7 @@ impl TableSource for TableStore {
     /// Ages the table first, so no row older than maxAge is ever served,
     /// then clones the batch list under the lock.
     fn snapshot(&self, name: &TableName) -> Option<TableSnapshot> {
-        let entry = self.entry(name).ok()?;
-        let now = self.now_ns();
-        let mut state = lock(&entry.state);
-        self.expire(&entry, &mut state, now);
-        Some(snapshot_of(&entry, &state))
+        self.snapshot_since(name, None)
     }
 
     fn subscribe(&self, name: &TableName) -> Option<broadcast::Receiver<RecordBatch>> {
@@ -797,10 +1140,177 @@ fn info_of(entry: &TableEntry, state: &TableState) -> TableInfo {
     }
 }
 
-fn snapshot_of(entry: &TableEntry, state: &TableState) -> TableSnapshot {
-    TableSnapshot {
+/// What a snapshot takes under the table's lock: cheap clones only.
+struct SnapshotParts {
+    info: TableInfo,
+    max_age: Option<Duration>,
+    /// Each batch's id, rows and oldest time.
+    rows: Vec<(u64, Rows, i64)>,
+}
+
+fn parts_of(entry: &TableEntry, state: &TableState, since_ns: Option<i64>) -> SnapshotParts {
+    SnapshotParts {
         info: info_of(entry, state),
-        batches: state.batches.iter().map(|h| h.batch.clone()).collect(),
+        max_age: state.policy.max_age,
+        rows: state
+            .batches
+            .iter()
+            .filter(|h| since_ns.is_none_or(|since| h.max_ns >= since))
+            .map(|h| (h.id, h.rows.clone(), h.min_ns))
+            .collect(),
+    }
+}
+
+/// One hot batch of a run to compact.
+struct RunPart {
+    id: u64,
+    batch: RecordBatch,
+    bytes: u64,
+    min_ns: i64,
+    max_ns: i64,
+}
+
+/// Runs of consecutive hot batches old enough to go cold, each within the
+/// compaction's and the table's limits.
+fn compaction_runs(state: &TableState, config: &Compaction, now: i64) -> Vec<Vec<RunPart>> {
+    let cold_before = now.saturating_sub(duration_ns(config.cold_after));
+    let max_bytes = state
+        .policy
+        .max_bytes
+        .map_or(config.max_input_bytes, |max| {
+            config.max_input_bytes.min(max / 8)
+        })
+        .max(1);
+    let max_span = state
+        .policy
+        .max_age
+        .map_or(i64::MAX, |age| (duration_ns(age) / 16).max(1));
+    let merge_for = state
+        .policy
+        .max_age
+        .map_or(config.merge_for, |age| config.merge_for.max(age / 64));
+    // A run that is not full goes only once its first batch is this old.
+    let settled_before = cold_before.saturating_sub(duration_ns(merge_for));
+    let settled = |run: &[RunPart]| run.first().is_some_and(|p| p.max_ns < settled_before);
+    let mut runs = Vec::new();
+    let mut run: Vec<RunPart> = Vec::new();
+    let (mut rows, mut bytes, mut min_ns, mut max_ns) = (0usize, 0u64, i64::MAX, i64::MIN);
+    for held in &state.batches {
+        let Rows::Hot(batch) = &held.rows else {
+            // A cold batch ends a run.
+            if settled(&run) {
+                runs.push(std::mem::take(&mut run));
+            }
+            run.clear();
+            (rows, bytes, min_ns, max_ns) = (0, 0, i64::MAX, i64::MIN);
+            continue;
+        };
+        if held.max_ns >= cold_before {
+            // Batches arrive oldest first: the rest are hotter still.
+            break;
+        }
+        if held.incompressible {
+            if settled(&run) {
+                runs.push(std::mem::take(&mut run));
+            }
+            run.clear();
+            (rows, bytes, min_ns, max_ns) = (0, 0, i64::MAX, i64::MIN);
+            continue;
+        }
+        let fits = rows + held.num_rows() <= config.max_rows
+            && bytes + held.bytes <= max_bytes
+            && held
+                .max_ns
+                .max(max_ns)
+                .saturating_sub(held.min_ns.min(min_ns))
+                <= max_span;
+        if !fits && !run.is_empty() {
+            // Full: compacted now, whatever its age.
+            runs.push(std::mem::take(&mut run));
+            (rows, bytes, min_ns, max_ns) = (0, 0, i64::MAX, i64::MIN);
+        }
+        rows += held.num_rows();
+        bytes += held.bytes;
+        min_ns = min_ns.min(held.min_ns);
+        max_ns = max_ns.max(held.max_ns);
+        run.push(RunPart {
+            id: held.id,
+            batch: batch.clone(),
+            bytes: held.bytes,
+            min_ns: held.min_ns,
+            max_ns: held.max_ns,
+        });
+    }
+    if settled(&run) {
+        runs.push(run);
+    }
+    runs
+}
+
+/// The decode cache's state, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub bytes: u64,
+    pub limit: u64,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// Decoded cold batches, least recently used first out, within a bound.
+struct DecodeCache {
+    limit: u64,
+    bytes: u64,
+    hits: u64,
+    misses: u64,
+    /// Oldest use first.
+    entries: VecDeque<(u64, RecordBatch, u64)>,
+}
+
+impl DecodeCache {
+    fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            bytes: 0,
+            hits: 0,
+            misses: 0,
+            entries: VecDeque::new(),
+        }
+    }
+
+    fn get(&mut self, id: u64) -> Option<RecordBatch> {
+        let Some(at) = self.entries.iter().position(|(key, _, _)| *key == id) else {
+            self.misses += 1;
+            return None;
+        };
+        self.hits += 1;
+        let entry = self.entries.remove(at)?;
+        let batch = entry.1.clone();
+        self.entries.push_back(entry);
+        Some(batch)
+    }
+
+    fn insert(&mut self, id: u64, batch: RecordBatch) {
+        let bytes = batch.get_array_memory_size() as u64;
+        if bytes > self.limit {
+            return;
+        }
+        self.remove(id);
+        while self.bytes + bytes > self.limit {
+            let Some((_, _, gone)) = self.entries.pop_front() else {
+                break;
+            };
+            self.bytes -= gone;
+        }
+        self.bytes += bytes;
+        self.entries.push_back((id, batch, bytes));
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(at) = self.entries.iter().position(|(key, _, _)| *key == id)
+            && let Some((_, _, bytes)) = self.entries.remove(at)
+        {
+            self.bytes -= bytes;
+        }
     }
 }
 
@@ -818,6 +1328,13 @@ fn stats_of(entry: &TableEntry, state: &TableState, now: i64) -> TableStats {
         rows: state.rows,
         bytes: state.bytes,
         batches: state.batches.len() as u64,
+        cold_batches: state
+            .batches
+            .iter()
+            .filter(|h| matches!(h.rows, Rows::Cold(_)))
+            .count() as u64,
+        plain_bytes: state.batches.iter().map(Held::plain_bytes).sum(),
+        compacted_bytes: state.compacted_bytes,
         appended_rows: state.appended_rows,
         appended_bytes: state.appended_bytes,
         appended_batches: state.appended_batches,

@@ -15,7 +15,7 @@ use std::{collections::BTreeSet, sync::Arc};
 use arrow_array::RecordBatch;
 use arrow_flight::{
     FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket,
-    encode::FlightDataEncoderBuilder,
+    encode::{DictionaryHandling, FlightDataEncoderBuilder},
     error::FlightError as ArrowFlightError,
     flight_service_server::FlightService,
     sql::{
@@ -285,9 +285,12 @@ fn schema_names(source: &dyn TableSource) -> BTreeSet<String> {
 }
 
 /// Encodes batches as a DoGet stream; the schema goes first even when no
-/// batch follows.
+/// batch follows. Dictionary columns (asked for with a ticket's
+/// `dictionary` or SQL's `arrow_cast`) stay dictionaries on the wire, their
+/// dictionary sent before each batch.
 pub(crate) fn encode(schema: SchemaRef, batches: BatchStream) -> FlightDataStream {
     FlightDataEncoderBuilder::new()
+        .with_dictionary_handling(DictionaryHandling::Resend)
         .with_schema(schema)
         .build(batches)
         .map_err(Status::from)

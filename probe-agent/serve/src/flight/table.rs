@@ -169,6 +169,11 @@ impl BatchShaper {
         if batch.num_rows() == 0 {
             return Ok(None);
         }
+        if batch.schema().fields() != self.read.output_schema.fields() {
+            // Dictionary columns asked for.
+            batch = probe_store::cast_to(&batch, &self.read.output_schema)
+                .map_err(|source| RequestError::Arrow { source })?;
+        }
         self.sent += batch.num_rows();
         Ok(Some(batch))
     }

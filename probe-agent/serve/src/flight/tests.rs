@@ -895,3 +895,86 @@ fn sql_commands_are_told_from_json() {
     };
     assert!(!is_sql_command(&other.encode_to_vec()));
 }
+
+#[tokio::test]
+async fn columns_are_plain_by_default_and_dictionaries_when_asked() {
+    let source = source_with_rows();
+    let server = TestServer::start(Arc::clone(&source), |_| {}).await;
+    let mut client = server.client().await;
+    let comms = |batches: &[RecordBatch]| -> Vec<String> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                let column = b.column_by_name("comm").unwrap();
+                let plain = arrow_cast::cast(column, &arrow_schema::DataType::Utf8).unwrap();
+                plain
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|c| c.unwrap().to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let plain = do_get(&mut client, r#"{"table": "shop.opens"}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        plain[0]
+            .schema()
+            .field_with_name("comm")
+            .unwrap()
+            .data_type(),
+        &arrow_schema::DataType::Utf8
+    );
+    let dense = do_get(
+        &mut client,
+        r#"{"table": "shop.opens", "since": 5000000000, "dictionary": true}"#,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        dense[0]
+            .schema()
+            .field_with_name("comm")
+            .unwrap()
+            .data_type(),
+        arrow_schema::DataType::Dictionary(..)
+    ));
+    // The same rows either way; columns not known to be low-cardinality stay plain.
+    assert_eq!(comms(&dense), comms(&plain)[4..]);
+    assert_eq!(
+        dense[0]
+            .schema()
+            .field_with_name("path")
+            .map(|f| f.data_type().clone())
+            .ok(),
+        plain[0]
+            .schema()
+            .field_with_name("path")
+            .map(|f| f.data_type().clone())
+            .ok()
+    );
+    // The schema a client is promised is the one it gets.
+    let info = client
+        .get_flight_info(FlightDescriptor::new_cmd(
+            r#"{"table": "shop.opens", "dictionary": true}"#.to_owned(),
+        ))
+        .await
+        .unwrap();
+    let promised = info.try_decode_schema().unwrap();
+    assert_eq!(promised.fields(), dense[0].schema().fields());
+
+    // Flight SQL: plain unless the query casts.
+    let cast = sql(
+        &mut client,
+        "SELECT arrow_cast(comm, 'Dictionary(Int32, Utf8)') AS comm FROM shop.opens ORDER BY time_",
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        cast[0].schema().field(0).data_type(),
+        arrow_schema::DataType::Dictionary(..)
+    ));
+    assert_eq!(comms(&cast), comms(&plain));
+    server.stop().await;
+}

@@ -16,13 +16,15 @@ pub(crate) const TIME_COLUMN: &str = "time_";
 /// ```json
 /// {"table": "shop.opens", "columns": ["time_", "comm"],
 ///  "since": "2025-01-01T00:00:00Z", "until": 1735689600000000000,
-///  "limit": 100, "follow": false}
+///  "limit": 100, "follow": false, "dictionary": false}
 /// ```
 ///
 /// Only `table` is required. `since` is inclusive and `until` exclusive,
 /// both on `time_`. With `follow` the stream goes on with rows appended
 /// after the snapshot until the client cancels it (or `limit` rows were
-/// sent).
+/// sent). With `dictionary` the low-cardinality string columns (`node`,
+/// `namespace`, `pod`, `container`, `comm`) come as dictionary arrays;
+/// by default every column is plain.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableTicket {
@@ -37,6 +39,8 @@ pub struct TableTicket {
     pub limit: Option<u64>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub follow: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dictionary: bool,
 }
 
 /// A point in time: Unix-epoch nanoseconds or an RFC 3339 string.
@@ -147,6 +151,11 @@ impl TableTicket {
                     .map_err(|source| RequestError::Arrow { source })?,
             ),
             None => Arc::clone(schema),
+        };
+        let output_schema = if self.dictionary {
+            probe_store::dictionary_schema(&output_schema)
+        } else {
+            output_schema
         };
         Ok(TableRead {
             name: table.name.clone(),

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use arrow_array::{Int32Array, types::UInt64Type};
 
 use super::*;
-use crate::{ManualClock, StoreConfig};
+use crate::{DEFAULT_CACHE_BYTES, ManualClock, StoreConfig, TableSource};
 
 const SEC: i64 = 1_000_000_000;
 const MINUTE: i64 = 60 * SEC;
@@ -111,6 +111,8 @@ fn store() -> TableStore {
         default_policy: RetentionPolicy::UNBOUNDED,
         budget_bytes: None,
         follow_capacity: 4,
+        compaction: None,
+        cache_bytes: DEFAULT_CACHE_BYTES,
     };
     TableStore::with_clock(config, Arc::new(ManualClock::new(T0 + 10 * MINUTE)))
 }

@@ -57,6 +57,8 @@ fn config(policy: RetentionPolicy, budget: Option<u64>) -> StoreConfig {
         default_policy: policy,
         budget_bytes: budget,
         follow_capacity: 16,
+        compaction: None,
+        cache_bytes: DEFAULT_CACHE_BYTES,
     }
 }
 
@@ -70,7 +72,7 @@ fn assert_balanced(stats: &TableStats) {
     assert_eq!(stats.appended_rows, stats.rows + evicted.rows, "{stats:?}");
     assert_eq!(
         stats.appended_bytes,
-        stats.bytes + evicted.bytes,
+        stats.bytes + evicted.bytes + stats.compacted_bytes,
         "{stats:?}"
     );
 }
@@ -449,4 +451,284 @@ fn tables_are_listed_in_name_order_with_their_time_range() {
     assert_eq!(tables[0].rows, 3);
     assert_eq!(tables[0].time_range, Some((T0 - 5, T0 + 5)));
     assert_eq!(tables[1].time_range, None);
+}
+
+/// A store that compacts batches as soon as their newest row is a second old.
+fn compacting(policy: RetentionPolicy, budget: Option<u64>) -> StoreConfig {
+    StoreConfig {
+        compaction: Some(Compaction {
+            cold_after: Duration::from_secs(1),
+            merge_for: Duration::ZERO,
+            ..Compaction::default()
+        }),
+        ..config(policy, budget)
+    }
+}
+
+/// Small batches as the capture path seals them at a low rate: a few rows
+/// each, one per 100 ms of `time_`.
+fn trickle(store: &TableStore, clock: &ManualClock, name: &TableName, batches: u64, seq: &mut u64) {
+    for _ in 0..batches {
+        clock.advance(Duration::from_millis(100));
+        let now = clock.now_ns();
+        let times: Vec<i64> = (0..10)
+            .map(|i| now - 100_000_000 + i * 10_000_000)
+            .collect();
+        store.append(name, batch(*seq, &times)).expect("append");
+        *seq += times.len() as u64;
+    }
+}
+
+#[test]
+fn compaction_serves_the_same_rows_from_fewer_smaller_batches() {
+    let (store, clock) = store_at(compacting(RetentionPolicy::UNBOUNDED, None), T0);
+    let name = TableName::new("shop", "opens");
+    store
+        .create_table(name.clone(), schema())
+        .expect("new table");
+    let mut seq = 0;
+    trickle(&store, &clock, &name, 600, &mut seq);
+    let before = store.table_stats(&name).expect("table");
+    let rows_before = seqs(&store.snapshot(&name).expect("table").batches);
+
+    let done = store.compact();
+    let after = store.table_stats(&name).expect("table");
+    assert!(done.batches_in > 500 && done.batches_out >= 1, "{done:?}");
+    assert_eq!(done.bytes_in - done.bytes_out, after.compacted_bytes);
+    // The newest second stays hot.
+    assert!(after.batches < before.batches / 50, "{after:?}");
+    assert!(after.cold_batches >= 1);
+    // Unique sequence numbers and times compress least; still 5x.
+    assert!(
+        after.bytes * 5 < before.bytes,
+        "{} bytes held after compaction, {} before",
+        after.bytes,
+        before.bytes
+    );
+    assert_eq!(after.plain_bytes, before.bytes);
+    assert_eq!(after.rows, before.rows);
+    assert_balanced(&after);
+    assert_eq!(store.total_bytes(), after.bytes);
+
+    // Readers see the same rows in the same order and the same schema,
+    // once from the codec and once from the cache.
+    for _ in 0..2 {
+        let snapshot = store.snapshot(&name).expect("table");
+        assert_eq!(seqs(&snapshot.batches), rows_before);
+        assert!(snapshot.batches.iter().all(|b| b.schema() == schema()));
+        let comms: Vec<String> = snapshot
+            .batches
+            .iter()
+            .flat_map(|b| {
+                b.column(1)
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|c| c.unwrap_or_default().to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert!(
+            comms
+                .iter()
+                .zip(&rows_before)
+                .all(|(c, s)| *c == format!("proc-{}", s % 7))
+        );
+    }
+    let cache = store.cache_stats();
+    assert!(
+        cache.hits >= 1 && cache.misses >= 1 && cache.bytes <= cache.limit,
+        "{cache:?}"
+    );
+    assert_eq!(store.unreadable_batches(), 0);
+    // Compacting again finds nothing new.
+    assert_eq!(store.compact().batches_out, 0);
+}
+
+#[test]
+fn max_bytes_holds_with_compressed_batches_and_eviction_stays_exact() {
+    let limit = 256 * KI;
+    let policy = RetentionPolicy {
+        max_bytes: Some(limit),
+        max_age: None,
+    };
+    let (store, clock) = store_at(compacting(policy, None), T0);
+    let name = TableName::new("shop", "opens");
+    store
+        .create_table(name.clone(), schema())
+        .expect("new table");
+    let mut seq = 0;
+    let mut most_rows = 0;
+    // Compressible rows, compacted every second as the agent's upkeep does,
+    // until ten times the bound has gone in.
+    while store.table_stats(&name).expect("table").appended_bytes < 10 * limit {
+        trickle(&store, &clock, &name, 10, &mut seq);
+        let stats = store.table_stats(&name).expect("table");
+        assert!(stats.bytes as f64 <= limit as f64 * 1.1, "{stats:?}");
+        store.compact();
+        let stats = store.table_stats(&name).expect("table");
+        assert!(stats.bytes as f64 <= limit as f64 * 1.1, "{stats:?}");
+        assert_balanced(&stats);
+        assert_eq!(stats.appended_rows, seq);
+        assert_eq!(store.total_bytes(), stats.bytes);
+        most_rows = most_rows.max(stats.rows);
+    }
+    let stats = store.table_stats(&name).expect("table");
+    assert!(stats.evicted.max_bytes.rows > 0, "{stats:?}");
+    assert_eq!(stats.limited_by, Some(EvictionReason::MaxBytes));
+    assert!(
+        stats.cold_batches > 0 && stats.compacted_bytes > 0,
+        "{stats:?}"
+    );
+    // What is held is exactly the newest rows, in order...
+    let held = seqs(&store.snapshot(&name).expect("table").batches);
+    assert_eq!(held.len() as u64, stats.rows);
+    assert_eq!(held.last().copied(), Some(seq - 1));
+    assert!(held.windows(2).all(|w| w[1] == w[0] + 1));
+    // ...and far more of them than the bound holds uncompressed.
+    assert!(
+        stats.plain_bytes > 3 * limit,
+        "{} plain bytes held in {limit}",
+        stats.plain_bytes
+    );
+}
+
+#[test]
+fn cold_batches_never_serve_rows_past_max_age() {
+    let max_age = Duration::from_secs(32);
+    let policy = RetentionPolicy {
+        max_bytes: None,
+        max_age: Some(max_age),
+    };
+    let (store, clock) = store_at(compacting(policy, None), T0);
+    let name = TableName::new("shop", "opens");
+    store
+        .create_table(name.clone(), schema())
+        .expect("new table");
+    let mut seq = 0;
+    for step in 0..120 {
+        trickle(&store, &clock, &name, 10, &mut seq);
+        store.compact();
+        let now = clock.now_ns();
+        let cutoff = now - duration_ns(max_age);
+        let snapshot = store.snapshot(&name).expect("table");
+        let served: Vec<i64> = snapshot
+            .batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_primitive::<TimestampNanosecondType>()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert!(served.iter().all(|&t| t >= cutoff), "step {step}");
+        let stats = store.table_stats(&name).expect("table");
+        assert_balanced(&stats);
+        // Whole cold batches span at most maxAge / 16: the window overshoots
+        // by no more than that.
+        if let Some(window) = stats.window {
+            assert!(
+                window <= max_age + max_age / 16 + Duration::from_millis(100),
+                "{window:?}"
+            );
+        }
+    }
+    let stats = store.table_stats(&name).expect("table");
+    assert!(
+        stats.evicted.max_age.batches > 0 && stats.cold_batches > 0,
+        "{stats:?}"
+    );
+}
+
+#[test]
+fn the_budget_evicts_cold_batches_whole_and_counts_them() {
+    let budget = 128 * KI;
+    let (store, clock) = store_at(compacting(RetentionPolicy::UNBOUNDED, Some(budget)), T0);
+    let name = TableName::new("shop", "opens");
+    store
+        .create_table(name.clone(), schema())
+        .expect("new table");
+    let mut seq = 0;
+    for _ in 0..200 {
+        trickle(&store, &clock, &name, 10, &mut seq);
+        store.compact();
+        assert!(store.total_bytes() <= budget);
+    }
+    let stats = store.table_stats(&name).expect("table");
+    assert!(
+        stats.evicted.budget.batches > 0 && stats.cold_batches > 0,
+        "{stats:?}"
+    );
+    assert_balanced(&stats);
+    assert_eq!(stats.appended_rows, seq);
+    let held = seqs(&store.snapshot(&name).expect("table").batches);
+    assert_eq!(held.len() as u64, stats.rows);
+    assert_eq!(held.last().copied(), Some(seq - 1));
+}
+
+#[test]
+fn followers_and_rollup_readers_see_compacted_tables_whole() {
+    let (store, clock) = store_at(compacting(RetentionPolicy::UNBOUNDED, None), T0);
+    let name = TableName::new("shop", "opens");
+    store
+        .create_table(name.clone(), schema())
+        .expect("new table");
+    let mut seq = 0;
+    trickle(&store, &clock, &name, 100, &mut seq);
+    store.compact();
+    let (snapshot, mut feed) = store.follow(&name).expect("table");
+    assert_eq!(seqs(&snapshot.batches), (0..seq).collect::<Vec<_>>());
+    let held_before = seq;
+    // Fewer batches than the feed's depth (16).
+    trickle(&store, &clock, &name, 12, &mut seq);
+    store.compact();
+    let mut fed = Vec::new();
+    while let Ok(batch) = feed.try_recv() {
+        fed.extend(seqs(&[batch]));
+    }
+    assert_eq!(fed, (held_before..seq).collect::<Vec<_>>());
+    // Recent rows only: the cold history before them is skipped.
+    let since = clock.now_ns() - SEC;
+    let recent = store.snapshot_since(&name, Some(since)).expect("table");
+    let all = store.snapshot(&name).expect("table");
+    assert!(recent.batches.len() < all.batches.len());
+    assert_eq!(recent.info.rows, seq);
+    assert_eq!(seqs(&recent.batches).last().copied(), Some(seq - 1));
+}
+
+#[test]
+fn a_slow_table_is_merged_into_few_cold_batches() {
+    // The agent's defaults: cold after 30 s, runs wait five minutes to fill.
+    let config = StoreConfig {
+        compaction: Some(Compaction::default()),
+        ..config(RetentionPolicy::DEFAULT, None)
+    };
+    let (store, clock) = store_at(config, T0);
+    let name = TableName::new("shop", "slow");
+    store
+        .create_table(name.clone(), schema())
+        .expect("new table");
+    let mut seq = 0;
+    // One 10-row batch a second for twenty minutes, upkeep every second.
+    for _ in 0..1200 {
+        clock.advance(Duration::from_secs(1));
+        let now = clock.now_ns();
+        let times: Vec<i64> = (0..10).map(|i| now - SEC + i * (SEC / 10)).collect();
+        store.append(&name, batch(seq, &times)).expect("append");
+        seq += 10;
+        store.compact();
+    }
+    let stats = store.table_stats(&name).expect("table");
+    // At most 5.5 minutes hot (330 batches); the rest in runs of about five
+    // minutes each.
+    assert!(stats.batches <= 340, "{stats:?}");
+    assert!(
+        stats.cold_batches >= 2 && stats.cold_batches <= 6,
+        "{stats:?}"
+    );
+    assert_eq!(stats.rows, seq);
+    assert_eq!(
+        seqs(&store.snapshot(&name).expect("table").batches),
+        (0..seq).collect::<Vec<_>>()
+    );
 }
