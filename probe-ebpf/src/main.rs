@@ -19,6 +19,8 @@
 
 use core::ffi::c_void;
 
+mod reference;
+
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
