@@ -10,8 +10,9 @@
 //! the record to the ring buffer. Every outcome is counted per probe and CPU.
 //!
 //! Records are submitted without waking the reader (`BPF_RB_NO_WAKEUP`): the
-//! agent drains on a timer, and a submit wakes it only once the ring holds
-//! more than the configured watermark. Waking per event costs several times
+//! agent drains on a timer, and a submit wakes it only when it takes the
+//! ring across the configured watermark (or a further quarter of it; see
+//! `probe_common::crosses_watermark`). Waking per event costs several times
 //! the traced syscall itself.
 #![no_std]
 #![no_main]
@@ -40,7 +41,7 @@ use probe_common::{
     COMM_LEN, ENTRY_REGS, EntryKey, EntryState, FILTER_WORDS, FieldSource, FilterOp, HookProbes,
     MAX_ENTRIES_IN_FLIGHT, MAX_FIELDS, MAX_FILTERS, MAX_HOOKS, MAX_PROBES, MAX_TARGETS, NO_PROBE,
     OFFSET_MASK, PROBES_PER_HOOK, ProbeConfig, ProbeCounters, RECORD_HEADER_LEN, RECORD_KIND_EVENT,
-    RateWindow, RecordHeader, TargetKey, TargetMode, filter_kind,
+    RateWindow, RecordHeader, TargetKey, TargetMode, crosses_watermark, filter_kind,
 };
 
 /// Default ring size; the agent sets the real one at load time.
@@ -389,7 +390,10 @@ fn on_probe(ctx: *mut c_void, probe_id: u32, config: &ProbeConfig, half: Half) {
     }
     // SAFETY: `len` is at most OFFSET_MASK, inside the scratch buffer.
     let record = unsafe { core::slice::from_raw_parts(base, len) };
-    let flags = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= config.wakeup_watermark {
+    // Wake the reader when this record takes the ring across its watermark
+    // (or a further quarter of it), not on every record above it.
+    let avail = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    let flags = if crosses_watermark(avail + len as u64, len as u64, config.wakeup_watermark) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
