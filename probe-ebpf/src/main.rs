@@ -8,6 +8,10 @@
 //! the target set, build the record in a per-CPU scratch buffer (header and
 //! configured fields), apply the filters, sampling and rate limit, and write
 //! the record to the ring buffer. Every outcome is counted per probe and CPU.
+//! Work is ordered so that rejected events cost least: without filters,
+//! sampling and the rate limit decide before anything is read; with them,
+//! the header (command name and all) is written only for events that pass,
+//! unless a filter compares a standard column.
 //!
 //! Records are submitted without waking the reader (`BPF_RB_NO_WAKEUP`): the
 //! agent drains on a timer, and a submit wakes it only when it takes the
@@ -327,25 +331,25 @@ fn on_probe(ctx: *mut c_void, probe_id: u32, config: &ProbeConfig, half: Half) {
         None
     };
 
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Without filters, sampling and the rate limit decide on what is known
+    // already, before anything is read or written. (`has_filters` rereads
+    // the map value each time: a flag kept in a register across the field
+    // loop would double the states the verifier walks.)
+    if !has_filters(config) && !keep(config, counters, probe_id, now) {
+        return;
+    }
+
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     let base = scratch.cast::<u8>();
-    let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: `base` is this CPU's scratch buffer, SCRATCH_LEN bytes; every
-    // write below stays inside it.
-    unsafe {
-        core::ptr::write_unaligned(
-            base.cast::<RecordHeader>(),
-            RecordHeader {
-                kind: RECORD_KIND_EVENT,
-                probe_id,
-                ktime_ns: now,
-                pid_tgid,
-                cgroup_id,
-                comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-            },
-        );
+    // The header's known values are stores; the command name is a helper
+    // call, made before the filters only if one of them compares it, and
+    // otherwise only for events that pass.
+    write_header(base, probe_id, now, pid_tgid, cgroup_id);
+    if filters_read_comm(config) {
+        write_comm(base);
     }
 
     for i in 0..MAX_FIELDS {
@@ -368,19 +372,10 @@ fn on_probe(ctx: *mut c_void, probe_id: u32, config: &ProbeConfig, half: Half) {
             return;
         }
     }
-
-    if config.sample_one_in > 1 {
-        counters.sample_seq += 1;
-        if counters.sample_seq % u64::from(config.sample_one_in) != 0 {
-            counters.sampled_out += 1;
-            return;
-        }
-    }
-
-    if config.rate_per_sec != 0 && over_rate(probe_id, config.rate_per_sec, now) {
-        counters.rate_limited += 1;
+    if has_filters(config) && !keep(config, counters, probe_id, now) {
         return;
     }
+    write_comm(base);
 
     // Plans keep record_len within MAX_RECORD (== OFFSET_MASK), so the mask
     // changes nothing; it is there for the verifier.
@@ -401,6 +396,80 @@ fn on_probe(ctx: *mut c_void, probe_id: u32, config: &ProbeConfig, half: Half) {
     match EVENTS.output::<[u8]>(record, u64::from(flags)) {
         Ok(()) => counters.emitted += 1,
         Err(_) => counters.ringbuf_full += 1,
+    }
+}
+
+/// Sampling, then the rate limit: false (and counted) if the event goes.
+#[inline(always)]
+fn keep(config: &ProbeConfig, counters: &mut ProbeCounters, probe_id: u32, now: u64) -> bool {
+    if config.sample_one_in > 1 {
+        counters.sample_seq += 1;
+        if counters.sample_seq % u64::from(config.sample_one_in) != 0 {
+            counters.sampled_out += 1;
+            return false;
+        }
+    }
+    if config.rate_per_sec != 0 && over_rate(probe_id, config.rate_per_sec, now) {
+        counters.rate_limited += 1;
+        return false;
+    }
+    true
+}
+
+/// Whether a filter compares the command name.
+#[inline(always)]
+fn filters_read_comm(config: &ProbeConfig) -> bool {
+    for i in 0..MAX_FILTERS {
+        let filter = &config.filters[i];
+        if filter.op == 0 {
+            break;
+        }
+        let comm = probe_common::header_offsets::COMM;
+        if (comm..RECORD_HEADER_LEN).contains(&filter.offset) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether the probe has filters (read from the map value each time).
+#[inline(always)]
+fn has_filters(config: &ProbeConfig) -> bool {
+    // SAFETY: a field of a live map value.
+    unsafe { core::ptr::read_volatile(&config.filters[0].op) != 0 }
+}
+
+/// Writes the header's known values; the command name is left to
+/// [`write_comm`].
+#[inline(always)]
+fn write_header(base: *mut u8, probe_id: u32, now: u64, pid_tgid: u64, cgroup_id: u64) {
+    // SAFETY: `base` is this CPU's scratch buffer, longer than a header.
+    unsafe {
+        core::ptr::write_unaligned(
+            base.cast::<RecordHeader>(),
+            RecordHeader {
+                kind: RECORD_KIND_EVENT,
+                probe_id,
+                ktime_ns: now,
+                pid_tgid,
+                cgroup_id,
+                comm: [0; COMM_LEN],
+            },
+        );
+    }
+}
+
+/// Writes the command name into the header.
+#[inline(always)]
+fn write_comm(base: *mut u8) {
+    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    // SAFETY: the header's comm lies inside the scratch buffer.
+    unsafe {
+        core::ptr::write_unaligned(
+            base.add(probe_common::header_offsets::COMM as usize)
+                .cast::<[u8; COMM_LEN]>(),
+            comm,
+        );
     }
 }
 
