@@ -32,7 +32,8 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
         generated::{
-            bpf_get_attach_cookie, bpf_get_current_cgroup_id, bpf_ktime_get_ns,
+            bpf_get_attach_cookie, bpf_get_current_cgroup_id,
+            bpf_get_current_comm as raw_get_current_comm, bpf_ktime_get_ns,
             bpf_probe_read_kernel, bpf_probe_read_kernel_str, bpf_probe_read_user,
             bpf_probe_read_user_str,
         },
@@ -440,36 +441,34 @@ fn has_filters(config: &ProbeConfig) -> bool {
 }
 
 /// Writes the header's known values; the command name is left to
-/// [`write_comm`].
+/// [`write_comm`]. Field by field with aligned stores: a header built as a
+/// value and written unaligned compiles to byte stores and a byte-loop
+/// `memset` of the name.
 #[inline(always)]
 fn write_header(base: *mut u8, probe_id: u32, now: u64, pid_tgid: u64, cgroup_id: u64) {
-    // SAFETY: `base` is this CPU's scratch buffer, longer than a header.
+    let header = base.cast::<RecordHeader>();
+    // SAFETY: `base` is this CPU's scratch buffer (a map value, 8-byte
+    // aligned), longer than a header.
     unsafe {
-        core::ptr::write_unaligned(
-            base.cast::<RecordHeader>(),
-            RecordHeader {
-                kind: RECORD_KIND_EVENT,
-                probe_id,
-                ktime_ns: now,
-                pid_tgid,
-                cgroup_id,
-                comm: [0; COMM_LEN],
-            },
-        );
+        (*header).kind = RECORD_KIND_EVENT;
+        (*header).probe_id = probe_id;
+        (*header).ktime_ns = now;
+        (*header).pid_tgid = pid_tgid;
+        (*header).cgroup_id = cgroup_id;
     }
 }
 
-/// Writes the command name into the header.
+/// Writes the command name into the header, straight from the helper.
 #[inline(always)]
 fn write_comm(base: *mut u8) {
-    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-    // SAFETY: the header's comm lies inside the scratch buffer.
+    // SAFETY: the header's comm lies inside the scratch buffer, 8-byte
+    // aligned; the helper writes at most COMM_LEN bytes there.
     unsafe {
-        core::ptr::write_unaligned(
-            base.add(probe_common::header_offsets::COMM as usize)
-                .cast::<[u8; COMM_LEN]>(),
-            comm,
-        );
+        let comm = base.add(probe_common::header_offsets::COMM as usize);
+        if raw_get_current_comm(comm.cast(), COMM_LEN as u32) != 0 {
+            let words = comm.cast::<[u64; COMM_LEN / 8]>();
+            *words = [0; COMM_LEN / 8];
+        }
     }
 }
 
@@ -669,11 +668,13 @@ fn passes(base: *const u8, filter: &probe_common::FilterConfig) -> bool {
             equal
         };
     }
-    // SAFETY: as above.
-    let raw = unsafe { read_u64(base, at) };
-    let value = match filter.len {
-        4 => raw as u32 as u64,
-        _ => raw,
+    // SAFETY: as above. A 4-byte value (the header's tid or pid) is only
+    // 4-byte aligned.
+    let value = unsafe {
+        match filter.len {
+            4 => read_u32(base, at),
+            _ => read_u64(base, at),
+        }
     };
     let signed = filter.kind == filter_kind::SIGNED;
     let less = |x: u64, y: u64| {
@@ -719,16 +720,29 @@ fn over_rate(probe_id: u32, limit: u64, now: u64) -> bool {
     }
 }
 
+// Plans put every integer column, string area and so every filter word at
+// a multiple of 8 in the record (header values at their natural
+// alignment), and the scratch buffer is a map value, 8-byte aligned: the
+// accessors below clear the low bits, which changes no valid offset, so
+// the compiler may use one aligned load or store (an unaligned one on this
+// target is eight byte accesses).
+
 #[inline(always)]
 unsafe fn write_u64(base: *mut u8, at: u32, value: u64) {
     // SAFETY: callers pass offsets inside the scratch buffer.
-    unsafe { core::ptr::write_unaligned(base.add(at as usize).cast::<u64>(), value) }
+    unsafe { *base.add((at & !7) as usize).cast::<u64>() = value }
 }
 
 #[inline(always)]
 unsafe fn read_u64(base: *const u8, at: u32) -> u64 {
     // SAFETY: callers pass offsets inside the scratch buffer.
-    unsafe { core::ptr::read_unaligned(base.add(at as usize).cast::<u64>()) }
+    unsafe { *base.add((at & !7) as usize).cast::<u64>() }
+}
+
+#[inline(always)]
+unsafe fn read_u32(base: *const u8, at: u32) -> u64 {
+    // SAFETY: callers pass offsets inside the scratch buffer.
+    unsafe { u64::from(*base.add((at & !3) as usize).cast::<u32>()) }
 }
 
 #[cfg(not(test))]
