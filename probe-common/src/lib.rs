@@ -306,7 +306,8 @@ pub struct ProbeConfig {
     pub save_entry: u32,
     /// Events per second per node (0: unlimited).
     pub rate_per_sec: u64,
-    /// Ring fill level (bytes) from which a record wakes the reader.
+    /// Ring fill level (bytes) at which a record wakes the reader (see
+    /// [`crosses_watermark`]).
     pub wakeup_watermark: u64,
     pub fields: [FieldConfig; MAX_FIELDS],
     pub filters: [FilterConfig; MAX_FILTERS],

@@ -30,12 +30,11 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_pid_tgid,
         generated::{
             bpf_get_attach_cookie, bpf_get_current_cgroup_id,
-            bpf_get_current_comm as raw_get_current_comm, bpf_ktime_get_ns,
-            bpf_probe_read_kernel, bpf_probe_read_kernel_str, bpf_probe_read_user,
-            bpf_probe_read_user_str,
+            bpf_get_current_comm as raw_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_kernel,
+            bpf_probe_read_kernel_str, bpf_probe_read_user, bpf_probe_read_user_str,
         },
     },
     macros::{map, raw_tracepoint, tracepoint, uprobe, uretprobe},
@@ -405,7 +404,10 @@ fn on_probe(ctx: *mut c_void, probe_id: u32, config: &ProbeConfig, half: Half) {
 fn keep(config: &ProbeConfig, counters: &mut ProbeCounters, probe_id: u32, now: u64) -> bool {
     if config.sample_one_in > 1 {
         counters.sample_seq += 1;
-        if counters.sample_seq % u64::from(config.sample_one_in) != 0 {
+        if !counters
+            .sample_seq
+            .is_multiple_of(u64::from(config.sample_one_in))
+        {
             counters.sampled_out += 1;
             return false;
         }

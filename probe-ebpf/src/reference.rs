@@ -221,7 +221,7 @@ pub fn sonde_ref_uretprobe_entry(ctx: ProbeContext) -> u32 {
         // SAFETY: the registers are the context.
         id: unsafe { (*ctx.regs).rdi },
     };
-    let _ = REF_ENTRIES.insert(&tid, &state, 0);
+    let _ = REF_ENTRIES.insert(tid, state, 0);
     0
 }
 
@@ -231,10 +231,10 @@ pub fn sonde_ref_uretprobe(ctx: RetProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     // SAFETY: copied out at once; only this thread writes its key.
-    let Some(state) = (unsafe { REF_ENTRIES.get(&tid) }).copied() else {
+    let Some(state) = (unsafe { REF_ENTRIES.get(tid) }).copied() else {
         return 0;
     };
-    let _ = REF_ENTRIES.remove(&tid);
+    let _ = REF_ENTRIES.remove(tid);
     const LEN: usize = HEADER + 24;
     let Some(mut entry) = EVENTS.reserve::<[u8; LEN]>(0) else {
         lost();

@@ -40,7 +40,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pr
 pub struct LoadOptions {
     /// Ring buffer size in bytes: a power of two, at least one page.
     pub ring_bytes: u32,
-    /// Fill level (bytes) from which a submit wakes the reader.
+    /// Fill level (bytes) at which a submit wakes the reader (and again at
+    /// each further quarter of it).
     pub wakeup_watermark: u64,
 }
 

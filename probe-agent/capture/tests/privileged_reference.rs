@@ -128,18 +128,12 @@ fn compare(yaml: &str, references: &[&str], mut child: Child) -> usize {
                         let area = &r[at..at + usize::from(area)];
                         area[..area.iter().position(|&b| b == 0).unwrap_or(area.len())].to_vec()
                     };
-                    assert_eq!(
-                        text(sonde),
-                        text(reference),
-                        "record {i}: {}",
-                        column.name
-                    );
+                    assert_eq!(text(sonde), text(reference), "record {i}: {}", column.name);
                 }
                 _ if column.name == "latency" => {
                     for record in [sonde, reference] {
-                        let latency = u64::from_ne_bytes(
-                            record[at..at + 8].try_into().expect("8 bytes"),
-                        );
+                        let latency =
+                            u64::from_ne_bytes(record[at..at + 8].try_into().expect("8 bytes"));
                         assert!(latency > 0, "record {i}: latency 0");
                     }
                 }
