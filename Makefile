@@ -10,7 +10,7 @@ export SONDE_CACHE CARGO_TARGET_DIR PATH
 
 AGENT := $(CARGO_TARGET_DIR)/release/probe-agent
 
-.PHONY: install install-test run build test lint unit-test privileged-test bench bench-operator
+.PHONY: install install-test run build test lint unit-test privileged-test bench bench-capture bench-storage bench-operator
 
 install:
 	@scripts/install.sh
@@ -44,12 +44,25 @@ privileged-test:
 	cargo test --locked --workspace --exclude probe-ebpf --test '*' -- --test-threads=2
 
 # Benchmarks are not tests: they measure and print ratios, asserting nothing.
-# The capture benchmark builds on the capture crate alone (no query engine);
-# the storage benchmark on the store alone.
-bench: install
-	cargo build --release --locked -p probe-capture --bin sonde-bench --bin sonde-loadgen
-	$(CARGO_TARGET_DIR)/release/sonde-bench
-	cargo bench --locked -p probe-store --bench density
+# Benchmarks write their parts of one report into $(BENCH_DIR): each
+# bench-* target below writes NAME.md and NAME.json there; `make bench` runs
+# them all and joins the parts into $(BENCH_DIR)/report.md and report.json.
+# A new benchmark is one more `bench: bench-NAME` line and its target.
+BENCH_DIR := $(CARGO_TARGET_DIR)/bench
+
+bench: bench-capture bench-storage
+	@scripts/bench-report.sh $(BENCH_DIR) $^
+
+# Capture: overhead against hand-written programs, completeness, ingest and
+# decode cost. Builds on the capture crate alone (no query engine).
+bench-capture: install
+	cargo build --release --locked -p probe-capture --bin sonde-bench --bin sonde-loadgen --bin sonde-demo-app
+	$(CARGO_TARGET_DIR)/release/sonde-bench --out $(BENCH_DIR) --name capture > /dev/null
+
+# Storage: rows held per MiB, plain and compacted, side by side; append and
+# GROUP BY costs. Builds on the store crate alone.
+bench-storage: install
+	cargo bench --locked -p probe-store --bench density -- --out $(BENCH_DIR)
 
 # The operator against 1,000 Node objects and 20,000 pods on a real
 # apiserver, with simulated agents: sync time, memory, writes, latencies.

@@ -109,7 +109,8 @@ pub struct Config {
     #[arg(long, env = "SONDE_RING_BYTES", default_value_t = 8 << 20)]
     pub ring_bytes: u32,
 
-    /// Ring fill level, in bytes, from which a record wakes the reader early.
+    /// Ring fill level, in bytes, at which a record wakes the reader early
+    /// (and again at each further quarter of it).
     #[arg(long, env = "SONDE_WAKEUP_BYTES", default_value_t = 2 << 20)]
     pub wakeup_bytes: u64,
 

@@ -100,6 +100,61 @@ pub mod programs {
     pub const URETPROBE: &str = "sonde_uretprobe";
     /// Reserve-and-submit only; for measuring Sonde's own cost.
     pub const BASELINE: &str = "sonde_baseline";
+    /// The same, as a uprobe and as a uretprobe.
+    pub const BASELINE_UPROBE: &str = "sonde_baseline_uprobe";
+    pub const BASELINE_URETPROBE: &str = "sonde_baseline_uretprobe";
+    /// Hand-written programs that produce exactly the records Sonde
+    /// produces for the benchmark's shapes, specialised, with no
+    /// configuration maps: the floor `sonde-bench` compares Sonde with.
+    pub mod reference {
+        /// `syscalls/sys_enter_getppid`, standard columns only.
+        pub const STANDARD: &str = "sonde_ref_standard";
+        /// `syscalls/sys_enter_openat`, the filename ([`crate::reference::FILENAME_MAX`]
+        /// bytes) kept when it starts with [`crate::reference::OPENAT_PREFIX`].
+        pub const OPENAT_PREFIX: &str = "sonde_ref_openat_prefix";
+        /// Uprobe on `handle_request(id: u64, size: u32, ..)`: id, size.
+        pub const UPROBE: &str = "sonde_ref_uprobe";
+        /// Entry and return of `handle_request`: id, result, latency.
+        pub const URETPROBE_ENTRY: &str = "sonde_ref_uretprobe_entry";
+        pub const URETPROBE: &str = "sonde_ref_uretprobe";
+    }
+}
+
+/// What the reference programs are specialised for (`sonde-bench` attaches
+/// Sonde with the same specs).
+pub mod reference {
+    /// Probe id the reference programs write in their records (no probe of
+    /// the agent has it, so the reader counts them as unattributed).
+    pub const PROBE_ID: u32 = super::NO_PROBE;
+    /// The openat prefix filter's value.
+    pub const OPENAT_PREFIX: &[u8] = b"/dev/zero";
+    /// `maxLength` of the openat filename.
+    pub const FILENAME_MAX: u32 = 64;
+    /// Ring fill level from which the reference programs wake the reader
+    /// (the agent's default).
+    pub const WAKEUP_WATERMARK: u64 = 2 << 20;
+}
+
+/// Whether the submit of a `len`-byte record should wake the ring's reader,
+/// given the ring held `avail_after` bytes once the record was reserved.
+///
+/// The reader is woken when the fill level crosses the watermark, and again
+/// at each further quarter of it, rather than on every record above it:
+/// a wakeup costs several times the traced event, and a reader woken once
+/// drains everything. Concurrent producers may jump over a step together
+/// (each sees the other's record); the next step, or the reader's own
+/// timer, catches that.
+#[inline(always)]
+pub const fn crosses_watermark(avail_after: u64, len: u64, watermark: u64) -> bool {
+    if watermark == 0 {
+        return true;
+    }
+    if avail_after < watermark {
+        return false;
+    }
+    let step = if watermark >= 4 { watermark / 4 } else { 1 };
+    let before = avail_after.saturating_sub(len);
+    before < watermark || (before - watermark) / step != (avail_after - watermark) / step
 }
 
 /// Who a probe captures events from.
@@ -251,7 +306,8 @@ pub struct ProbeConfig {
     pub save_entry: u32,
     /// Events per second per node (0: unlimited).
     pub rate_per_sec: u64,
-    /// Ring fill level (bytes) from which a record wakes the reader.
+    /// Ring fill level (bytes) at which a record wakes the reader (see
+    /// [`crosses_watermark`]).
     pub wakeup_watermark: u64,
     pub fields: [FieldConfig; MAX_FIELDS],
     pub filters: [FilterConfig; MAX_FILTERS],
@@ -457,6 +513,34 @@ mod tests {
         assert_eq!(size_of::<EntryKey>(), 8);
         assert_eq!(size_of::<ProbeCounters>(), 72);
         assert_eq!(FILTER_WORDS * 8, MAX_STRING as usize + 8);
+    }
+
+    #[test]
+    fn wakeups_come_at_the_watermark_and_each_quarter_above_it() {
+        let w = 1000;
+        // The fill levels, up to `upto`, at which records of `len` bytes wake.
+        let wakes = |len: u64, upto: u64| {
+            let mut found = [0u64; 8];
+            let mut n = 0;
+            for avail in (len..=upto).step_by(len as usize) {
+                if crosses_watermark(avail, len, w) {
+                    found[n] = avail;
+                    n += 1;
+                }
+            }
+            (found, n)
+        };
+        // 50-byte records: at 1000 (the watermark), 1250, 1500, 1750, 2000.
+        let (found, n) = wakes(50, 2000);
+        assert_eq!(found[..n], [1000, 1250, 1500, 1750, 2000]);
+        // 48-byte records cross inside a record.
+        let (found, n) = wakes(48, 1600);
+        assert_eq!(found[..n], [1008, 1296, 1536]);
+        // A record larger than a step wakes once.
+        assert!(crosses_watermark(1400, 600, w));
+        assert!(!crosses_watermark(999, 999, w));
+        // Watermark 0: every record wakes.
+        assert!(crosses_watermark(8, 8, 0));
     }
 
     #[test]

@@ -8,10 +8,15 @@
 //! the target set, build the record in a per-CPU scratch buffer (header and
 //! configured fields), apply the filters, sampling and rate limit, and write
 //! the record to the ring buffer. Every outcome is counted per probe and CPU.
+//! Work is ordered so that rejected events cost least: without filters,
+//! sampling and the rate limit decide before anything is read; with them,
+//! the header (command name and all) is written only for events that pass,
+//! unless a filter compares a standard column.
 //!
 //! Records are submitted without waking the reader (`BPF_RB_NO_WAKEUP`): the
-//! agent drains on a timer, and a submit wakes it only once the ring holds
-//! more than the configured watermark. Waking per event costs several times
+//! agent drains on a timer, and a submit wakes it only when it takes the
+//! ring across the configured watermark (or a further quarter of it; see
+//! `probe_common::crosses_watermark`). Waking per event costs several times
 //! the traced syscall itself.
 #![no_std]
 #![no_main]
@@ -19,15 +24,17 @@
 
 use core::ffi::c_void;
 
+mod reference;
+
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_pid_tgid,
         generated::{
-            bpf_get_attach_cookie, bpf_get_current_cgroup_id, bpf_ktime_get_ns,
-            bpf_probe_read_kernel, bpf_probe_read_kernel_str, bpf_probe_read_user,
-            bpf_probe_read_user_str,
+            bpf_get_attach_cookie, bpf_get_current_cgroup_id,
+            bpf_get_current_comm as raw_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_kernel,
+            bpf_probe_read_kernel_str, bpf_probe_read_user, bpf_probe_read_user_str,
         },
     },
     macros::{map, raw_tracepoint, tracepoint, uprobe, uretprobe},
@@ -38,7 +45,7 @@ use probe_common::{
     COMM_LEN, ENTRY_REGS, EntryKey, EntryState, FILTER_WORDS, FieldSource, FilterOp, HookProbes,
     MAX_ENTRIES_IN_FLIGHT, MAX_FIELDS, MAX_FILTERS, MAX_HOOKS, MAX_PROBES, MAX_TARGETS, NO_PROBE,
     OFFSET_MASK, PROBES_PER_HOOK, ProbeConfig, ProbeCounters, RECORD_HEADER_LEN, RECORD_KIND_EVENT,
-    RateWindow, RecordHeader, TargetKey, TargetMode, filter_kind,
+    RateWindow, RecordHeader, TargetKey, TargetMode, crosses_watermark, filter_kind,
 };
 
 /// Default ring size; the agent sets the real one at load time.
@@ -324,25 +331,25 @@ fn on_probe(ctx: *mut c_void, probe_id: u32, config: &ProbeConfig, half: Half) {
         None
     };
 
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Without filters, sampling and the rate limit decide on what is known
+    // already, before anything is read or written. (`has_filters` rereads
+    // the map value each time: a flag kept in a register across the field
+    // loop would double the states the verifier walks.)
+    if !has_filters(config) && !keep(config, counters, probe_id, now) {
+        return;
+    }
+
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     let base = scratch.cast::<u8>();
-    let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: `base` is this CPU's scratch buffer, SCRATCH_LEN bytes; every
-    // write below stays inside it.
-    unsafe {
-        core::ptr::write_unaligned(
-            base.cast::<RecordHeader>(),
-            RecordHeader {
-                kind: RECORD_KIND_EVENT,
-                probe_id,
-                ktime_ns: now,
-                pid_tgid,
-                cgroup_id,
-                comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-            },
-        );
+    // The header's known values are stores; the command name is a helper
+    // call, made before the filters only if one of them compares it, and
+    // otherwise only for events that pass.
+    write_header(base, probe_id, now, pid_tgid, cgroup_id);
+    if filters_read_comm(config) {
+        write_comm(base);
     }
 
     for i in 0..MAX_FIELDS {
@@ -365,19 +372,10 @@ fn on_probe(ctx: *mut c_void, probe_id: u32, config: &ProbeConfig, half: Half) {
             return;
         }
     }
-
-    if config.sample_one_in > 1 {
-        counters.sample_seq += 1;
-        if counters.sample_seq % u64::from(config.sample_one_in) != 0 {
-            counters.sampled_out += 1;
-            return;
-        }
-    }
-
-    if config.rate_per_sec != 0 && over_rate(probe_id, config.rate_per_sec, now) {
-        counters.rate_limited += 1;
+    if has_filters(config) && !keep(config, counters, probe_id, now) {
         return;
     }
+    write_comm(base);
 
     // Plans keep record_len within MAX_RECORD (== OFFSET_MASK), so the mask
     // changes nothing; it is there for the verifier.
@@ -387,7 +385,10 @@ fn on_probe(ctx: *mut c_void, probe_id: u32, config: &ProbeConfig, half: Half) {
     }
     // SAFETY: `len` is at most OFFSET_MASK, inside the scratch buffer.
     let record = unsafe { core::slice::from_raw_parts(base, len) };
-    let flags = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= config.wakeup_watermark {
+    // Wake the reader when this record takes the ring across its watermark
+    // (or a further quarter of it), not on every record above it.
+    let avail = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    let flags = if crosses_watermark(avail + len as u64, len as u64, config.wakeup_watermark) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -395,6 +396,81 @@ fn on_probe(ctx: *mut c_void, probe_id: u32, config: &ProbeConfig, half: Half) {
     match EVENTS.output::<[u8]>(record, u64::from(flags)) {
         Ok(()) => counters.emitted += 1,
         Err(_) => counters.ringbuf_full += 1,
+    }
+}
+
+/// Sampling, then the rate limit: false (and counted) if the event goes.
+#[inline(always)]
+fn keep(config: &ProbeConfig, counters: &mut ProbeCounters, probe_id: u32, now: u64) -> bool {
+    if config.sample_one_in > 1 {
+        counters.sample_seq += 1;
+        if !counters
+            .sample_seq
+            .is_multiple_of(u64::from(config.sample_one_in))
+        {
+            counters.sampled_out += 1;
+            return false;
+        }
+    }
+    if config.rate_per_sec != 0 && over_rate(probe_id, config.rate_per_sec, now) {
+        counters.rate_limited += 1;
+        return false;
+    }
+    true
+}
+
+/// Whether a filter compares the command name.
+#[inline(always)]
+fn filters_read_comm(config: &ProbeConfig) -> bool {
+    for i in 0..MAX_FILTERS {
+        let filter = &config.filters[i];
+        if filter.op == 0 {
+            break;
+        }
+        let comm = probe_common::header_offsets::COMM;
+        if (comm..RECORD_HEADER_LEN).contains(&filter.offset) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether the probe has filters (read from the map value each time).
+#[inline(always)]
+fn has_filters(config: &ProbeConfig) -> bool {
+    // SAFETY: a field of a live map value.
+    unsafe { core::ptr::read_volatile(&config.filters[0].op) != 0 }
+}
+
+/// Writes the header's known values; the command name is left to
+/// [`write_comm`]. Field by field with aligned stores: a header built as a
+/// value and written unaligned compiles to byte stores and a byte-loop
+/// `memset` of the name.
+#[inline(always)]
+fn write_header(base: *mut u8, probe_id: u32, now: u64, pid_tgid: u64, cgroup_id: u64) {
+    let header = base.cast::<RecordHeader>();
+    // SAFETY: `base` is this CPU's scratch buffer (a map value, 8-byte
+    // aligned), longer than a header.
+    unsafe {
+        (*header).kind = RECORD_KIND_EVENT;
+        (*header).probe_id = probe_id;
+        (*header).ktime_ns = now;
+        (*header).pid_tgid = pid_tgid;
+        (*header).cgroup_id = cgroup_id;
+    }
+}
+
+/// Writes the command name into the header, straight from the helper.
+#[inline(always)]
+fn write_comm(base: *mut u8) {
+    // SAFETY: the header's comm lies inside the scratch buffer, 8-byte
+    // aligned; the helper writes at most COMM_LEN bytes there.
+    unsafe {
+        let comm = base.add(probe_common::header_offsets::COMM as usize);
+        if raw_get_current_comm(comm.cast(), COMM_LEN as u32) != 0 {
+            let words = comm.cast::<[u64; COMM_LEN / 8]>();
+            *words = [0; COMM_LEN / 8];
+        }
     }
 }
 
@@ -594,11 +670,13 @@ fn passes(base: *const u8, filter: &probe_common::FilterConfig) -> bool {
             equal
         };
     }
-    // SAFETY: as above.
-    let raw = unsafe { read_u64(base, at) };
-    let value = match filter.len {
-        4 => raw as u32 as u64,
-        _ => raw,
+    // SAFETY: as above. A 4-byte value (the header's tid or pid) is only
+    // 4-byte aligned.
+    let value = unsafe {
+        match filter.len {
+            4 => read_u32(base, at),
+            _ => read_u64(base, at),
+        }
     };
     let signed = filter.kind == filter_kind::SIGNED;
     let less = |x: u64, y: u64| {
@@ -644,16 +722,29 @@ fn over_rate(probe_id: u32, limit: u64, now: u64) -> bool {
     }
 }
 
+// Plans put every integer column, string area and so every filter word at
+// a multiple of 8 in the record (header values at their natural
+// alignment), and the scratch buffer is a map value, 8-byte aligned: the
+// accessors below clear the low bits, which changes no valid offset, so
+// the compiler may use one aligned load or store (an unaligned one on this
+// target is eight byte accesses).
+
 #[inline(always)]
 unsafe fn write_u64(base: *mut u8, at: u32, value: u64) {
     // SAFETY: callers pass offsets inside the scratch buffer.
-    unsafe { core::ptr::write_unaligned(base.add(at as usize).cast::<u64>(), value) }
+    unsafe { *base.add((at & !7) as usize).cast::<u64>() = value }
 }
 
 #[inline(always)]
 unsafe fn read_u64(base: *const u8, at: u32) -> u64 {
     // SAFETY: callers pass offsets inside the scratch buffer.
-    unsafe { core::ptr::read_unaligned(base.add(at as usize).cast::<u64>()) }
+    unsafe { *base.add((at & !7) as usize).cast::<u64>() }
+}
+
+#[inline(always)]
+unsafe fn read_u32(base: *const u8, at: u32) -> u64 {
+    // SAFETY: callers pass offsets inside the scratch buffer.
+    unsafe { u64::from(*base.add((at & !3) as usize).cast::<u32>()) }
 }
 
 #[cfg(not(test))]

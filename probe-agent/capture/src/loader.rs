@@ -40,7 +40,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pr
 pub struct LoadOptions {
     /// Ring buffer size in bytes: a power of two, at least one page.
     pub ring_bytes: u32,
-    /// Fill level (bytes) from which a submit wakes the reader.
+    /// Fill level (bytes) at which a submit wakes the reader (and again at
+    /// each further quarter of it).
     pub wakeup_watermark: u64,
 }
 
@@ -246,10 +247,42 @@ impl ProbeSet {
     /// record, nothing else) to a tracepoint, for measurements. Its records
     /// are not attributed to any probe; dropping the set detaches it.
     pub fn attach_baseline(&mut self, group: &str, name: &str) -> Result<()> {
-        let program: &mut TracePoint = self.loaded_program(programs::BASELINE)?;
-        program
+        self.attach_measurement_tracepoint(programs::BASELINE, group, name)
+    }
+
+    /// Attaches a measurement program (the baseline or one of
+    /// [`programs::reference`]) to a kernel tracepoint. Its records are not
+    /// attributed to any probe; dropping the set detaches it.
+    pub fn attach_measurement_tracepoint(
+        &mut self,
+        program: &str,
+        group: &str,
+        name: &str,
+    ) -> Result<()> {
+        let loaded: &mut TracePoint = self.loaded_program(program)?;
+        loaded
             .attach(group, name)
-            .map_err(|source| program_error(programs::BASELINE, "attach", source))?;
+            .map_err(|source| program_error(program, "attach", source))?;
+        Ok(())
+    }
+
+    /// Attaches a measurement uprobe or uretprobe program (one of
+    /// [`programs::reference`]) to `symbol` in `binary`, for every process.
+    /// Dropping the set detaches it.
+    pub fn attach_measurement_uprobe(
+        &mut self,
+        program: &str,
+        binary: &std::path::Path,
+        symbol: &str,
+    ) -> Result<()> {
+        let loaded: &mut UProbe = self.loaded_program(program)?;
+        loaded
+            .attach(
+                UProbeAttachLocation::Symbol(symbol),
+                binary,
+                UProbeScope::AllProcesses,
+            )
+            .map_err(|source| program_error(program, "attach", source))?;
         Ok(())
     }
 

@@ -794,6 +794,44 @@ filters: [{{field: pid, op: eq, value: {}}}]",
     );
 }
 
+#[test]
+fn a_comm_filter_keeps_only_that_command_with_its_name_in_the_rows() {
+    // The command name is read before the filters only when one compares
+    // it: a second copy of the load generator under another name makes the
+    // events the filter must reject.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let renamed = dir.path().join("other-gen");
+    std::fs::copy(LOADGEN, &renamed).expect("copy the load generator");
+    let mut engine = engine(LoadOptions::default());
+    let mut kept = paused(LOADGEN, &["getppid", "300", "--wait-stdin"]);
+    let mut rejected = paused(
+        renamed.to_str().expect("UTF-8 path"),
+        &["getppid", "200", "--wait-stdin"],
+    );
+    let probe = engine
+        .attach(
+            &spec(
+                "probe: {tracepoint: {group: syscalls, name: sys_enter_getppid}}
+table: kept
+filters: [{field: comm, op: eq, value: sonde-loadgen}]",
+            ),
+            Targets::Pids(vec![kept.id(), rejected.id()]),
+        )
+        .expect("attach")
+        .id;
+    run_to_end(&mut engine, &mut kept);
+    run_to_end(&mut engine, &mut rejected);
+    let batches = engine.batches(probe);
+    assert_eq!(rows(&batches), 300);
+    assert!(
+        strings(&batches, "comm")
+            .iter()
+            .all(|c| c == "sonde-loadgen")
+    );
+    let t = assert_balanced(&engine, probe);
+    assert_eq!((t.captured, t.filtered, t.lost()), (300, 200, 0));
+}
+
 /// A cgroup v2 directory made for one test and removed after it.
 struct TestCgroup(std::path::PathBuf);
 

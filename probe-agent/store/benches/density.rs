@@ -4,10 +4,13 @@
 //! batches, side by side in one run. Also what it costs: append and
 //! compaction time per row, and a full-table GROUP BY over each.
 //!
-//! `cargo bench --locked -p probe-store --bench density` (or `make bench`).
-//! It measures and prints; it asserts nothing.
+//! `cargo bench --locked -p probe-store --bench density [-- --out DIR]`
+//! (or `make bench`, which passes `--out` and joins `DIR/storage.md` and
+//! `DIR/storage.json` into its report). It measures and prints; it asserts
+//! nothing.
 
 use std::{
+    cell::RefCell,
     collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
@@ -27,6 +30,30 @@ use probe_store::{
     AggregateSpec, Compaction, ManualClock, RetentionPolicy, RollupEngine, RollupSpec, StoreConfig,
     TableName, TableSource, TableStore,
 };
+
+thread_local! {
+    /// What was printed, for the report's Markdown part.
+    static TEXT: RefCell<String> = const { RefCell::new(String::new()) };
+    /// `"key": value` pairs for the report's JSON part.
+    static FIGURES: RefCell<Vec<(String, f64)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Prints a line and keeps it for the report.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let line = format!($($arg)*);
+        println!("{line}");
+        TEXT.with(|t| {
+            let mut t = t.borrow_mut();
+            t.push_str(&line);
+            t.push('\n');
+        });
+    }};
+}
+
+fn figure(key: String, value: f64) {
+    FIGURES.with(|f| f.borrow_mut().push((key, value)));
+}
 
 const SEC: i64 = 1_000_000_000;
 /// A minute boundary, so rollup windows line up.
@@ -337,14 +364,14 @@ fn per_row(d: Duration, rows: u64) -> f64 {
 
 fn report(label: &str, name: &TableName, plain: &Subject, dense: &Subject) {
     let (Some(p), Some(d)) = (plain.store.table_stats(name), dense.store.table_stats(name)) else {
-        println!("{label}: no table");
+        say!("{label}: no table");
         return;
     };
     let rows_per_mib = |rows: u64, bytes: u64| rows as f64 / (bytes.max(1) as f64 / MIB);
     let plain_density = rows_per_mib(p.rows, p.bytes);
     let dense_density = rows_per_mib(d.rows, d.bytes);
-    println!("{label}");
-    println!(
+    say!("{label}");
+    say!(
         "  plain: {:>10} rows in {:>8.2} MiB, {:>4} batches: {:>9.0} rows/MiB",
         p.rows,
         p.bytes as f64 / MIB,
@@ -352,12 +379,12 @@ fn report(label: &str, name: &TableName, plain: &Subject, dense: &Subject) {
         plain_density
     );
     if dense.compaction_failures > 0 {
-        println!(
+        say!(
             "  COMPACTION FAILED {} times: the dense figures are not valid",
             dense.compaction_failures
         );
     }
-    println!(
+    say!(
         "  dense: {:>10} rows in {:>8.2} MiB, {:>4} batches ({} cold): {:>9.0} rows/MiB  = {:.1}x plain",
         d.rows,
         d.bytes as f64 / MIB,
@@ -366,10 +393,18 @@ fn report(label: &str, name: &TableName, plain: &Subject, dense: &Subject) {
         dense_density,
         dense_density / plain_density
     );
+    let key = label.split_whitespace().next().unwrap_or(label);
+    let key = key.trim_matches(|c| c == '(' || c == ')');
+    figure(format!("{key}_plain_rows_per_mib"), plain_density);
+    figure(format!("{key}_dense_rows_per_mib"), dense_density);
+    figure(
+        format!("{key}_density_ratio"),
+        dense_density / plain_density,
+    );
 }
 
 fn costs(label: &str, name: &TableName, plain: &Subject, dense: &Subject, appended: u64) {
-    println!(
+    say!(
         "  append: plain {:.0} ns/row, dense {:.0} ns/row; compaction (upkeep, off the drain thread): {:.0} ns/row",
         per_row(plain.append, appended),
         per_row(dense.append, appended),
@@ -379,7 +414,7 @@ fn costs(label: &str, name: &TableName, plain: &Subject, dense: &Subject, append
     let (dense_groups, dense_rows, first) = group_by(&dense.store, name);
     let (_, _, again) = group_by(&dense.store, name);
     let cache = dense.store.cache_stats();
-    println!(
+    say!(
         "  full-table GROUP BY namespace, pod, comm ({groups} groups, {rows} rows): plain {:.1} ms, compressed {:.1} ms, again {:.1} ms (decode cache {:.0} of {:.0} MiB){}",
         plain_time.as_secs_f64() * 1e3,
         first.as_secs_f64() * 1e3,
@@ -392,13 +427,25 @@ fn costs(label: &str, name: &TableName, plain: &Subject, dense: &Subject, append
             "  RESULTS DIFFER"
         }
     );
-    let _ = label;
+    let key = label.trim_matches(|c| c == '(' || c == ')');
+    figure(
+        format!("{key}_append_ns_per_row_plain"),
+        per_row(plain.append, appended),
+    );
+    figure(
+        format!("{key}_append_ns_per_row_dense"),
+        per_row(dense.append, appended),
+    );
+    figure(
+        format!("{key}_group_by_compressed_over_plain"),
+        first.as_secs_f64() / plain_time.as_secs_f64().max(1e-9),
+    );
 }
 
 fn main() {
     let hour = Duration::from_secs(3600);
-    println!("Rows held per MiB: batches as sealed (plain) vs compacted cold batches (dense),");
-    println!("the same rows in one run; cold after 30 s, as the agent's default.\n");
+    say!("Rows held per MiB: batches as sealed (plain) vs compacted cold batches (dense),");
+    say!("the same rows in one run; cold after 30 s, as the agent's default.\n");
 
     // (a) getppid: the standard columns only.
     let getppid = TableName::new("shop", "getppid");
@@ -493,7 +540,39 @@ fn main() {
         .store
         .table_stats(&rollup)
         .map_or(0, |s| s.appended_rows);
-    println!("  ({rows} rollup rows, one batch a minute as the rollup writes them)");
+    say!("  ({rows} rollup rows, one batch a minute as the rollup writes them)");
+    write_report();
+}
+
+/// With `--out DIR`: the printed lines as `DIR/storage.md`, the figures as
+/// `DIR/storage.json`.
+fn write_report() {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(dir) = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+    else {
+        return;
+    };
+    let text = TEXT.with(|t| t.borrow().clone());
+    let markdown = format!("## Storage density\n\n```text\n{text}```\n\n");
+    let json = FIGURES.with(|f| {
+        let pairs: Vec<String> = f
+            .borrow()
+            .iter()
+            .map(|(k, v)| format!("\"{k}\": {}", if v.is_finite() { *v } else { 0.0 }))
+            .collect();
+        format!("{{{}}}\n", pairs.join(", "))
+    });
+    let dir = std::path::Path::new(dir);
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(dir.join("storage.md"), markdown))
+        .and_then(|()| std::fs::write(dir.join("storage.json"), json));
+    if let Err(e) = written {
+        eprintln!("cannot write the report to {}: {e}", dir.display());
+        std::process::exit(1);
+    }
 }
 
 /// An hour of low-rate source rows for the rollup, with a rollup tick and

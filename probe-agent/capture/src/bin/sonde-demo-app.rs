@@ -54,6 +54,9 @@ struct Args {
     /// Print one line per request.
     #[arg(long)]
     verbose: bool,
+    /// Print the loop's nanoseconds per request when done.
+    #[arg(long)]
+    print_ns: bool,
 }
 
 /// Raised (non-zero) by the kernel while a uprobe on `sonde:request_done`
@@ -184,6 +187,7 @@ fn main() -> anyhow::Result<()> {
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line)?;
     }
+    let start = std::time::Instant::now();
     for id in (0..args.requests).map(|n| args.start_id.wrapping_add(n)) {
         // black_box keeps the arguments opaque, so the call happens with
         // them in registers rather than being folded away.
@@ -196,6 +200,12 @@ fn main() -> anyhow::Result<()> {
         if args.verbose {
             println!("request id={id} size={} result={result}", args.size);
         }
+    }
+    if args.print_ns {
+        println!(
+            "{:.1} ns/call",
+            start.elapsed().as_nanos() as f64 / args.requests.max(1) as f64
+        );
     }
     Ok(())
 }
