@@ -65,13 +65,16 @@ build_image() {
     local root="$work/$name/rootfs" layout="$work/$name/layout"
     [ -x "$exe" ] || fail "$name: $exe is missing; run 'make images' (it builds the release first)"
     log "$name:$tag from $exe"
-    "$here/image-rootfs.sh" "$exe" "$root"
-    find "$root" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
-
     umoci init --layout "$layout"
     umoci new --image "$layout:$tag"
-    umoci insert --image "$layout:$tag" --history.created "$created" \
-        --history.created_by "scripts/image-rootfs.sh $(basename "$exe")" "$root" /
+    # The empty image unpacked as a bundle, its root filled, repacked as one
+    # layer. (umoci 0.4's `insert` ends the layer's tar stream without its
+    # padding and end blocks, which GNU tar and Go's archive/tar refuse.)
+    umoci unpack --image "$layout:$tag" "$root.bundle" >/dev/null
+    "$here/image-rootfs.sh" "$exe" "$root.bundle/rootfs"
+    find "$root.bundle/rootfs" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+    umoci repack --image "$layout:$tag" --history.created "$created" \
+        --history.created_by "scripts/image-rootfs.sh $(basename "$exe")" "$root.bundle"
     umoci config --image "$layout:$tag" --created "$created" --history.created "$created" \
         --history.created_by "scripts/build-images.sh" \
         --os linux --architecture "$arch" \
