@@ -146,7 +146,7 @@ async fn rendered_chart_keeps_its_promises() -> anyhow::Result<()> {
     );
     let agent = container(&defaults, "DaemonSet/sonde-agent")?;
     ensure!(
-        agent["image"] == Value::from(format!("sonde-agent:{}", chart_app_version()?)),
+        agent["image"] == format!("sonde-agent:{}", chart_app_version()?).as_str(),
         "the agent's image tag is not the chart's appVersion: {:?}",
         agent["image"]
     );
@@ -167,33 +167,30 @@ async fn rendered_chart_keeps_its_promises() -> anyhow::Result<()> {
     let operator = container(&all, "Deployment/sonde-operator")?;
 
     ensure!(
-        agent["image"] == Value::from("sonde/agent:1.2.3"),
+        agent["image"] == "sonde/agent:1.2.3",
         "{:?}",
         agent["image"]
     );
     ensure!(
-        agent_pod["hostPID"] == Value::from(true),
+        agent_pod["hostPID"] == true,
         "the agent needs the host's PID namespace"
     );
     ensure!(
-        agent_pod["hostNetwork"] == Value::from(true),
+        agent_pod["hostNetwork"] == true,
         "agent.hostNetwork was not applied"
     );
     ensure!(
-        agent_pod["priorityClassName"] == Value::from("system-node-critical"),
+        agent_pod["priorityClassName"] == "system-node-critical",
         "agent.priorityClassName was not applied"
     );
     ensure!(
-        agent_pod["imagePullSecrets"][0]["name"] == Value::from("regcred"),
+        agent_pod["imagePullSecrets"][0]["name"] == "regcred",
         "image.pullSecrets was not applied to the agent"
     );
 
     // Least privilege: not privileged, every capability dropped but the listed ones.
     let security = &agent["securityContext"];
-    ensure!(
-        security["privileged"] != Value::from(true),
-        "the agent is privileged"
-    );
+    ensure!(security["privileged"] != true, "the agent is privileged");
     ensure!(
         security["capabilities"]["drop"] == serde_yaml::from_str::<Value>("[ALL]")?,
         "the agent does not drop every capability: {:?}",
@@ -206,13 +203,10 @@ async fn rendered_chart_keeps_its_promises() -> anyhow::Result<()> {
         security["capabilities"]["add"]
     );
     ensure!(
-        security["allowPrivilegeEscalation"] == Value::from(false),
+        security["allowPrivilegeEscalation"] == false,
         "{security:?}"
     );
-    ensure!(
-        security["readOnlyRootFilesystem"] == Value::from(true),
-        "{security:?}"
-    );
+    ensure!(security["readOnlyRootFilesystem"] == true, "{security:?}");
 
     // The Flight token and TLS come from Secrets.
     let token = env(agent, "SONDE_FLIGHT_TOKEN").context("no SONDE_FLIGHT_TOKEN in the agent")?;
@@ -233,10 +227,10 @@ async fn rendered_chart_keeps_its_promises() -> anyhow::Result<()> {
     }
     let tls_volume = agent_pod["volumes"]
         .as_sequence()
-        .and_then(|vs| vs.iter().find(|v| v["name"] == Value::from("flight-tls")))
+        .and_then(|vs| vs.iter().find(|v| v["name"] == "flight-tls"))
         .context("no flight-tls volume")?;
     ensure!(
-        tls_volume["secret"]["secretName"] == Value::from("sonde-flight-tls"),
+        tls_volume["secret"]["secretName"] == "sonde-flight-tls",
         "{tls_volume:?}"
     );
 
@@ -253,12 +247,12 @@ async fn rendered_chart_keeps_its_promises() -> anyhow::Result<()> {
         }
     }
     ensure!(
-        agent["readinessProbe"]["tcpSocket"]["port"] == Value::from("flight"),
+        agent["readinessProbe"]["tcpSocket"]["port"] == "flight",
         "{:?}",
         agent["readinessProbe"]
     );
     ensure!(
-        operator["livenessProbe"]["httpGet"]["path"] == Value::from("/metrics"),
+        operator["livenessProbe"]["httpGet"]["path"] == "/metrics",
         "{:?}",
         operator["livenessProbe"]
     );
@@ -271,7 +265,7 @@ async fn rendered_chart_keeps_its_promises() -> anyhow::Result<()> {
         .get("ServiceMonitor/sonde")
         .context("no ServiceMonitor although serviceMonitor.enabled is true")?;
     ensure!(
-        monitor["metadata"]["labels"]["release"] == Value::from("prometheus"),
+        monitor["metadata"]["labels"]["release"] == "prometheus",
         "serviceMonitor.labels were not applied: {:?}",
         monitor["metadata"]
     );
@@ -442,7 +436,7 @@ fn env<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
     container["env"]
         .as_sequence()?
         .iter()
-        .find(|e| e["name"] == Value::from(name))
+        .find(|e| e["name"] == name)
 }
 
 fn args(container: &Value) -> Vec<&str> {
