@@ -1,6 +1,7 @@
-# Sonde's two commands:
-#   make run   build the agent and run it standalone on examples/ (no cluster)
-#   make test  run the whole test suite (unit, privileged eBPF, end-to-end)
+# Sonde's commands:
+#   make run     build the agent and run it standalone on examples/ (no cluster)
+#   make test    run the whole test suite (unit, privileged eBPF, end-to-end)
+#   make images  build the operator and agent images as OCI archives (no engine needed)
 # Both install what they need first (scripts/install.sh), into SONDE_CACHE.
 
 SONDE_CACHE ?= /var/cache/sonde
@@ -10,7 +11,11 @@ export SONDE_CACHE CARGO_TARGET_DIR PATH
 
 AGENT := $(CARGO_TARGET_DIR)/release/probe-agent
 
-.PHONY: install install-test run build test lint unit-test privileged-test bench bench-capture bench-storage bench-operator
+# Where `make images` writes the OCI archives.
+SONDE_IMAGES ?= $(CARGO_TARGET_DIR)/images
+export SONDE_IMAGES
+
+.PHONY: install install-test run build images test lint unit-test privileged-test bench bench-capture bench-storage bench-operator
 
 install:
 	@scripts/install.sh
@@ -26,6 +31,13 @@ build: install
 	cargo build --release --locked -p probe-capture --bin sonde-demo-app
 
 run: build
+
+# One OCI image archive per component, tagged with the workspace version
+# (scripts/build-images.sh; the Containerfiles beside each component build
+# the same images with a container engine).
+images: install
+	cargo build --release --locked -p probe-agent --bin probe-agent -p operator --bin sonde-operator
+	scripts/build-images.sh
 	scripts/run-standalone.sh
 
 test: install-test lint unit-test privileged-test

@@ -3,6 +3,7 @@
 #   etcd, kube-apiserver and kube-controller-manager, built from pinned releases;
 #   an OpenTelemetry Collector built with the official collector builder;
 #   Prometheus and promtool, taken from Debian's package;
+#   helm, built from its pinned release, to lint, render and install the chart;
 #   a Python virtualenv with pyarrow and the ADBC Flight SQL driver.
 #
 # Versions live in scripts/harness/versions.env (the e2e crate reads the same
@@ -95,6 +96,28 @@ else
     ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
     go_build_into kubernetes "$harness/kubernetes" "$k8s_bin" -ldflags "$ldflags" \
         k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+fi
+
+# --- Helm -----------------------------------------------------------------------
+helm_bin="$SONDE_CACHE/helm/$HELM_VERSION/bin/helm"
+if [ -x "$helm_bin" ]; then
+    log "helm $HELM_VERSION: cached"
+else
+    grep -Eq "^\s*helm.sh/helm/v3 $HELM_VERSION( // indirect)?\$" "$harness/helm/go.mod" ||
+        fail "helm: scripts/harness/helm/go.mod does not require helm.sh/helm/v3 $HELM_VERSION (versions.env)"
+    # What Helm's own release build stamps in: its version, and the Kubernetes
+    # version lint and template assume (client-go v0.X is Kubernetes 1.X).
+    client_go_minor=$(sed -n 's|^\s*k8s.io/client-go v0\.\([0-9]*\)\..*|\1|p' "$harness/helm/go.mod")
+    [ -n "$client_go_minor" ] || fail "helm: scripts/harness/helm/go.mod names no k8s.io/client-go version"
+    ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+    ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+    for pkg in lint/rules chartutil; do
+        ldflags+=" -X helm.sh/helm/v3/pkg/$pkg.k8sVersionMajor=1"
+        ldflags+=" -X helm.sh/helm/v3/pkg/$pkg.k8sVersionMinor=$client_go_minor"
+    done
+    go_build_into helm "$harness/helm" "$(dirname "$helm_bin")" -ldflags "$ldflags" helm.sh/helm/v3/cmd/helm
+    "$helm_bin" version --short 2>/dev/null | grep -q "^$HELM_VERSION" ||
+        fail "helm: $helm_bin does not run or is not $HELM_VERSION"
 fi
 
 # --- OpenTelemetry Collector -------------------------------------------------

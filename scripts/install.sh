@@ -4,6 +4,9 @@
 # Everything downloaded or built lands in one cache folder outside the clone
 # ($SONDE_CACHE, default /var/cache/sonde) so that a rerun takes seconds.
 # Prints the environment the Makefile sources (PATH etc.) on the last line.
+#
+# SONDE_BUILD_ONLY=1 installs only what building the release needs (rust-src,
+# bpf-linker): the Containerfiles use it, where nothing is mounted or tested.
 set -euo pipefail
 
 SONDE_CACHE=${SONDE_CACHE:-/var/cache/sonde}
@@ -45,6 +48,11 @@ if [ ! -x "$SONDE_CACHE/bin/bpf-linker" ] || [ ! -e "$stamp" ]; then
         --root "$SONDE_CACHE" >&2
     rm -f "$SONDE_CACHE"/bin/.bpf-linker-*
     touch "$stamp"
+fi
+
+if [ "${SONDE_BUILD_ONLY:-0}" = 1 ]; then
+    log "ready to build (cache: $SONDE_CACHE)"
+    exit 0
 fi
 
 # --- Kernel interfaces the agent uses: tracefs (tracepoint formats, ids) and bpffs.

@@ -11,6 +11,8 @@ pub enum Component {
     Prometheus,
     Collector,
     PythonVenv,
+    /// The helm command, to lint, render and install the chart.
+    Helm,
     /// A pod's container process, started by a simulated kubelet.
     PodProcess,
 }
@@ -25,6 +27,7 @@ impl Component {
             Component::Prometheus => "prometheus",
             Component::Collector => "otelcol-sonde",
             Component::PythonVenv => "python venv",
+            Component::Helm => "helm",
             Component::PodProcess => "pod process",
         }
     }

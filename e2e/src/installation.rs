@@ -74,6 +74,10 @@ impl Installation {
                 .join(version("OTELCOL_VERSION"))
                 .join("otelcol-sonde"),
             Component::PythonVenv => c.join("venv/bin/python"),
+            Component::Helm => c
+                .join("helm")
+                .join(version("HELM_VERSION"))
+                .join("bin/helm"),
             // Pod commands start through the shell, which moves them into their cgroup.
             Component::PodProcess => PathBuf::from("/bin/sh"),
         }
@@ -129,6 +133,7 @@ mod tests {
             "ETCD_VERSION",
             "OTELCOL_VERSION",
             "PROMETHEUS_VERSION",
+            "HELM_VERSION",
         ] {
             assert_ne!(version(key), "unknown", "{key} missing in versions.env");
         }

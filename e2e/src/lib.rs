@@ -11,6 +11,7 @@
 //!   what it received as JSON lines the test reads back.
 //! - [`fleet`]: Node and Pod objects by the thousand with no kubelet, and
 //!   simulated agents writing `ProbeNode` status, for the operator at scale.
+//! - [`Helm`]: the helm command on the repository's chart.
 //! - [`python`]/[`python_venv`]: the virtualenv with pyarrow and the ADBC
 //!   Flight SQL driver, for Arrow client scripts.
 //!
@@ -26,6 +27,7 @@ mod cluster;
 mod collector;
 mod error;
 pub mod fleet;
+mod helm;
 mod installation;
 mod kubelet;
 mod pki;
@@ -36,6 +38,7 @@ mod prometheus;
 pub use cluster::{Cluster, ClusterBuilder, ContainerProcess, pod};
 pub use collector::{Collector, CollectorBuilder, Signal};
 pub use error::{Component, HarnessError};
+pub use helm::{Helm, HelmOutput};
 pub use installation::{Installation, python, python_venv};
 pub use ports::free_port;
 pub use process::{SpawnedProcess, process_running, spawned_processes};
