@@ -99,7 +99,14 @@ async fn bench(size: Size, heartbeat: Duration) -> anyhow::Result<()> {
     )
     .await?;
     let started = Instant::now();
-    match fleet::wait_phase(&client, Phase::Running, Duration::from_secs(180)).await {
+    // Every agent's first status is a write of its whole ProbeNode: while
+    // a thousand of them land the apiserver may time a list out; ask again.
+    let mut running = fleet::wait_phase(&client, Phase::Running, Duration::from_secs(180)).await;
+    while running.is_err() && started.elapsed() < Duration::from_secs(180) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        running = fleet::wait_phase(&client, Phase::Running, Duration::from_secs(180)).await;
+    }
+    match running {
         Ok(_) => println!(
             "agents report (every {heartbeat:?}): every Tracepoint Running after {:.1?}",
             started.elapsed()
