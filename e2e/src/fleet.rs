@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::Context as _;
 use crds::v1alpha1::{
-    AssignmentState, AssignmentStatus, HEARTBEAT_LEASE_LABEL, ProbeNode, ProbeNodeStatus,
+    AssignmentState, AssignmentStatus, ProbeNode, ProbeNodeStatus, heartbeat_lease,
 };
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::{
@@ -24,7 +24,7 @@ use k8s_openapi::{
         coordination::v1::Lease,
         core::v1::{Container, Node, Pod, PodSpec},
     },
-    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time},
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
     jiff::Timestamp,
 };
 use kube::{
@@ -427,16 +427,7 @@ impl Reporter {
 
 /// Renews `node`'s heartbeat Lease, as the agent does.
 async fn renew(leases: &Api<Lease>, node: &str, interval: Duration) -> anyhow::Result<()> {
-    let lease = json!({
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": {"name": node, "labels": {HEARTBEAT_LEASE_LABEL: "true"}},
-        "spec": {
-            "holderIdentity": node,
-            "leaseDurationSeconds": 3 * interval.as_secs().max(1),
-            "renewTime": MicroTime(Timestamp::now()),
-        },
-    });
+    let lease = heartbeat_lease(node, 3 * interval, Timestamp::now());
     leases
         .patch(
             node,

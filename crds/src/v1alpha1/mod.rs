@@ -47,3 +47,31 @@ pub const API_VERSION: &str = "sonde.dev/v1alpha1";
 /// report, so that a heartbeat is a small write rather than a rewrite of the
 /// node's whole `ProbeNode`.
 pub const HEARTBEAT_LEASE_LABEL: &str = "sonde.dev/agent-heartbeat";
+
+/// Node `node`'s heartbeat Lease, renewed at `now` and lasting `duration`:
+/// what an agent applies every heartbeat interval.
+pub fn heartbeat_lease(
+    node: &str,
+    duration: std::time::Duration,
+    now: k8s_openapi::jiff::Timestamp,
+) -> k8s_openapi::api::coordination::v1::Lease {
+    use k8s_openapi::{
+        api::coordination::v1::{Lease, LeaseSpec},
+        apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    };
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(node.to_owned()),
+            labels: Some([(HEARTBEAT_LEASE_LABEL.to_owned(), "true".to_owned())].into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(node.to_owned()),
+            lease_duration_seconds: Some(
+                i32::try_from(duration.as_secs().max(1)).unwrap_or(i32::MAX),
+            ),
+            renew_time: Some(MicroTime(now)),
+            ..LeaseSpec::default()
+        }),
+    }
+}

@@ -22,15 +22,12 @@ use std::{
     time::Duration,
 };
 
-use crds::v1alpha1::HEARTBEAT_LEASE_LABEL;
-use k8s_openapi::{
-    api::coordination::v1::Lease, apimachinery::pkg::apis::meta::v1::MicroTime, jiff::Timestamp,
-};
+use crds::v1alpha1::heartbeat_lease;
+use k8s_openapi::{api::coordination::v1::Lease, jiff::Timestamp};
 use kube::{
     Api, Client,
     api::{DeleteParams, Patch, PatchParams},
 };
-use serde_json::json;
 use sonde_daemon::ShutdownSignal;
 use tracing::{debug, info, warn};
 
@@ -78,7 +75,7 @@ pub async fn renew(
     let api: Api<Lease> = Api::namespaced(client, &namespace);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     // Three missed renewals: the grace period the operator uses by default.
-    let duration = i32::try_from(interval.as_secs().saturating_mul(3).max(1)).unwrap_or(i32::MAX);
+    let duration = interval.saturating_mul(3);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing: Option<String> = None;
@@ -107,16 +104,7 @@ pub async fn renew(
             info!(node = %node, "the drive loop turns again; heartbeat renewed");
         }
         last_turns = Some(turns);
-        let lease = json!({
-            "apiVersion": "coordination.k8s.io/v1",
-            "kind": "Lease",
-            "metadata": {"name": node, "labels": {HEARTBEAT_LEASE_LABEL: "true"}},
-            "spec": {
-                "holderIdentity": node,
-                "leaseDurationSeconds": duration,
-                "renewTime": MicroTime(Timestamp::now()),
-            },
-        });
+        let lease = heartbeat_lease(&node, duration, Timestamp::now());
         match api.patch(&node, &params, &Patch::Apply(&lease)).await {
             Ok(_) => {
                 pulse.leased.store(true, Ordering::Relaxed);
