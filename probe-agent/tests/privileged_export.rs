@@ -138,10 +138,7 @@ async fn captured_rows_reach_the_collector_and_a_missing_secret_is_reported() {
         manifests(&collector.otlp_grpc_endpoint()),
     )
     .expect("write manifests");
-    let metrics_addr: SocketAddr = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-        listener.local_addr().expect("address")
-    };
+    let metrics_addr = SocketAddr::from(([127, 0, 0, 1], e2e::free_port().expect("free port")));
     let agent = AgentProcess::start(
         dir.path(),
         &[
