@@ -51,6 +51,14 @@ pub enum Error {
         source: aya::programs::ProgramError,
     },
 
+    #[error("uprobe event {event} in tracefs: cannot {action} it")]
+    UprobeEvent {
+        event: String,
+        action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
     #[error("eBPF map {map}: {action} failed")]
     Map {
         map: &'static str,

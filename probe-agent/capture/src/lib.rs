@@ -28,5 +28,6 @@ pub mod ring;
 pub mod rows;
 pub mod sink;
 pub mod tracefs;
+pub mod uprobe_events;
 
 pub use error::{Error, Result};

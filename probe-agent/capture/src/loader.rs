@@ -6,7 +6,10 @@
 //! their probe in the attach cookie. What a probe captures is its entry in
 //! the `PROBES` map, so attaching only writes maps and links.
 
-use std::collections::{HashMap as StdHashMap, HashSet};
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    os::fd::AsFd as _,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -28,8 +31,10 @@ use probe_common::{
 use crate::{
     error::{Error, Result},
     plan::HookTarget,
+    preflight,
     ring::RingReader,
     tracefs::Tracefs,
+    uprobe_events::{UprobeEventLink, UprobeEvents},
 };
 
 /// The eBPF object, compiled from `probe-ebpf` by the build script.
@@ -94,6 +99,7 @@ enum Link {
     RawTracepoint(String, RawTracePointLinkId),
     Kprobe(String, KProbeLinkId),
     Uprobe(&'static str, UProbeLinkId),
+    UprobeEvent(UprobeEventLink),
 }
 
 /// A kernel attachment and the probes it serves. Probes on the same kernel
@@ -132,6 +138,8 @@ struct Attached {
 pub struct ProbeSet {
     ebpf: Ebpf,
     tracefs: Tracefs,
+    /// Where uprobes are made when the uprobe PMU is not allowed to us.
+    uprobe_events: Option<UprobeEvents>,
     options: LoadOptions,
     hooks: Array<MapData, HookProbes>,
     probes: Array<MapData, ProbeConfig>,
@@ -177,10 +185,18 @@ impl ProbeSet {
         let targets = take_map(&mut ebpf, maps::TARGETS)?;
         let ring_map = take_map::<RingBuf<MapData>>(&mut ebpf, maps::EVENTS)?;
         let ring = RingReader::new(ring_map, page, options.ring_bytes);
+        let uprobe_events = (!preflight::uprobe_pmu_allowed()).then(|| {
+            tracing::info!(
+                tracefs = %tracefs.root().display(),
+                "no CAP_SYS_ADMIN for the uprobe PMU: uprobes are made through tracefs' uprobe_events"
+            );
+            UprobeEvents::new(tracefs.root())
+        });
         // Free lists are popped from the end: the lowest slots go first.
         Ok(Self {
             ebpf,
             tracefs,
+            uprobe_events,
             options,
             hooks,
             probes,
@@ -462,16 +478,33 @@ impl ProbeSet {
                 if ret {
                     names.push(programs::URETPROBE);
                 }
+                let cookie = u64::from(probe.0);
                 for name in names {
-                    let program: &mut UProbe = self.loaded_program(name)?;
-                    let point = UProbeAttachPoint {
-                        location: UProbeAttachLocation::AbsoluteOffset(offset),
-                        cookie: Some(u64::from(probe.0)),
+                    self.loaded_program::<UProbe>(name)?;
+                    let program: &mut UProbe = program_mut(&mut self.ebpf, name)?;
+                    let link = if let Some(events) = &mut self.uprobe_events {
+                        let fd = program
+                            .fd()
+                            .map_err(|source| program_error(name, "attach", source))?;
+                        let ret = name == programs::URETPROBE;
+                        Link::UprobeEvent(events.attach(
+                            fd.as_fd(),
+                            &binary,
+                            offset,
+                            ret,
+                            cookie,
+                        )?)
+                    } else {
+                        let point = UProbeAttachPoint {
+                            location: UProbeAttachLocation::AbsoluteOffset(offset),
+                            cookie: Some(cookie),
+                        };
+                        let id = program
+                            .attach(point, &binary, UProbeScope::AllProcesses)
+                            .map_err(|source| program_error(name, "attach", source))?;
+                        Link::Uprobe(name, id)
                     };
-                    let link = program
-                        .attach(point, &binary, UProbeScope::AllProcesses)
-                        .map_err(|source| program_error(name, "attach", source))?;
-                    entry.links.push(Link::Uprobe(name, link));
+                    entry.links.push(link);
                 }
             }
         }
@@ -508,6 +541,7 @@ impl ProbeSet {
                     .and_then(|p| p.detach(id).map_err(|s| program_error(&name, "detach", s))),
                 Link::Uprobe(name, id) => program_mut::<UProbe>(&mut self.ebpf, name)
                     .and_then(|p| p.detach(id).map_err(|s| program_error(name, "detach", s))),
+                Link::UprobeEvent(link) => link.detach(),
             };
             if let Err(e) = result {
                 first_error.get_or_insert(e);

@@ -86,6 +86,26 @@ pub enum PlanError {
 
     #[error("binary {path} does not exist")]
     MissingBinary { path: PathBuf },
+
+    #[error(
+        "cannot reach binary {path}: {source} (entering another process's root takes CAP_SYS_PTRACE, reading a file only its owner may read takes CAP_DAC_READ_SEARCH)"
+    )]
+    UnreachableBinary {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Fails unless `path` exists and this process may reach it: a missing binary
+/// and one that permissions hide are told apart.
+fn check_binary(path: PathBuf) -> Result<PathBuf, PlanError> {
+    match std::fs::metadata(&path) {
+        Ok(_) => Ok(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(PlanError::MissingBinary { path })
+        }
+        Err(source) => Err(PlanError::UnreachableBinary { path, source }),
+    }
 }
 
 /// Where a probe attaches.
@@ -478,10 +498,7 @@ pub fn compile(
         }
         Probe::Uprobe(up) | Probe::Uretprobe(up) => {
             let ret = matches!(probe, Probe::Uretprobe(_));
-            let path = binaries.host_path(&up.binary);
-            if !path.exists() {
-                return Err(PlanError::MissingBinary { path });
-            }
+            let path = check_binary(binaries.host_path(&up.binary))?;
             let offset = match (&up.symbol, up.offset) {
                 (Some(symbol), _) => ElfBinary::open(&path)?.symbol_offset(symbol)?,
                 (None, Some(offset)) => offset,
@@ -507,10 +524,7 @@ pub fn compile(
             )
         }
         Probe::Usdt(usdt) => {
-            let path = binaries.host_path(&usdt.binary);
-            if !path.exists() {
-                return Err(PlanError::MissingBinary { path });
-            }
+            let path = check_binary(binaries.host_path(&usdt.binary))?;
             let site = ElfBinary::open(&path)?.usdt_probe(&usdt.provider, &usdt.name)?;
             if site.semaphore_offset.is_some() {
                 // The kernel can raise the semaphore (uprobe ref_ctr_offset),

@@ -16,6 +16,13 @@ pub fn check_privileges() -> Result<()> {
     missing_capability(caps).map_or(Ok(()), |missing| Err(Error::MissingPrivilege { missing }))
 }
 
+/// Whether this process may open perf events on the kernel's uprobe PMU, which
+/// takes CAP_SYS_ADMIN; without it uprobes are created through tracefs
+/// ([`crate::uprobe_events`]).
+pub fn uprobe_pmu_allowed() -> bool {
+    effective_capabilities() & (1 << CAP_SYS_ADMIN) != 0
+}
+
 fn missing_capability(caps: u64) -> Option<&'static str> {
     let has = |cap: u32| caps & (1 << cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {

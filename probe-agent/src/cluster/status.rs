@@ -45,6 +45,7 @@ pub fn classify(error: &AttachError) -> (AssignmentState, &'static str) {
         AttachError::Plan(plan) => match plan.as_ref() {
             PlanError::Unsupported { .. } => (AssignmentState::Unsupported, "ProbeUnsupported"),
             PlanError::MissingBinary { .. } => failed(reason::BINARY_NOT_FOUND),
+            PlanError::UnreachableBinary { .. } => failed("BinaryUnreachable"),
             PlanError::Tracefs(probe_capture::Error::UnknownTracepoint { .. })
             | PlanError::UnknownRawTracepoint { .. } => failed("TracepointNotFound"),
             PlanError::Tracefs(_) => failed("TracefsUnreadable"),

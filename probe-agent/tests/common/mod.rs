@@ -76,7 +76,9 @@ impl AgentProcess {
         Self::spawn(command, args)
     }
 
-    fn spawn(mut command: Command, args: &[&str]) -> Self {
+    /// Starts `command` (the agent, or a wrapper that execs it) with Flight on
+    /// a free port, plus `args`.
+    pub fn spawn(mut command: Command, args: &[&str]) -> Self {
         let mut child = command
             .args(["--flight-addr", "127.0.0.1:0"])
             .args(args)
