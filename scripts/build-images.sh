@@ -3,6 +3,12 @@
 # no container engine: `make images` runs it after the release build.
 #
 #   scripts/build-images.sh            # into $SONDE_IMAGES (default $CARGO_TARGET_DIR/images)
+#   scripts/build-images.sh --from DIR --with-test-images
+#
+# --from DIR takes the executables from DIR instead of the release build (the
+# real-node test packs its debug build); --with-test-images also packs the
+# pause process of pod sandboxes (sonde-pause) and the demo application
+# (sonde-demo-app), which the real-node test runs as containers.
 #
 # Each image is one layer on an empty base: the release executable, exactly
 # the shared libraries it loads (scripts/image-rootfs.sh, which the
@@ -31,6 +37,24 @@ fail() {
 SONDE_CACHE=${SONDE_CACHE:-/var/cache/sonde}
 target=${CARGO_TARGET_DIR:-$SONDE_CACHE/target}
 out=${SONDE_IMAGES:-$target/images}
+
+from=$target/release
+test_images=false
+while [ $# -gt 0 ]; do
+    case $1 in
+    --from)
+        [ $# -ge 2 ] || fail "--from needs a directory"
+        from=$2
+        shift 2
+        ;;
+    --with-test-images)
+        test_images=true
+        shift
+        ;;
+    *) fail "unknown argument '$1' (usage: $0 [--from DIR] [--with-test-images])" ;;
+    esac
+done
+[ -d "$from" ] || fail "--from $from is not a directory"
 
 if ! command -v umoci >/dev/null 2>&1; then
     [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null ||
@@ -125,8 +149,14 @@ PY
 }
 
 printf 'IMAGE\tSIZE\tMANIFEST\tARCHIVE\n'
-build_image sonde-operator "$target/release/sonde-operator" 65532:65532 \
+build_image sonde-operator "$from/sonde-operator" 65532:65532 \
     "Sonde operator" "Turns Sonde resources into per-node assignments"
-build_image sonde-agent "$target/release/probe-agent" 0:0 \
+build_image sonde-agent "$from/probe-agent" 0:0 \
     "Sonde agent" "Captures with eBPF on each node and serves Arrow tables"
+if $test_images; then
+    build_image sonde-pause "$from/sonde-pause" 65532:65532 \
+        "Sonde pause" "Holds a pod sandbox's namespaces on the test node"
+    build_image sonde-demo-app "$from/sonde-demo-app" 0:0 \
+        "Sonde demo application" "Calls handle_request with known arguments, for tracing tests"
+fi
 log "done: $out (revision $revision, dirty: $dirty)"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end harness (e2e/) runs, and skips what is already there:
-#   etcd, kube-apiserver and kube-controller-manager, built from pinned releases;
+#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubelet, built from pinned releases;
+#   containerd, runc and the CNI plugins, from Debian's packages (the real node);
 #   an OpenTelemetry Collector built with the official collector builder;
 #   Prometheus and promtool, taken from Debian's package;
 #   helm, built from its pinned release, to lint, render and install the chart;
@@ -82,7 +83,7 @@ fi
 
 # --- kube-apiserver and kube-controller-manager ------------------------------
 k8s_bin="$SONDE_CACHE/k8s/$KUBERNETES_VERSION/bin"
-if [ -x "$k8s_bin/kube-apiserver" ] && [ -x "$k8s_bin/kube-controller-manager" ]; then
+if [ -x "$k8s_bin/kube-apiserver" ] && [ -x "$k8s_bin/kube-controller-manager" ] && [ -x "$k8s_bin/kubelet" ] && [ -x "$k8s_bin/kube-scheduler" ]; then
     log "kubernetes $KUBERNETES_VERSION: cached"
 else
     grep -Eq "^(require)?\s*k8s.io/kubernetes $KUBERNETES_VERSION( // indirect)?\$" "$harness/kubernetes/go.mod" ||
@@ -95,7 +96,24 @@ else
     ldflags+=" -X k8s.io/component-base/version.gitMinor=$minor"
     ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
     go_build_into kubernetes "$harness/kubernetes" "$k8s_bin" -ldflags "$ldflags" \
-        k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+        k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+        k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet
+fi
+
+# --- the real node's container runtime: containerd, runc, CNI plugins ----------
+# Debian's packages, used as installed (the real-node test starts containerd
+# with a configuration of its own; no service is enabled).
+missing=()
+command -v containerd >/dev/null 2>&1 || missing+=(containerd)
+command -v runc >/dev/null 2>&1 || missing+=(runc)
+[ -x /usr/lib/cni/loopback ] || missing+=(containernetworking-plugins)
+if [ ${#missing[@]} -eq 0 ]; then
+    log "containerd, runc, CNI plugins: installed"
+else
+    need_cmd apt-get "the real node's runtime comes from Debian's packages: ${missing[*]}"
+    log "installing Debian's ${missing[*]}"
+    run_logged apt-update apt-get update
+    DEBIAN_FRONTEND=noninteractive run_logged runtime-install apt-get install -y -q "${missing[@]}"
 fi
 
 # --- Helm -----------------------------------------------------------------------

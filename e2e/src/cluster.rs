@@ -65,6 +65,7 @@ pub struct ClusterBuilder {
     etcd_servers: Option<String>,
     apiserver_args: Vec<String>,
     controller_manager: bool,
+    scheduler: bool,
     ready_timeout: Duration,
     cgroup_root: Option<PathBuf>,
     manifests: Vec<String>,
@@ -80,6 +81,7 @@ impl Default for ClusterBuilder {
             etcd_servers: None,
             apiserver_args: Vec::new(),
             controller_manager: true,
+            scheduler: false,
             ready_timeout: Duration::from_secs(60),
             cgroup_root: None,
             manifests: Vec::new(),
@@ -127,6 +129,14 @@ impl ClusterBuilder {
     /// service accounts). On by default.
     pub fn controller_manager(mut self, enabled: bool) -> Self {
         self.controller_manager = enabled;
+        self
+    }
+
+    /// Whether to run kube-scheduler, which Deployments and DaemonSets need
+    /// to place their pods on a real node ([`crate::RealNode`]). Off by
+    /// default: the simulated nodes' pods name their node themselves.
+    pub fn scheduler(mut self, enabled: bool) -> Self {
+        self.scheduler = enabled;
         self
     }
 
@@ -253,6 +263,26 @@ impl ClusterBuilder {
             }
         };
 
+        let scheduler = if self.scheduler {
+            let bin = self.installation.binary(Component::KubeScheduler)?;
+            Some(ManagedProcess::spawn(
+                &name,
+                Component::KubeScheduler,
+                &bin,
+                &args([
+                    format!("--kubeconfig={}", kubeconfig.display()),
+                    format!("--authentication-kubeconfig={}", kubeconfig.display()),
+                    format!("--authorization-kubeconfig={}", kubeconfig.display()),
+                    // No serving port: nothing scrapes it, and fixed ports would clash.
+                    "--secure-port=0".to_owned(),
+                    "--leader-elect=false".to_owned(),
+                ]),
+                root.join("kube-scheduler.log"),
+            )?)
+        } else {
+            None
+        };
+
         tracing::info!(
             cluster = %name,
             %server,
@@ -267,6 +297,7 @@ impl ClusterBuilder {
             cgroup_root: self.cgroup_root.unwrap_or_else(cgroup::default_root),
             nodes: Mutex::new(Vec::new()),
             controller_manager,
+            scheduler,
             apiserver: Some(apiserver),
             etcd: Some(etcd.process),
             dir: Some(dir),
@@ -285,6 +316,7 @@ pub struct Cluster {
     cgroup_root: PathBuf,
     nodes: Mutex<Vec<SimulatedNode>>,
     controller_manager: Option<ManagedProcess>,
+    scheduler: Option<ManagedProcess>,
     apiserver: Option<ManagedProcess>,
     etcd: Option<ManagedProcess>,
     dir: Option<tempfile::TempDir>,
@@ -327,11 +359,16 @@ impl Cluster {
 
     /// The pids of the control-plane processes.
     pub fn pids(&self) -> Vec<(Component, u32)> {
-        [&self.etcd, &self.apiserver, &self.controller_manager]
-            .into_iter()
-            .flatten()
-            .map(|p| (p.component(), p.pid()))
-            .collect()
+        [
+            &self.etcd,
+            &self.apiserver,
+            &self.controller_manager,
+            &self.scheduler,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|p| (p.component(), p.pid()))
+        .collect()
     }
 
     /// The cluster's temp folder (logs, certificates, kubeconfig).
@@ -518,6 +555,7 @@ impl Cluster {
             node.stop();
         }
         for process in [
+            &mut self.scheduler,
             &mut self.controller_manager,
             &mut self.apiserver,
             &mut self.etcd,

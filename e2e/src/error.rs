@@ -15,6 +15,11 @@ pub enum Component {
     Helm,
     /// A pod's container process, started by a simulated kubelet.
     PodProcess,
+    KubeScheduler,
+    /// The real node's kubelet, built with the control plane.
+    Kubelet,
+    /// The real node's container runtime (Debian's package).
+    Containerd,
 }
 
 impl Component {
@@ -29,6 +34,9 @@ impl Component {
             Component::PythonVenv => "python venv",
             Component::Helm => "helm",
             Component::PodProcess => "pod process",
+            Component::KubeScheduler => "kube-scheduler",
+            Component::Kubelet => "kubelet",
+            Component::Containerd => "containerd",
         }
     }
 }

@@ -78,6 +78,15 @@ impl Installation {
                 .join("helm")
                 .join(version("HELM_VERSION"))
                 .join("bin/helm"),
+            Component::KubeScheduler => c
+                .join("k8s")
+                .join(version("KUBERNETES_VERSION"))
+                .join("bin/kube-scheduler"),
+            Component::Kubelet => c
+                .join("k8s")
+                .join(version("KUBERNETES_VERSION"))
+                .join("bin/kubelet"),
+            Component::Containerd => PathBuf::from("/usr/bin/containerd"),
             // Pod commands start through the shell, which moves them into their cgroup.
             Component::PodProcess => PathBuf::from("/bin/sh"),
         }

@@ -12,6 +12,8 @@
 //! - [`fleet`]: Node and Pod objects by the thousand with no kubelet, and
 //!   simulated agents writing `ProbeNode` status, for the operator at scale.
 //! - [`Helm`]: the helm command on the repository's chart.
+//! - [`RealNode`]: a kubelet with containerd and runc, running pods as real
+//!   containers from images built here.
 //! - [`python`]/[`python_venv`]: the virtualenv with pyarrow and the ADBC
 //!   Flight SQL driver, for Arrow client scripts.
 //!
@@ -30,6 +32,7 @@ pub mod fleet;
 mod helm;
 mod installation;
 mod kubelet;
+mod node;
 mod pki;
 mod ports;
 mod process;
@@ -40,6 +43,7 @@ pub use collector::{Collector, CollectorBuilder, Signal};
 pub use error::{Component, HarnessError};
 pub use helm::{Helm, HelmOutput};
 pub use installation::{Installation, python, python_venv};
+pub use node::{NodeImage, RealNode, RealNodeBuilder};
 pub use ports::free_port;
 pub use process::{SpawnedProcess, process_running, spawned_processes};
 pub use prometheus::{Prometheus, PrometheusBuilder, Sample, promtool_check, sample_value};
