@@ -66,6 +66,7 @@ pub struct ClusterBuilder {
     apiserver_args: Vec<String>,
     controller_manager: bool,
     scheduler: bool,
+    service_account_tokens: bool,
     ready_timeout: Duration,
     cgroup_root: Option<PathBuf>,
     manifests: Vec<String>,
@@ -82,6 +83,7 @@ impl Default for ClusterBuilder {
             apiserver_args: Vec::new(),
             controller_manager: true,
             scheduler: false,
+            service_account_tokens: false,
             ready_timeout: Duration::from_secs(60),
             cgroup_root: None,
             manifests: Vec::new(),
@@ -137,6 +139,15 @@ impl ClusterBuilder {
     /// default: the simulated nodes' pods name their node themselves.
     pub fn scheduler(mut self, enabled: bool) -> Self {
         self.scheduler = enabled;
+        self
+    }
+
+    /// Whether pods get service-account tokens (the ServiceAccount admission
+    /// plugin), which real containers need to reach the API from inside.
+    /// Off by default: simulated pods mount none, and a pod created right
+    /// after its namespace then need not wait for the token controller.
+    pub fn service_account_tokens(mut self, enabled: bool) -> Self {
+        self.service_account_tokens = enabled;
         self
     }
 
@@ -203,7 +214,14 @@ impl ClusterBuilder {
         let server = format!("https://127.0.0.1:{port}");
         let kubeconfig = root.join("kubeconfig");
         write_kubeconfig(&kubeconfig, &server, &pki)?;
-        let apiserver_args = apiserver_flags(&root, &pki, port, &etcd_url, &self.apiserver_args);
+        let apiserver_args = apiserver_flags(
+            &root,
+            &pki,
+            port,
+            &etcd_url,
+            self.service_account_tokens,
+            &self.apiserver_args,
+        );
         let mut apiserver = ManagedProcess::spawn(
             &name,
             Component::KubeApiserver,
@@ -759,6 +777,7 @@ fn apiserver_flags(
     pki: &ClusterPki,
     port: u16,
     etcd_url: &str,
+    service_account_tokens: bool,
     extra: &[String],
 ) -> Vec<std::ffi::OsString> {
     let p = |path: &Path| path.display().to_string();
@@ -779,14 +798,16 @@ fn apiserver_flags(
         ),
         "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
         "--authorization-mode=RBAC".to_owned(),
-        // Simulated pods mount no service-account token, and a pod created right
-        // after its namespace must not wait for the token controller.
-        "--disable-admission-plugins=ServiceAccount".to_owned(),
         "--allow-privileged=true".to_owned(),
         // Endpoints may not hold loopback addresses; nothing here routes to the service anyway.
         "--endpoint-reconciler-type=none".to_owned(),
         "--profiling=false".to_owned(),
     ];
+    if !service_account_tokens {
+        // Simulated pods mount no service-account token, and a pod created right
+        // after its namespace must not wait for the token controller.
+        flags.push("--disable-admission-plugins=ServiceAccount".to_owned());
+    }
     flags.extend(extra.iter().cloned());
     args(flags)
 }

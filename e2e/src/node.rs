@@ -22,6 +22,7 @@
 
 use std::{
     ffi::OsString,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -110,8 +111,12 @@ impl RealNodeBuilder {
             kubelet: None,
             containerd: None,
             sysctls,
+            link: None,
             _dir: Some(dir),
         };
+        let link = NodeLink::create()?;
+        let address = link.address;
+        node.link = Some(link);
 
         // containerd, with the CRI plugin set up for this host.
         let cni = root.join("cni");
@@ -174,6 +179,7 @@ impl RealNodeBuilder {
                 OsString::from(format!("--root-dir={}", kubelet_root.display())),
                 OsString::from(format!("--cert-dir={}", root.join("kubelet-pki").display())),
                 OsString::from(format!("--hostname-override={}", self.name)),
+                OsString::from(format!("--node-ip={address}")),
                 OsString::from("--v=1"),
             ]),
             root.join("kubelet.log"),
@@ -195,6 +201,7 @@ pub struct RealNode {
     kubelet: Option<ManagedProcess>,
     containerd: Option<ManagedProcess>,
     sysctls: Vec<(String, String)>,
+    link: Option<NodeLink>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -215,6 +222,14 @@ impl RealNode {
     /// The folder with the node's logs (`kubelet.log`, `containerd.log`).
     pub fn dir(&self) -> &Path {
         &self.root
+    }
+
+    /// The node's address (its InternalIP, and hostNetwork pods' IP): on the
+    /// host's end of a veth pair whose other end is in a network namespace
+    /// of the node's own, so the kubelet's probes of hostNetwork pods stay on
+    /// this host. Listeners on 0.0.0.0 answer on it; tests use 127.0.0.1.
+    pub fn address(&self) -> Option<Ipv4Addr> {
+        self.link.as_ref().map(|l| l.address)
     }
 
     /// The kubelet's log, for failure messages.
@@ -363,6 +378,9 @@ impl RealNode {
         }
         unmount_below(&self.root);
         remove_cgroups(&self.cgroup_root);
+        if let Some(link) = self.link.take() {
+            link.remove();
+        }
         for (name, value) in std::mem::take(&mut self.sysctls) {
             let path = Path::new("/proc/sys").join(&name);
             if std::fs::read_to_string(&path)
@@ -381,6 +399,75 @@ impl Drop for RealNode {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The kubelet refuses a loopback node IP. The node's address is the host's
+/// end of a veth pair (in 198.18.0.0/15, the range set aside for benchmarks,
+/// never routed) whose other end sits in a network namespace made for it:
+/// traffic to it is delivered on this host.
+#[derive(Debug)]
+struct NodeLink {
+    netns: String,
+    host_end: String,
+    address: Ipv4Addr,
+}
+
+impl NodeLink {
+    fn create() -> anyhow::Result<Self> {
+        let pid = std::process::id();
+        let tag = pid % 100_000;
+        let link = Self {
+            netns: format!("sonde-node-{tag}"),
+            host_end: format!("sn{tag}h"),
+            address: Ipv4Addr::new(198, 18, ((pid / 250) % 250) as u8, (pid % 250 + 1) as u8),
+        };
+        let peer = format!("sn{tag}n");
+        let address = format!("{}/32", link.address);
+        let steps: [&[&str]; 5] = [
+            &["netns", "add", &link.netns],
+            &[
+                "link",
+                "add",
+                &link.host_end,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer,
+                "netns",
+                &link.netns,
+            ],
+            &["-n", &link.netns, "link", "set", &peer, "up"],
+            &["addr", "add", &address, "dev", &link.host_end],
+            &["link", "set", &link.host_end, "up"],
+        ];
+        for step in steps {
+            if let Err(e) = ip(step) {
+                link.remove();
+                return Err(e);
+            }
+        }
+        Ok(link)
+    }
+
+    fn remove(&self) {
+        let _ = ip(&["link", "del", &self.host_end]);
+        let _ = ip(&["netns", "del", &self.netns]);
+    }
+}
+
+fn ip(arguments: &[&str]) -> anyhow::Result<()> {
+    let output = std::process::Command::new("ip")
+        .args(arguments)
+        .output()
+        .context("running ip (Debian package iproute2)")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "ip {}: {}",
+        arguments.join(" "),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
 }
 
 fn containerd_config(root: &Path, socket: &Path, cni: &Path, sandbox_image: &str) -> String {
@@ -433,9 +520,9 @@ address: 127.0.0.1
 port: {port}
 readOnlyPort: 0
 healthzPort: 0
-# Served on loopback only. The node's address is the host's (the kubelet
-# refuses a loopback node IP), so the apiserver cannot reach it there: tests
-# read container logs from podLogsDir instead (RealNode::container_log).
+# Served on loopback only; the apiserver does not reach it at the node's
+# address, so tests read container logs from podLogsDir
+# (RealNode::container_log).
 authentication:
   anonymous: {{enabled: false}}
   webhook: {{enabled: false}}

@@ -193,3 +193,246 @@ async fn a_pod_runs_as_a_real_container_from_an_image_built_here() -> anyhow::Re
     }
     Ok(())
 }
+
+/// Waits until `pods` matching `selector` are all Ready, and there is one.
+async fn wait_ready(
+    pods: &Api<Pod>,
+    selector: &str,
+    node: &RealNode,
+    within: Duration,
+) -> anyhow::Result<Pod> {
+    let deadline = Instant::now() + within;
+    loop {
+        let list = pods
+            .list(&kube::api::ListParams::default().labels(selector))
+            .await?;
+        let ready = |p: &Pod| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        };
+        if let Some(pod) = list.items.iter().find(|p| ready(p)) {
+            return Ok(pod.clone());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no Ready pod with {selector} within {within:?}: {:?}\nkubelet log:\n{}",
+            list.items.iter().map(|p| &p.status).collect::<Vec<_>>(),
+            node.kubelet_log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Rows of `table` on the agent's Flight port, through the `sonde` CLI.
+fn sonde_count(flight_port: u16, sql: &str) -> anyhow::Result<String> {
+    let sonde = executables().join("sonde");
+    let output = Command::new(&sonde)
+        .args([
+            "--addr",
+            &format!("http://127.0.0.1:{flight_port}"),
+            "--output",
+            "csv",
+            "query",
+        ])
+        .arg(sql)
+        .output()
+        .with_context(|| format!("running {}", sonde.display()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "sonde query: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn sonde_uprobe_events() -> Vec<String> {
+    std::fs::read_to_string("/sys/kernel/tracing/uprobe_events")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(":sonde_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_installs_sonde_on_a_real_node_and_the_agent_captures_a_container()
+-> anyhow::Result<()> {
+    const REQUESTS: u32 = 300;
+    let version = env!("CARGO_PKG_VERSION");
+    let work = tempfile::tempdir()?;
+    let images = build_images(&work.path().join("images"))?;
+    let cluster = Cluster::builder()
+        .controller_manager(true)
+        .scheduler(true)
+        .service_account_tokens(true)
+        .start()
+        .await?;
+    let node = RealNode::builder("real-node")
+        .images(images)
+        .start(&cluster)
+        .await?;
+    let apiserver_port = cluster
+        .server_url()
+        .rsplit(':')
+        .next()
+        .context("a port in the server URL")?
+        .to_owned();
+    let (flight, metrics, operator_metrics) =
+        (e2e::free_port()?, e2e::free_port()?, e2e::free_port()?);
+
+    // Helm, as a user installs it, with the images built here and both
+    // components on the node's network: this harness has no pod network and
+    // no service proxy, so they reach the API server on loopback.
+    let values = work.path().join("values.yaml");
+    let api_env = format!(
+        "[{{name: KUBERNETES_SERVICE_HOST, value: \"127.0.0.1\"}}, {{name: KUBERNETES_SERVICE_PORT, value: \"{apiserver_port}\"}}]"
+    );
+    std::fs::write(
+        &values,
+        format!(
+            "image:
+  operator: {{repository: sonde.local/sonde-operator, tag: \"{version}\"}}
+  agent: {{repository: sonde.local/sonde-agent, tag: \"{version}\"}}
+  pullPolicy: Never
+operator:
+  replicas: 1
+  hostNetwork: true
+  metricsPort: {operator_metrics}
+  extraEnv: {api_env}
+agent:
+  hostNetwork: true
+  flightPort: {flight}
+  metricsPort: {metrics}
+  kubeletCgroupRoot: /sonde-real-node
+  extraEnv: {api_env}
+"
+        ),
+    )?;
+    let helm = e2e::Helm::new()?.with_kubeconfig(cluster.kubeconfig_path());
+    let chart = e2e::Helm::chart();
+    helm.ok(&[
+        "install",
+        "sonde",
+        &chart.to_string_lossy(),
+        "-n",
+        "sonde-system",
+        "--create-namespace",
+        "-f",
+        &values.to_string_lossy(),
+    ])
+    .await
+    .context("helm install")?;
+    let system: Api<Pod> = Api::namespaced(cluster.client(), "sonde-system");
+    let agent = wait_ready(
+        &system,
+        "app.kubernetes.io/name=sonde-agent",
+        &node,
+        Duration::from_secs(120),
+    )
+    .await?;
+    wait_ready(
+        &system,
+        "app.kubernetes.io/name=sonde-operator",
+        &node,
+        Duration::from_secs(120),
+    )
+    .await?;
+
+    // A workload in a container, held until the probe is attached.
+    let trigger = work.path().join("trigger");
+    std::fs::create_dir(&trigger)?;
+    cluster.kubectl(&["create", "namespace", "shop"]).await?;
+    let shop: Api<Pod> = Api::namespaced(cluster.client(), "shop");
+    let demo: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "demo", "labels": {"app": "demo"}},
+        "spec": {
+            "hostNetwork": true,
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 5,
+            "containers": [{
+                "name": "main",
+                "image": format!("sonde.local/sonde-demo-app:{version}"),
+                "imagePullPolicy": "Never",
+                "args": ["--requests", REQUESTS.to_string(), "--wait-file", "/trigger/go"],
+                "volumeMounts": [{"name": "trigger", "mountPath": "/trigger", "readOnly": true}],
+            }],
+            "volumes": [{"name": "trigger", "hostPath": {"path": trigger.to_string_lossy()}}],
+        },
+    }))?;
+    shop.create(&PostParams::default(), &demo).await?;
+    wait_phase(&shop, "demo", "Running", &node).await?;
+    cluster
+        .apply(
+            "apiVersion: sonde.dev/v1alpha1
+kind: Tracepoint
+metadata: {name: requests, namespace: shop}
+spec:
+  selector: {matchLabels: {app: demo}}
+  probe:
+    uprobe: {binary: /usr/local/bin/sonde-demo-app, symbol: handle_request}
+  fields:
+    - {name: request_id, source: arg0, type: u64}
+  table: requests
+",
+        )
+        .await?;
+
+    // Attached on the node: the uprobe is in tracefs, made by the agent's process.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sonde_uprobe_events().is_empty() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the agent made no uprobe within 60 s; Tracepoint: {}",
+            cluster
+                .kubectl(&["get", "tracepoint", "-n", "shop", "requests", "-o", "yaml"])
+                .await
+                .unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    std::fs::write(trigger.join("go"), "")?;
+    wait_phase(&shop, "demo", "Succeeded", &node).await?;
+
+    // Every call, attributed to the container's pod.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sql = "SELECT count(*) AS n, min(namespace) AS ns, min(pod) AS pod, min(container) AS c FROM shop.requests";
+    let expected = format!("n,ns,pod,c\n{REQUESTS},shop,demo,main\n");
+    loop {
+        let answer = sonde_count(flight, sql).unwrap_or_default();
+        if answer == expected {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "shop.requests on the agent says {answer:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Uninstalled, nothing of Sonde's stays on the node.
+    helm.ok(&[
+        "uninstall",
+        "sonde",
+        "-n",
+        "sonde-system",
+        "--wait",
+        "--timeout=90s",
+    ])
+    .await
+    .context("helm uninstall")?;
+    let agent_name = agent.metadata.name.unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while system.get_opt(&agent_name).await?.is_some() || !sonde_uprobe_events().is_empty() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "after helm uninstall: agent pod {agent_name} or uprobes {:?} left",
+            sonde_uprobe_events()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}

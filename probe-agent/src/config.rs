@@ -34,6 +34,11 @@ pub struct Config {
     #[arg(long, env = "SONDE_RESCAN_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub rescan_interval: Duration,
 
+    /// The kubelet's cgroup root (its --cgroup-root / cgroupRoot), under
+    /// which it lays out pod cgroups: / unless the kubelet was told otherwise.
+    #[arg(long, env = "SONDE_KUBELET_CGROUP_ROOT", default_value = "/", value_parser = parse_cgroup_root)]
+    pub kubelet_cgroup_root: PathBuf,
+
     /// This node's name, as the cluster knows it (the downward API sets
     /// it); required in cluster mode, the host name by default standalone.
     #[arg(long, env = "NODE_NAME")]
@@ -203,6 +208,23 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// An absolute cgroup path with no `..`, such as / or /kubelet.
+fn parse_cgroup_root(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    if !path.is_absolute() {
+        return Err(format!(
+            "{text:?} is not an absolute cgroup path such as / or /kubelet"
+        ));
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(format!("{text:?} must not contain .."));
+    }
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +248,22 @@ mod tests {
             parse_duration("0s")
                 .expect_err("zero")
                 .contains("greater than zero")
+        );
+    }
+
+    #[test]
+    fn kubelet_cgroup_roots_are_absolute_without_parents() {
+        assert_eq!(parse_cgroup_root("/"), Ok(PathBuf::from("/")));
+        assert_eq!(parse_cgroup_root("/kubelet"), Ok(PathBuf::from("/kubelet")));
+        assert!(
+            parse_cgroup_root("kubelet")
+                .expect_err("relative")
+                .contains("absolute")
+        );
+        assert!(
+            parse_cgroup_root("/a/../b")
+                .expect_err("parent")
+                .contains("..")
         );
     }
 

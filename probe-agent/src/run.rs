@@ -241,8 +241,14 @@ async fn serve(
             let secret_values = secrets.values();
             cluster_tasks.push(tokio::spawn(secrets.run(view.clone(), stop.clone())));
             let facts = NodeFacts::of_this_node(kprobes, Time(Timestamp::now()));
-            let mut agent =
-                ClusterAgent::new(engine, storage, &node_name, CgroupResolver::detect(), facts);
+            let mut agent = ClusterAgent::new(
+                engine,
+                storage,
+                &node_name,
+                CgroupResolver::detect()
+                    .map(|resolver| resolver.under_kubelet_root(&config.kubelet_cgroup_root)),
+                facts,
+            );
             agent.run_exports(exports.clone(), secret_values);
             if metrics_task.is_some() {
                 agent.answer_reports(report_requests);

@@ -291,6 +291,16 @@ impl CgroupResolver {
         Ok(Self::new(CgroupMode::from_mounts(&mounts).unified_root()?))
     }
 
+    /// Resolves under the kubelet's cgroup root `kubelet_root` (such as
+    /// `/kubelet`) inside the v2 hierarchy, for kubelets run with
+    /// `--cgroup-root`.
+    pub fn under_kubelet_root(mut self, kubelet_root: &Path) -> Self {
+        if let Ok(relative) = kubelet_root.strip_prefix("/") {
+            self.root = self.root.join(relative);
+        }
+        self
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -402,6 +412,19 @@ mod tests {
             assert_eq!(found.dir, dir);
             assert_eq!(found.id, inode(&dir));
         }
+        // A kubelet with its own cgroup root lays pods out below it.
+        let (root, dir) = tree(&format!("node-a/kubepods/besteffort/pod{UID}/{ID}"));
+        let id = ContainerId::parse(&format!("containerd://{ID}")).expect("id");
+        let resolver = CgroupResolver::new(root.path());
+        assert!(
+            resolver.resolve(UID, &id).is_err(),
+            "found without the root"
+        );
+        let found = resolver
+            .under_kubelet_root(Path::new("/node-a"))
+            .resolve(UID, &id)
+            .expect("under /node-a");
+        assert_eq!(found.dir, dir);
         // CRI-O with cgroupfs names the folder crio-<id>.
         let (root, dir) = tree(&format!("kubepods/burstable/pod{UID}/crio-{ID}"));
         let found = CgroupResolver::new(root.path())

@@ -51,6 +51,10 @@ struct Args {
     /// Wait for a line on stdin before starting.
     #[arg(long)]
     wait_stdin: bool,
+    /// Wait until this file exists before starting (at most an hour), for
+    /// runs with no stdin, such as a container.
+    #[arg(long, value_name = "PATH")]
+    wait_file: Option<std::path::PathBuf>,
     /// Print one line per request.
     #[arg(long)]
     verbose: bool,
@@ -186,6 +190,17 @@ fn main() -> anyhow::Result<()> {
         // A line or the end of stdin both mean "go".
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line)?;
+    }
+    if let Some(path) = &args.wait_file {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+        while !path.exists() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "{} did not appear within an hour",
+                path.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
     let start = std::time::Instant::now();
     for id in (0..args.requests).map(|n| args.start_id.wrapping_add(n)) {
