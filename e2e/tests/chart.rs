@@ -110,7 +110,10 @@ async fn schema_refuses_malformed_values_naming_them() -> anyhow::Result<()> {
         ),
         ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
         ("agent.capabilities={bpf}", "/agent/capabilities/0"),
-        ("agent.kubeletCgroupRoot=kubelet", "/agent/kubeletCgroupRoot"),
+        (
+            "agent.kubeletCgroupRoot=kubelet",
+            "/agent/kubeletCgroupRoot",
+        ),
         ("agent.extraEnv[0].value=x", "/agent/extraEnv/0"),
         ("serviceMonitor.enabled=maybe", "/serviceMonitor/enabled"),
         (
