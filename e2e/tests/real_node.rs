@@ -365,21 +365,48 @@ agent:
     }))?;
     shop.create(&PostParams::default(), &demo).await?;
     wait_phase(&shop, "demo", "Running", &node).await?;
+    let collector = e2e::Collector::start().await?;
     cluster
-        .apply(
+        .apply(&format!(
             "apiVersion: sonde.dev/v1alpha1
 kind: Tracepoint
-metadata: {name: requests, namespace: shop}
+metadata: {{name: requests, namespace: shop}}
 spec:
-  selector: {matchLabels: {app: demo}}
+  selector: {{matchLabels: {{app: demo}}}}
   probe:
-    uprobe: {binary: /usr/local/bin/sonde-demo-app, symbol: handle_request}
+    uprobe: {{binary: /usr/local/bin/sonde-demo-app, symbol: handle_request}}
   fields:
-    - {name: request_id, source: arg0, type: u64}
+    - {{name: request_id, source: arg0, type: u64}}
   table: requests
+---
+apiVersion: sonde.dev/v1alpha1
+kind: Retention
+metadata: {{name: requests, namespace: shop}}
+spec:
+  tables: [requests]
+  maxAge: 1h
+  rollups:
+    - name: requests_1s
+      interval: 1s
+      groupBy: [pod]
+      aggregates: [{{fn: count}}]
+      keep: 1h
+---
+apiVersion: sonde.dev/v1alpha1
+kind: Export
+metadata: {{name: requests, namespace: shop}}
+spec:
+  tables: [requests]
+  destination:
+    otlp: {{endpoint: \"http://{endpoint}\", protocol: grpc, signal: logs}}
+  mapping: {{attributes: [request_id]}}
+  interval: 1s
 ",
-        )
+            endpoint = collector.otlp_grpc_endpoint()
+        ))
         .await?;
+    // The operator, in its container, reports the probe running on the node.
+    wait_tracepoint(&cluster, 1).await?;
 
     // Attached on the node: the uprobe is in tracefs, made by the agent's process.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -413,7 +440,130 @@ spec:
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
-    // Uninstalled, nothing of Sonde's stays on the node.
+    // The same rows through pyarrow, as a Flight client no one here wrote.
+    let script = format!(
+        "import pyarrow.flight as f, json\n\
+         c = f.FlightClient('grpc://127.0.0.1:{flight}')\n\
+         t = c.do_get(f.Ticket(json.dumps({{'table': 'shop.requests'}}))).read_all()\n\
+         print(t.num_rows, sorted(set(t.column('pod').to_pylist())))"
+    );
+    let output = Command::new(e2e::python()?)
+        .args(["-c", &script])
+        .output()?;
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        printed.trim(),
+        format!("{REQUESTS} ['demo']"),
+        "pyarrow: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // The rollup counts every call, once its windows have closed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rollup_sql = "SELECT sum(\"count\") AS n FROM shop.requests_1s WHERE pod = 'demo'";
+    loop {
+        let answer = sonde_count(flight, rollup_sql).unwrap_or_default();
+        if answer == format!("n\n{REQUESTS}\n") {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "shop.requests_1s says {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Prometheus scrapes the agent's container.
+    let prometheus = e2e::Prometheus::scraping(&[&format!("127.0.0.1:{metrics}")]).await?;
+    let promql = format!(
+        "sonde_events_captured_total{{namespace=\"shop\",tracepoint=\"requests\"}} == {REQUESTS}"
+    );
+    let samples = match prometheus.wait_for(&promql, Duration::from_secs(60)).await {
+        Ok(samples) => samples,
+        Err(e) => {
+            let seen = prometheus.query("{__name__=~\"sonde_events_.*\"}").await?;
+            let up = prometheus.query("up").await?;
+            let body = reqwest::get(format!("http://127.0.0.1:{metrics}/metrics"))
+                .await?
+                .text()
+                .await?;
+            let lines: Vec<&str> = body
+                .lines()
+                .filter(|l| {
+                    l.contains("scrape_report")
+                        || l.contains("sonde_probes")
+                        || l.contains("captured")
+                })
+                .collect();
+            anyhow::bail!("{e}: Prometheus has {seen:?}; up: {up:?}; agent serves {lines:#?}");
+        }
+    };
+    assert_eq!(samples.len(), 1, "{samples:?}");
+
+    // The collector receives every row as a log record.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let records = collector.log_records()?.len();
+        if records == REQUESTS as usize {
+            break;
+        }
+        anyhow::ensure!(
+            records < REQUESTS as usize && Instant::now() < deadline,
+            "the collector has {records} log records, not {REQUESTS}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // An edit reaches the node: the operator hands it the new generation and
+    // the agent reports that generation back (idle now: the workload ended,
+    // and what it captured stays on /metrics).
+    cluster
+        .kubectl(&[
+            "patch",
+            "tracepoint",
+            "requests",
+            "-n",
+            "shop",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"sampling":{"oneIn":2}}}"#,
+        ])
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = cluster
+            .kubectl(&["get", "probenode", node.name(), "-o", "json"])
+            .await?;
+        let probe_node: serde_json::Value = serde_json::from_str(&out)?;
+        let reported = probe_node["status"]["assignments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["kind"] == "Tracepoint" && a["name"] == "requests");
+        if reported.is_some_and(|a| a["generation"] == 2 && a["state"] == "Idle") {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the agent did not report generation 2 of shop/requests: {reported:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Removed as docs/getting-started.md says: Sonde's resources first, while
+    // the operator runs to release them (its finalizer detaches every node),
+    // then the release, then the CRDs. Nothing of Sonde's stays.
+    cluster
+        .kubectl(&[
+            "delete",
+            "tracepoints,retentions,exports",
+            "--all",
+            "-n",
+            "shop",
+            "--wait=true",
+            "--timeout=90s",
+        ])
+        .await?;
     helm.ok(&[
         "uninstall",
         "sonde",
@@ -434,5 +584,63 @@ spec:
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // Then the CRDs, as the chart's README says: no object of Sonde's is left.
+    cluster
+        .kubectl(&[
+            "delete",
+            "--wait=true",
+            "-f",
+            &chart.join("crds").to_string_lossy(),
+        ])
+        .await?;
+    let resources = cluster
+        .kubectl(&["api-resources", "--api-group=sonde.dev", "-o", "name"])
+        .await?;
+    assert_eq!(resources.trim(), "", "Sonde's kinds are still served");
+    cluster
+        .kubectl(&[
+            "delete",
+            "namespace",
+            "sonde-system",
+            "--wait=true",
+            "--timeout=90s",
+        ])
+        .await?;
+    let leases = cluster
+        .kubectl(&[
+            "get",
+            "leases",
+            "-A",
+            "-l",
+            "sonde.dev/agent-heartbeat",
+            "-o",
+            "name",
+        ])
+        .await?;
+    assert_eq!(leases.trim(), "", "heartbeat Leases left");
     Ok(())
+}
+
+/// Waits until the Tracepoint shop/requests runs on the node at `generation`,
+/// as the operator reports it.
+async fn wait_tracepoint(cluster: &Cluster, generation: i64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = cluster
+            .kubectl(&["get", "tracepoint", "requests", "-n", "shop", "-o", "json"])
+            .await?;
+        let tracepoint: serde_json::Value = serde_json::from_str(&out)?;
+        let status = &tracepoint["status"];
+        if status["observedGeneration"] == generation
+            && status["phase"] == "Running"
+            && status["nodes"]["running"] == 1
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "Tracepoint shop/requests is not Running at generation {generation} on the node: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

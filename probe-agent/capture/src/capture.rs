@@ -253,6 +253,21 @@ pub struct ProbeTotals {
     pub read_errors: u64,
 }
 
+impl std::ops::AddAssign for ProbeTotals {
+    /// Adds another attachment's totals, field by field (saturating).
+    fn add_assign(&mut self, other: Self) {
+        self.matched = self.matched.saturating_add(other.matched);
+        self.captured = self.captured.saturating_add(other.captured);
+        self.filtered = self.filtered.saturating_add(other.filtered);
+        self.sampled_out = self.sampled_out.saturating_add(other.sampled_out);
+        self.rate_limited = self.rate_limited.saturating_add(other.rate_limited);
+        self.ringbuf_full = self.ringbuf_full.saturating_add(other.ringbuf_full);
+        self.missing_entry = self.missing_entry.saturating_add(other.missing_entry);
+        self.decode_errors = self.decode_errors.saturating_add(other.decode_errors);
+        self.read_errors = self.read_errors.saturating_add(other.read_errors);
+    }
+}
+
 impl ProbeTotals {
     pub fn new(kernel: ProbeCounters, received: u64, decode_errors: u64) -> Self {
         Self {

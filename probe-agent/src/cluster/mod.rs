@@ -40,6 +40,7 @@ use crds::{
 };
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use probe_capture::{
+    capture::ProbeTotals,
     drive::Driven,
     engine::{AttachedProbe, Engine},
     identity::ContainerIdentity,
@@ -104,6 +105,9 @@ struct AppliedTracepoint {
     reason: Option<String>,
     message: Option<String>,
     carried: Counts,
+    /// Totals of this generation's earlier attachments (the Tracepoint went
+    /// idle in between), so its counters on /metrics never go back.
+    carried_totals: Option<ProbeTotals>,
 }
 
 /// A container a probe targets, resolved to its cgroup.
@@ -459,9 +463,9 @@ impl ClusterAgent {
                     return true;
                 };
                 let edited = decision == Decision::Reattach;
-                let carried = match self.tracepoints.get(key) {
-                    Some(a) if !edited => a.carried,
-                    _ => Counts::default(),
+                let (carried, carried_totals) = match self.tracepoints.get(key) {
+                    Some(a) if !edited => (a.carried, a.carried_totals),
+                    _ => (Counts::default(), None),
                 };
                 if edited {
                     self.release(key);
@@ -476,6 +480,7 @@ impl ClusterAgent {
                 };
                 let mut applied = self.apply(&label, wanted, spec, edited);
                 applied.carried = carried;
+                applied.carried_totals = carried_totals;
                 // A renamed table leaves the old one behind: drop it.
                 if let Some(old) = had_table
                     && edited
@@ -508,6 +513,7 @@ impl ClusterAgent {
             reason: None,
             message: None,
             carried: Counts::default(),
+            carried_totals: None,
         };
         if let Err(e) = spec.validate() {
             applied.state = AppliedState::Failed(targets);
@@ -617,6 +623,7 @@ impl ClusterAgent {
                 reason: Some(why.to_owned()),
                 message: Some(message),
                 carried: Counts::default(),
+                carried_totals: None,
             },
         );
     }
@@ -632,6 +639,7 @@ impl ClusterAgent {
         if let Ok(totals) = self.engine.totals(probe.id) {
             applied.carried.events += totals.captured;
             applied.carried.lost += totals.lost();
+            *applied.carried_totals.get_or_insert_default() += totals;
         }
         if let Err(e) = self.engine.detach(probe.id) {
             warn!(tracepoint = %format!("{}/{}", key.1, key.2), "detach failed: {}", chain(&e));
@@ -911,10 +919,20 @@ impl ClusterAgent {
                     AppliedState::Failed(_) => ProbeState::Failed,
                     AppliedState::Unsupported => ProbeState::Unsupported,
                 },
-                totals: applied
-                    .probe
-                    .as_ref()
-                    .and_then(|p| self.engine.totals(p.id).ok()),
+                // An idle Tracepoint keeps serving what it captured before.
+                totals: {
+                    let live = applied
+                        .probe
+                        .as_ref()
+                        .and_then(|p| self.engine.totals(p.id).ok());
+                    match (applied.carried_totals, live) {
+                        (Some(mut carried), Some(live)) => {
+                            carried += live;
+                            Some(carried)
+                        }
+                        (carried, live) => live.or(carried),
+                    }
+                },
                 metrics: applied
                     .probe
                     .as_ref()
