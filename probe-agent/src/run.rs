@@ -23,6 +23,7 @@ use sonde_daemon::{Shutdown, chain};
 use tracing::{error, info};
 
 use crate::{
+    baseline::{self, BaselineConfig, BaselineMetrics},
     cluster::{
         ClusterAgent, Intervals as ClusterIntervals,
         cgroups::CgroupResolver,
@@ -120,6 +121,7 @@ async fn serve(
     let waker = Waker::new().map_err(|e| format!("cannot create the drive loop's wake-up: {e}"))?;
     let (reports, report_requests) = metrics::report_channel(waker.clone(), config.scrape_timeout);
     let exports = Exports::new(store.clone(), node_name.clone());
+    let baseline_metrics = BaselineMetrics::default();
     let metrics_server = match config.metrics_addr {
         Some(addr) => {
             let mut registry = metrics::agent_registry(reports, Some(store.clone()));
@@ -128,6 +130,7 @@ async fn serve(
             ExportCollector::new(exports.clone())
                 .register(registry.sub_registry_with_prefix(metrics::PREFIX));
             flight.metrics().register(&mut registry);
+            baseline_metrics.register(registry.sub_registry_with_prefix(metrics::PREFIX));
             let server = metrics::bind(addr, Arc::new(registry))
                 .await
                 .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
@@ -157,6 +160,15 @@ async fn serve(
     )
     .map_err(|e| chain(&e))?;
     let storage = Storage::new(store, &node_name);
+    let baseline_config = BaselineConfig {
+        tables: config.baseline_tables.clone(),
+        process_stats_interval: config.process_stats_interval,
+        process_stats_max: usize::try_from(config.process_stats_max).unwrap_or(usize::MAX),
+        cgroup_root: CgroupResolver::detect()
+            .ok()
+            .map(|resolver| resolver.root().to_owned()),
+    };
+    let baseline_tasks;
     let upkeep = tokio::spawn(storage.clone().run_upkeep(servers_stop.clone()));
     let scheme = if config.flight_tls_cert.is_some() {
         "https"
@@ -183,6 +195,15 @@ async fn serve(
     let mut heartbeat_task = None;
     let drive = match (mode, client) {
         (Mode::Standalone(dir), _) => {
+            // Every host process; no pods to name.
+            baseline_tasks = baseline::start(
+                storage.store.clone(),
+                &node_name,
+                &baseline_config,
+                None,
+                &baseline_metrics,
+                servers_stop.clone(),
+            );
             let mut agent = Standalone::start(
                 engine,
                 Some(storage),
@@ -219,6 +240,14 @@ async fn serve(
             };
             let (view, watches) = ClusterView::start(&client, &node_name, waker.clone());
             cluster_tasks.extend(watches);
+            baseline_tasks = baseline::start(
+                storage.store.clone(),
+                &node_name,
+                &baseline_config,
+                Some(Arc::new(view.clone())),
+                &baseline_metrics,
+                servers_stop.clone(),
+            );
             let pulse = config.heartbeat_namespace.clone().map(|namespace| {
                 let pulse = Arc::new(Pulse::default());
                 heartbeat_task = Some(tokio::spawn(heartbeat::renew(
@@ -302,6 +331,10 @@ async fn serve(
     exports.shutdown();
     servers.trigger();
     let _ = upkeep.await;
+    for task in baseline_tasks {
+        // Each ends at the trigger, after at most the sample it is taking.
+        let _ = task.await;
+    }
     let drive_result = match drive_result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) | Err(_) => Err("the drive loop failed; see the log above".to_owned()),
