@@ -89,7 +89,9 @@ mod tests {
     #[test]
     fn ports_are_fresh_and_below_the_ephemeral_range() {
         let (low, high) = drawable();
-        let ports: Vec<u16> = (0..200).map(|_| free_port().unwrap()).collect();
+        let ports: Vec<u16> = (0..200)
+            .map(|_| free_port().expect("a free port"))
+            .collect();
         let distinct: HashSet<u16> = ports.iter().copied().collect();
         assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
         assert!(ports.iter().all(|p| (low..=high).contains(p)), "{ports:?}");
