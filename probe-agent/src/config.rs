@@ -125,7 +125,7 @@ pub struct Config {
     pub report_interval: Duration,
 
     /// Baseline tables (schema `sonde`) collected with no Tracepoint: `all`,
-    /// `none`, or a comma-separated list (process_stats).
+    /// `none`, or a comma-separated list (process_stats, network_stats).
     #[arg(long, env = "SONDE_BASELINE_TABLES", default_value = "all")]
     pub baseline_tables: BaselineTables,
 
@@ -137,6 +137,10 @@ pub struct Config {
     /// first); the rest are counted in sonde_baseline_dropped_total.
     #[arg(long, env = "SONDE_PROCESS_STATS_MAX", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub process_stats_max: u32,
+
+    /// How often `sonde.network_stats` reads every cgroup's traffic counters.
+    #[arg(long, env = "SONDE_NETWORK_STATS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub network_stats_interval: Duration,
 
     /// How long a /metrics scrape waits for the drive loop's counters;
     /// past it the scrape serves the last ones it got and counts the miss

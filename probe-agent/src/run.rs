@@ -9,6 +9,7 @@ use probe_capture::{
     drive::{self, DriveOptions, Waker},
     engine::Engine,
     loader::LoadOptions,
+    net::NetStats,
     plan::{self, HostPaths},
     preflight,
     tracefs::Tracefs,
@@ -23,7 +24,7 @@ use sonde_daemon::{Shutdown, chain};
 use tracing::{error, info};
 
 use crate::{
-    baseline::{self, BaselineConfig, BaselineMetrics},
+    baseline::{self, BaselineConfig, BaselineMetrics, BaselineTable},
     cluster::{
         ClusterAgent, Intervals as ClusterIntervals,
         cgroups::CgroupResolver,
@@ -149,7 +150,7 @@ async fn serve(
         .map_err(|e| format!("cannot start the metrics server: {e}"))?;
 
     let kprobes = plan::kprobes_supported(&tracefs);
-    let engine = Engine::load(
+    let mut engine = Engine::load(
         tracefs,
         LoadOptions {
             ring_bytes: config.ring_bytes,
@@ -164,10 +165,20 @@ async fn serve(
         tables: config.baseline_tables.clone(),
         process_stats_interval: config.process_stats_interval,
         process_stats_max: usize::try_from(config.process_stats_max).unwrap_or(usize::MAX),
+        network_stats_interval: config.network_stats_interval,
         cgroup_root: CgroupResolver::detect()
             .ok()
             .map(|resolver| resolver.root().to_owned()),
     };
+    // Attached before the drive loop takes the engine; the programs stay
+    // attached as long as it lives.
+    let mut network = Err("switched off".to_owned());
+    if baseline_config.tables.contains(BaselineTable::NetworkStats) {
+        network = match &baseline_config.cgroup_root {
+            Some(root) => NetStats::attach(engine.probe_set(), root).map_err(|e| chain(&e)),
+            None => Err("this node has no cgroup v2 hierarchy".to_owned()),
+        };
+    }
     let baseline_tasks;
     let upkeep = tokio::spawn(storage.clone().run_upkeep(servers_stop.clone()));
     let scheme = if config.flight_tls_cert.is_some() {
@@ -201,6 +212,7 @@ async fn serve(
                 &node_name,
                 &baseline_config,
                 None,
+                network,
                 &baseline_metrics,
                 servers_stop.clone(),
             );
@@ -245,6 +257,7 @@ async fn serve(
                 &node_name,
                 &baseline_config,
                 Some(Arc::new(view.clone())),
+                network,
                 &baseline_metrics,
                 servers_stop.clone(),
             );

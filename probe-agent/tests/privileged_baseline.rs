@@ -289,3 +289,171 @@ fn switched_off_tables_are_not_created() {
     let status = agent.stop();
     assert!(status.success(), "agent exit status {status}");
 }
+
+/// The cgroup v2 hierarchy's mount point, from /proc/self/mounts.
+fn unified_root() -> std::path::PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(2) == Some(&"cgroup2")).then(|| fields[1].into())
+        })
+        .expect("a cgroup v2 hierarchy (TOOLCHAIN.md: /sys/fs/cgroup/unified)")
+}
+
+/// A cgroup v2 folder of the test's own, removed on drop (once empty).
+struct TestCgroup(std::path::PathBuf);
+
+impl TestCgroup {
+    fn create() -> Self {
+        let dir = unified_root().join(format!("sonde-net-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(&self.0).unwrap().ino()
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// The newest row of `cgroup` in `batches`: time, rx bytes, tx bytes.
+fn newest_traffic(batches: &[RecordBatch], cgroup: u64) -> Option<(i64, u64, u64)> {
+    let mut newest: Option<(i64, u64, u64)> = None;
+    for batch in batches {
+        let ids: &UInt64Array = batch.column_by_name("cgroup_id").unwrap().as_primitive();
+        let times: &TimestampNanosecondArray =
+            batch.column_by_name("time_").unwrap().as_primitive();
+        let rx: &UInt64Array = batch.column_by_name("rx_bytes").unwrap().as_primitive();
+        let tx: &UInt64Array = batch.column_by_name("tx_bytes").unwrap().as_primitive();
+        for row in 0..batch.num_rows() {
+            if ids.value(row) == cgroup && newest.is_none_or(|n| times.value(row) > n.0) {
+                newest = Some((times.value(row), rx.value(row), tx.value(row)));
+            }
+        }
+    }
+    newest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_stats_count_a_cgroups_loopback_bytes() {
+    const SENT: usize = 8 << 20;
+    const RECEIVED: usize = 4 << 20;
+    let manifests = tempfile::tempdir().unwrap();
+    let agent = AgentProcess::start(
+        manifests.path(),
+        &[
+            "--baseline-tables",
+            "network_stats",
+            "--network-stats-interval",
+            "500ms",
+            "--report-interval",
+            "1m",
+        ],
+    );
+    tokio::task::block_in_place(|| {
+        agent.expect(
+            "baseline table collecting: every cgroup's packets",
+            Duration::from_secs(60),
+        )
+    });
+    let url = tokio::task::block_in_place(|| agent.flight_url(Duration::from_secs(60)));
+
+    // The server side runs here, outside the cgroup: it reads what the
+    // client sends, then answers with RECEIVED bytes.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).unwrap();
+        stream.write_all(&vec![b'y'; RECEIVED]).unwrap();
+        got.len()
+    });
+    // The client is put in the cgroup before it opens its socket: a
+    // socket belongs to the cgroup it was created in.
+    let cgroup = TestCgroup::create();
+    let script = format!(
+        "import socket, sys
+sys.stdin.readline()
+s = socket.create_connection(('127.0.0.1', {port}))
+s.sendall(b'x' * {SENT})
+s.shutdown(socket.SHUT_WR)
+got = 0
+while True:
+    d = s.recv(65536)
+    if not d:
+        break
+    got += len(d)
+print(got)
+"
+    );
+    let mut client = Command::new("python3")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start python3");
+    cgroup.add(client.id());
+    {
+        use std::io::Write as _;
+        client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    }
+    let output = tokio::task::block_in_place(|| client.wait_with_output()).unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        RECEIVED.to_string(),
+        "the client received every byte"
+    );
+    assert_eq!(
+        server.join().unwrap(),
+        SENT,
+        "the server received every byte"
+    );
+    let done_at = now_ns();
+
+    // A sample read after the client exited, served over Flight.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (rx, tx) = loop {
+        let batches = rows(&url, "sonde.network_stats").await;
+        if let Some((time, rx, tx)) = newest_traffic(&batches, cgroup.id())
+            && time > done_at
+        {
+            break (rx, tx);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no sonde.network_stats row of cgroup {} after its traffic",
+            cgroup.id()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Counted bytes include IP and TCP headers (and the peer's ACKs on
+    // the receiving side): a little more than the payload.
+    let off = |got: u64, want: usize| (got as f64 - want as f64) / want as f64 * 100.0;
+    eprintln!(
+        "network_stats: tx {tx} bytes for {SENT} sent ({:+.3}%), rx {rx} bytes for {RECEIVED} \
+         received ({:+.3}%)",
+        off(tx, SENT),
+        off(rx, RECEIVED)
+    );
+    assert!((0.0..=1.0).contains(&off(tx, SENT)), "tx {tx}");
+    assert!((0.0..=1.0).contains(&off(rx, RECEIVED)), "rx {rx}");
+    drop(cgroup);
+    let status = tokio::task::block_in_place(|| agent.stop());
+    assert!(status.success(), "agent exit status {status}");
+}

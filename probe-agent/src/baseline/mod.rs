@@ -9,6 +9,7 @@
 //! columns come from the process's cgroup ([`pods`]), so they are null in
 //! standalone mode, as in Tracepoint tables.
 
+pub mod network_stats;
 pub mod pods;
 pub mod proc;
 pub mod process_stats;
@@ -24,6 +25,7 @@ use std::{
 };
 
 use crds::TableName;
+use probe_capture::net::NetStats;
 use probe_store::TableStore;
 use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -34,6 +36,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use self::{
+    network_stats::NetworkSampler,
     pods::{PodDirectory, PodSource},
     process_stats::{HostUnits, ProcessSampler},
 };
@@ -45,14 +48,16 @@ pub const SCHEMA: &str = "sonde";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BaselineTable {
     ProcessStats,
+    NetworkStats,
 }
 
 impl BaselineTable {
-    pub const ALL: [Self; 1] = [Self::ProcessStats];
+    pub const ALL: [Self; 2] = [Self::ProcessStats, Self::NetworkStats];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::ProcessStats => "process_stats",
+            Self::NetworkStats => "network_stats",
         }
     }
 
@@ -112,6 +117,7 @@ pub struct BaselineConfig {
     pub tables: BaselineTables,
     pub process_stats_interval: Duration,
     pub process_stats_max: usize,
+    pub network_stats_interval: Duration,
     /// The cgroup v2 hierarchy's root, for cgroup ids; `None`: ids are 0.
     pub cgroup_root: Option<PathBuf>,
 }
@@ -150,7 +156,7 @@ impl BaselineMetrics {
             "dropped",
             "Items a baseline table left out, by reason: limit (over the per-sample cap), \
              vanished (the process exited while read), unreadable, store (rows the table store \
-             refused)",
+             refused), map_full (packets the kernel could not count: too many cgroups)",
             self.dropped.clone(),
         );
         registry.register(
@@ -176,16 +182,19 @@ impl BaselineMetrics {
 
 /// Creates the switched-on baseline tables in `store` and starts their
 /// samplers; they stop at `stop`. `pods` names the pods on the node
-/// (cluster mode); without it the identity columns stay null.
+/// (cluster mode); without it the identity columns stay null. `network`
+/// is the traffic counters' programs, attached, or why they are not.
 pub fn start(
     store: TableStore,
     node: &str,
     config: &BaselineConfig,
     pods: Option<Arc<dyn PodSource>>,
+    network: Result<NetStats, String>,
     metrics: &BaselineMetrics,
     stop: ShutdownSignal,
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
+    let mut network = Some(network);
     for table in BaselineTable::ALL {
         let on = config.tables.contains(table);
         metrics
@@ -235,9 +244,121 @@ pub fn start(
                     stop.clone(),
                 )));
             }
+            BaselineTable::NetworkStats => {
+                let attached = network
+                    .take()
+                    .unwrap_or_else(|| Err("attached once only".to_owned()));
+                let (stats, root) = match (attached, &config.cgroup_root) {
+                    (Ok(stats), Some(root)) => (stats, root.clone()),
+                    (Err(reason), _) => {
+                        unavailable(metrics, table, &reason);
+                        continue;
+                    }
+                    (Ok(_), None) => {
+                        unavailable(metrics, table, "this node has no cgroup v2 hierarchy");
+                        continue;
+                    }
+                };
+                let sampler = NetworkSampler::new(stats, root, node);
+                if let Err(e) = store.create_table(table.table_name(), sampler.schema()) {
+                    unavailable(metrics, table, &chain(&e));
+                    continue;
+                }
+                info!(
+                    table = %table.table_name(),
+                    interval = ?config.network_stats_interval,
+                    "baseline table collecting: every cgroup's packets and bytes, from cgroup_skb \
+                     programs on the cgroup v2 root"
+                );
+                tasks.push(tokio::spawn(sample_network(
+                    sampler,
+                    store.clone(),
+                    config.network_stats_interval,
+                    pods.clone(),
+                    metrics.clone(),
+                    stop.clone(),
+                )));
+            }
         }
     }
     tasks
+}
+
+/// Says once, in the log and the `sonde_baseline_enabled` gauge, that a
+/// switched-on table cannot be collected on this node.
+fn unavailable(metrics: &BaselineMetrics, table: BaselineTable, reason: &str) {
+    warn!(table = %table.table_name(), "baseline table cannot be collected on this node: {reason}");
+    metrics
+        .enabled
+        .get_or_create(&[("table", table.name())])
+        .set(0);
+}
+
+/// Reads the traffic counters every `interval`, the first at once, until
+/// `stop`.
+async fn sample_network(
+    sampler: NetworkSampler,
+    store: TableStore,
+    interval: Duration,
+    pods: Option<Arc<dyn PodSource>>,
+    metrics: BaselineMetrics,
+    stop: ShutdownSignal,
+) {
+    let table = BaselineTable::NetworkStats;
+    let name = table.table_name();
+    let label = [("table", table.name())];
+    let sampler = Arc::new(Mutex::new(sampler));
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = stop.wait();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            _ = ticks.tick() => {}
+        }
+        let (sampler, store, stored_name, pods, metrics) = (
+            sampler.clone(),
+            store.clone(),
+            name.clone(),
+            pods.clone(),
+            metrics.clone(),
+        );
+        let sampled = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let directory = pods
+                .map(|p| PodDirectory::from_pods(&p.pods()))
+                .unwrap_or_default();
+            let mut sampler = sampler.lock().unwrap_or_else(PoisonError::into_inner);
+            let result = sampler.sample(store.now_ns(), &directory);
+            drop(sampler);
+            metrics
+                .sample_seconds
+                .get_or_create(&label)
+                .inc_by(started.elapsed().as_secs_f64());
+            metrics.samples.get_or_create(&label).inc();
+            match result {
+                Ok((batch, counts)) => {
+                    metrics.dropped(table, "map_full", counts.overflow);
+                    let rows = batch.num_rows() as u64;
+                    match store.append(&stored_name, batch) {
+                        Ok(()) => {
+                            metrics.rows.get_or_create(&label).inc_by(rows);
+                        }
+                        Err(e) => {
+                            metrics.dropped(table, "store", rows);
+                            warn!(table = %stored_name, "baseline rows not stored: {}", chain(&e));
+                        }
+                    }
+                }
+                Err(e) => warn!(table = %stored_name, "baseline sample failed: {}", chain(&e)),
+            }
+        })
+        .await;
+        if let Err(e) = sampled {
+            warn!(table = %name, "baseline sample task failed: {e}");
+        }
+    }
 }
 
 /// Samples processes every `interval`, the first at once, until `stop`.
@@ -330,6 +451,13 @@ mod tests {
         assert_eq!(
             "process_stats, process_stats".parse::<BaselineTables>(),
             Ok(BaselineTables(vec![BaselineTable::ProcessStats]))
+        );
+        assert_eq!(
+            "network_stats,process_stats".parse::<BaselineTables>(),
+            Ok(BaselineTables(vec![
+                BaselineTable::NetworkStats,
+                BaselineTable::ProcessStats
+            ]))
         );
         let error = "process_stats,http"
             .parse::<BaselineTables>()
