@@ -208,6 +208,8 @@ async fn cluster_agent_captures_selected_pods_and_reports() -> anyhow::Result<()
             "2s",
             "--metrics-addr",
             "127.0.0.1:0",
+            "--process-stats-interval",
+            "500ms",
         ],
     );
     line(&agent, "cluster agent running");
@@ -304,6 +306,35 @@ async fn cluster_agent_captures_selected_pods_and_reports() -> anyhow::Result<()
             "every row's {column} is {value}"
         );
     }
+    // The baseline process_stats names every pod's processes, selected by
+    // a Tracepoint or not, with no resource asking for it.
+    let other = cluster.pod_processes("shop", "other");
+    let start = Instant::now();
+    for (pid, pod) in [(web_pid, "web"), (other[0].pid, "other")] {
+        loop {
+            let batches = rows(&url, "sonde.process_stats").await;
+            let named = pids(&batches)
+                .into_iter()
+                .zip(strings(&batches, "namespace"))
+                .zip(strings(&batches, "pod"))
+                .zip(strings(&batches, "container"))
+                .any(|(((p, namespace), name), container)| {
+                    p == pid
+                        && namespace.as_deref() == Some("shop")
+                        && name.as_deref() == Some(pod)
+                        && container.as_deref() == Some("main")
+                });
+            if named {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no sonde.process_stats row names pid {pid} as shop/{pod}/main"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     // The derived counter has one series, the web pod's container, equal
     // to its rows.
     let body = tokio::task::block_in_place(|| scrape(&first_metrics));
