@@ -207,7 +207,7 @@ async fn serve(
     let drive = match (mode, client) {
         (Mode::Standalone(dir), _) => {
             // Every host process; no pods to name.
-            baseline_tasks = baseline::start(
+            (baseline_tasks, _) = baseline::start(
                 storage.store.clone(),
                 &node_name,
                 &baseline_config,
@@ -252,7 +252,8 @@ async fn serve(
             };
             let (view, watches) = ClusterView::start(&client, &node_name, waker.clone());
             cluster_tasks.extend(watches);
-            baseline_tasks = baseline::start(
+            let baseline_states;
+            (baseline_tasks, baseline_states) = baseline::start(
                 storage.store.clone(),
                 &node_name,
                 &baseline_config,
@@ -282,7 +283,8 @@ async fn serve(
             let secrets = SecretCache::new(client);
             let secret_values = secrets.values();
             cluster_tasks.push(tokio::spawn(secrets.run(view.clone(), stop.clone())));
-            let facts = NodeFacts::of_this_node(kprobes, Time(Timestamp::now()));
+            let mut facts = NodeFacts::of_this_node(kprobes, Time(Timestamp::now()));
+            facts.baseline_tables = baseline_states;
             let mut agent =
                 ClusterAgent::new(engine, storage, &node_name, CgroupResolver::detect(), facts);
             agent.run_exports(exports.clone(), secret_values);

@@ -28,7 +28,7 @@ use common::{
     AGENT, AgentProcess, PinnedBinary, count, linked_programs, loadgen, pids, program_ids, rows,
     scrape, strings,
 };
-use crds::v1alpha1::{AssignmentState, AssignmentStatus, ProbeNode};
+use crds::v1alpha1::{AssignmentState, AssignmentStatus, BaselineTableState, ProbeNode};
 use e2e::Cluster;
 use kube::{
     Api,
@@ -257,6 +257,19 @@ async fn cluster_agent_captures_selected_pods_and_reports() -> anyhow::Result<()
     );
     let status = api.get(NODE).await?.status.unwrap();
     assert_eq!(status.attached, 2);
+    // The baseline tables' states, on by default and possible here.
+    let baseline: Vec<_> = status
+        .baseline_tables
+        .iter()
+        .map(|b| (b.table.as_str(), b.state))
+        .collect();
+    assert_eq!(
+        baseline,
+        [
+            ("process_stats", BaselineTableState::Collecting),
+            ("network_stats", BaselineTableState::Collecting)
+        ]
+    );
     assert!(status.kernel_version.is_some_and(|k| !k.is_empty()));
     assert!(
         status

@@ -24,7 +24,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crds::TableName;
+use crds::{
+    TableName,
+    v1alpha1::{BaselineTableState, BaselineTableStatus},
+};
 use probe_capture::net::NetStats;
 use probe_store::TableStore;
 use prometheus_client::{
@@ -184,6 +187,8 @@ impl BaselineMetrics {
 /// samplers; they stop at `stop`. `pods` names the pods on the node
 /// (cluster mode); without it the identity columns stay null. `network`
 /// is the traffic counters' programs, attached, or why they are not.
+/// Returns the samplers' tasks and each table's state, for the node's
+/// status.
 pub fn start(
     store: TableStore,
     node: &str,
@@ -192,8 +197,9 @@ pub fn start(
     network: Result<NetStats, String>,
     metrics: &BaselineMetrics,
     stop: ShutdownSignal,
-) -> Vec<JoinHandle<()>> {
+) -> (Vec<JoinHandle<()>>, Vec<BaselineTableStatus>) {
     let mut tasks = Vec::new();
+    let mut states = Vec::new();
     let mut network = Some(network);
     for table in BaselineTable::ALL {
         let on = config.tables.contains(table);
@@ -203,6 +209,11 @@ pub fn start(
             .set(i64::from(on));
         if !on {
             info!(table = %table.table_name(), "baseline table switched off (--baseline-tables)");
+            states.push(BaselineTableStatus {
+                table: table.name().to_owned(),
+                state: BaselineTableState::Off,
+                message: None,
+            });
             continue;
         }
         match table {
@@ -222,11 +233,7 @@ pub fn start(
                     HostUnits::of_this_host(),
                 );
                 if let Err(e) = store.create_table(table.table_name(), sampler.schema()) {
-                    warn!(table = %table.table_name(), "baseline table not created: {}", chain(&e));
-                    metrics
-                        .enabled
-                        .get_or_create(&[("table", table.name())])
-                        .set(0);
+                    states.push(unavailable(metrics, table, &chain(&e)));
                     continue;
                 }
                 info!(
@@ -251,17 +258,21 @@ pub fn start(
                 let (stats, root) = match (attached, &config.cgroup_root) {
                     (Ok(stats), Some(root)) => (stats, root.clone()),
                     (Err(reason), _) => {
-                        unavailable(metrics, table, &reason);
+                        states.push(unavailable(metrics, table, &reason));
                         continue;
                     }
                     (Ok(_), None) => {
-                        unavailable(metrics, table, "this node has no cgroup v2 hierarchy");
+                        states.push(unavailable(
+                            metrics,
+                            table,
+                            "this node has no cgroup v2 hierarchy",
+                        ));
                         continue;
                     }
                 };
                 let sampler = NetworkSampler::new(stats, root, node);
                 if let Err(e) = store.create_table(table.table_name(), sampler.schema()) {
-                    unavailable(metrics, table, &chain(&e));
+                    states.push(unavailable(metrics, table, &chain(&e)));
                     continue;
                 }
                 info!(
@@ -280,18 +291,33 @@ pub fn start(
                 )));
             }
         }
+        states.push(BaselineTableStatus {
+            table: table.name().to_owned(),
+            state: BaselineTableState::Collecting,
+            message: None,
+        });
     }
-    tasks
+    (tasks, states)
 }
 
 /// Says once, in the log and the `sonde_baseline_enabled` gauge, that a
-/// switched-on table cannot be collected on this node.
-fn unavailable(metrics: &BaselineMetrics, table: BaselineTable, reason: &str) {
+/// switched-on table cannot be collected on this node; its state for the
+/// node's status.
+fn unavailable(
+    metrics: &BaselineMetrics,
+    table: BaselineTable,
+    reason: &str,
+) -> BaselineTableStatus {
     warn!(table = %table.table_name(), "baseline table cannot be collected on this node: {reason}");
     metrics
         .enabled
         .get_or_create(&[("table", table.name())])
         .set(0);
+    BaselineTableStatus {
+        table: table.name().to_owned(),
+        state: BaselineTableState::Unavailable,
+        message: Some(reason.to_owned()),
+    }
 }
 
 /// Reads the traffic counters every `interval`, the first at once, until
