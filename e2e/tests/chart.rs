@@ -209,7 +209,9 @@ async fn rendered_chart_keeps_its_promises() -> anyhow::Result<()> {
     );
     ensure!(
         security["capabilities"]["add"]
-            == serde_yaml::from_str::<Value>("[BPF, PERFMON, SYS_PTRACE, DAC_READ_SEARCH]")?,
+            == serde_yaml::from_str::<Value>(
+                "[BPF, PERFMON, SYS_PTRACE, DAC_READ_SEARCH, NET_ADMIN]"
+            )?,
         "the agent's capabilities are not the documented ones: {:?}",
         security["capabilities"]["add"]
     );

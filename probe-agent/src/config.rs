@@ -4,6 +4,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
+use crate::baseline::BaselineTables;
+
 /// Sonde's node agent: captures with eBPF what Sonde resources ask for.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "probe-agent", version, about)]
@@ -126,6 +128,24 @@ pub struct Config {
     /// How often a summary of what was captured and lost is logged.
     #[arg(long, env = "SONDE_REPORT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub report_interval: Duration,
+
+    /// Baseline tables (schema `sonde`) collected with no Tracepoint: `all`,
+    /// `none`, or a comma-separated list (process_stats, network_stats).
+    #[arg(long, env = "SONDE_BASELINE_TABLES", default_value = "all")]
+    pub baseline_tables: BaselineTables,
+
+    /// How often `sonde.process_stats` samples every process from /proc.
+    #[arg(long, env = "SONDE_PROCESS_STATS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub process_stats_interval: Duration,
+
+    /// Most processes one `sonde.process_stats` sample reads (lowest pids
+    /// first); the rest are counted in sonde_baseline_dropped_total.
+    #[arg(long, env = "SONDE_PROCESS_STATS_MAX", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub process_stats_max: u32,
+
+    /// How often `sonde.network_stats` reads every cgroup's traffic counters.
+    #[arg(long, env = "SONDE_NETWORK_STATS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub network_stats_interval: Duration,
 
     /// How long a /metrics scrape waits for the drive loop's counters;
     /// past it the scrape serves the last ones it got and counts the miss
@@ -278,6 +298,9 @@ mod tests {
         assert_eq!(config.drain_interval, Duration::from_millis(50));
         assert_eq!(config.memory_budget, 512 << 20);
         assert_eq!(config.metrics_addr, None);
+        assert_eq!(config.process_stats_interval, Duration::from_secs(10));
+        assert_eq!(config.process_stats_max, 4096);
+        assert_eq!(config.baseline_tables, "all".parse().expect("valid"));
     }
 
     #[test]
@@ -299,6 +322,23 @@ mod tests {
             Config::try_parse_from(["probe-agent", "--standalone", "--manifests", "examples"])
                 .expect("valid flags");
         assert!(standalone.node_name().is_ok_and(|n| !n.is_empty()));
+    }
+
+    #[test]
+    fn refuses_unknown_baseline_tables() {
+        let err = Config::try_parse_from([
+            "probe-agent",
+            "--standalone",
+            "--manifests",
+            "examples",
+            "--baseline-tables",
+            "process_stats,htttp_events",
+        ])
+        .expect_err("unknown table");
+        assert!(err.to_string().contains("htttp_events"), "{err}");
+        let err = Config::try_parse_from(["probe-agent", "--process-stats-max", "0"])
+            .expect_err("zero processes");
+        assert!(err.to_string().contains("process-stats-max"), "{err}");
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //! [`standalone`] from manifest files, [`cluster`] from the node's
 //! `ProbeNode`, each on the one drive loop of `probe_capture::drive`, with
 //! [`storage`] upkeep and everything that waits on the network on the async
-//! runtime. [`run`] wires it together for `main`.
+//! runtime. [`baseline`] fills the built-in tables of schema `sonde` with
+//! no resource at all. [`run`] wires it together for `main`.
 
+pub mod baseline;
 pub mod cluster;
 pub mod config;
 pub mod run;

@@ -9,6 +9,7 @@ use probe_capture::{
     drive::{self, DriveOptions, Waker},
     engine::Engine,
     loader::LoadOptions,
+    net::NetStats,
     plan::{self, HostPaths},
     preflight,
     tracefs::Tracefs,
@@ -23,6 +24,7 @@ use sonde_daemon::{Shutdown, chain};
 use tracing::{error, info};
 
 use crate::{
+    baseline::{self, BaselineConfig, BaselineMetrics, BaselineTable},
     cluster::{
         ClusterAgent, Intervals as ClusterIntervals,
         cgroups::CgroupResolver,
@@ -120,6 +122,7 @@ async fn serve(
     let waker = Waker::new().map_err(|e| format!("cannot create the drive loop's wake-up: {e}"))?;
     let (reports, report_requests) = metrics::report_channel(waker.clone(), config.scrape_timeout);
     let exports = Exports::new(store.clone(), node_name.clone());
+    let baseline_metrics = BaselineMetrics::default();
     let metrics_server = match config.metrics_addr {
         Some(addr) => {
             let mut registry = metrics::agent_registry(reports, Some(store.clone()));
@@ -128,6 +131,7 @@ async fn serve(
             ExportCollector::new(exports.clone())
                 .register(registry.sub_registry_with_prefix(metrics::PREFIX));
             flight.metrics().register(&mut registry);
+            baseline_metrics.register(registry.sub_registry_with_prefix(metrics::PREFIX));
             let server = metrics::bind(addr, Arc::new(registry))
                 .await
                 .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
@@ -146,7 +150,7 @@ async fn serve(
         .map_err(|e| format!("cannot start the metrics server: {e}"))?;
 
     let kprobes = plan::kprobes_supported(&tracefs);
-    let engine = Engine::load(
+    let mut engine = Engine::load(
         tracefs,
         LoadOptions {
             ring_bytes: config.ring_bytes,
@@ -157,6 +161,25 @@ async fn serve(
     )
     .map_err(|e| chain(&e))?;
     let storage = Storage::new(store, &node_name);
+    let baseline_config = BaselineConfig {
+        tables: config.baseline_tables.clone(),
+        process_stats_interval: config.process_stats_interval,
+        process_stats_max: usize::try_from(config.process_stats_max).unwrap_or(usize::MAX),
+        network_stats_interval: config.network_stats_interval,
+        cgroup_root: CgroupResolver::detect()
+            .ok()
+            .map(|resolver| resolver.root().to_owned()),
+    };
+    // Attached before the drive loop takes the engine; the programs stay
+    // attached as long as it lives.
+    let mut network = Err("switched off".to_owned());
+    if baseline_config.tables.contains(BaselineTable::NetworkStats) {
+        network = match &baseline_config.cgroup_root {
+            Some(root) => NetStats::attach(engine.probe_set(), root).map_err(|e| chain(&e)),
+            None => Err("this node has no cgroup v2 hierarchy".to_owned()),
+        };
+    }
+    let baseline_tasks;
     let upkeep = tokio::spawn(storage.clone().run_upkeep(servers_stop.clone()));
     let scheme = if config.flight_tls_cert.is_some() {
         "https"
@@ -183,6 +206,16 @@ async fn serve(
     let mut heartbeat_task = None;
     let drive = match (mode, client) {
         (Mode::Standalone(dir), _) => {
+            // Every host process; no pods to name.
+            (baseline_tasks, _) = baseline::start(
+                storage.store.clone(),
+                &node_name,
+                &baseline_config,
+                None,
+                network,
+                &baseline_metrics,
+                servers_stop.clone(),
+            );
             let mut agent = Standalone::start(
                 engine,
                 Some(storage),
@@ -219,6 +252,16 @@ async fn serve(
             };
             let (view, watches) = ClusterView::start(&client, &node_name, waker.clone());
             cluster_tasks.extend(watches);
+            let baseline_states;
+            (baseline_tasks, baseline_states) = baseline::start(
+                storage.store.clone(),
+                &node_name,
+                &baseline_config,
+                Some(Arc::new(view.clone())),
+                network,
+                &baseline_metrics,
+                servers_stop.clone(),
+            );
             let pulse = config.heartbeat_namespace.clone().map(|namespace| {
                 let pulse = Arc::new(Pulse::default());
                 heartbeat_task = Some(tokio::spawn(heartbeat::renew(
@@ -240,7 +283,8 @@ async fn serve(
             let secrets = SecretCache::new(client);
             let secret_values = secrets.values();
             cluster_tasks.push(tokio::spawn(secrets.run(view.clone(), stop.clone())));
-            let facts = NodeFacts::of_this_node(kprobes, Time(Timestamp::now()));
+            let mut facts = NodeFacts::of_this_node(kprobes, Time(Timestamp::now()));
+            facts.baseline_tables = baseline_states;
             let mut agent = ClusterAgent::new(
                 engine,
                 storage,
@@ -308,6 +352,10 @@ async fn serve(
     exports.shutdown();
     servers.trigger();
     let _ = upkeep.await;
+    for task in baseline_tasks {
+        // Each ends at the trigger, after at most the sample it is taking.
+        let _ = task.await;
+    }
     let drive_result = match drive_result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) | Err(_) => Err("the drive loop failed; see the log above".to_owned()),

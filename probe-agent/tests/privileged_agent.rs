@@ -107,7 +107,11 @@ print(",".join(names), n, comm)
         "python failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert_eq!(stdout.trim(), "shop.parent_lookups 2500 sonde-loadgen");
+    // The baseline tables are there from the start, with no resource.
+    assert_eq!(
+        stdout.trim(),
+        "shop.parent_lookups,sonde.network_stats,sonde.process_stats 2500 sonde-loadgen"
+    );
 
     let status = agent.stop();
     assert!(status.success(), "agent exit status {status}");

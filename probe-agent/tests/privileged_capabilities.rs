@@ -40,6 +40,7 @@ fn chart_capabilities() -> Vec<String> {
 fn capability_bit(name: &str) -> u32 {
     match name {
         "DAC_READ_SEARCH" => 2,
+        "NET_ADMIN" => 12,
         "SYS_PTRACE" => 19,
         "SYS_ADMIN" => 21,
         "SYS_RESOURCE" => 24,
@@ -245,6 +246,11 @@ async fn the_charts_capabilities_capture_every_kind_of_probe() {
         "sleeps: {sleeps} rows for {REQUESTS} requests"
     );
 
+    // network_stats' cgroup_skb programs load: the Flight queries above are
+    // traffic of this test's cgroup.
+    let traffic = wait_rows(&url, "sonde.network_stats", 1).await;
+    assert!(traffic >= 1, "sonde.network_stats is empty");
+
     let agent_pid = agent.pid();
     let status = agent.stop();
     assert!(status.success(), "agent exit status {status}");
@@ -313,6 +319,14 @@ fn each_capability_is_needed() {
             "without {dropped}: {stderr}"
         );
     }
+
+    // NET_ADMIN: the kernel loads cgroup_skb programs only with it; without
+    // it the agent says network_stats cannot be collected, and goes on.
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(dir.path(), &without(&capabilities, "NET_ADMIN"), &[]);
+    let line = agent.wait_for_line("baseline table cannot be collected");
+    assert!(line.contains("network_stats"), "without NET_ADMIN: {line}");
+    assert!(agent.stop().success());
 
     // SYS_PTRACE: a container's binaries are reached through its process's
     // root, /proc/<pid>/root, which another process with more capabilities

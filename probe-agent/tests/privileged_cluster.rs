@@ -28,7 +28,7 @@ use common::{
     AGENT, AgentProcess, PinnedBinary, count, linked_programs, loadgen, pids, program_ids, rows,
     scrape, strings,
 };
-use crds::v1alpha1::{AssignmentState, AssignmentStatus, ProbeNode};
+use crds::v1alpha1::{AssignmentState, AssignmentStatus, BaselineTableState, ProbeNode};
 use e2e::Cluster;
 use kube::{
     Api,
@@ -208,6 +208,8 @@ async fn cluster_agent_captures_selected_pods_and_reports() -> anyhow::Result<()
             "2s",
             "--metrics-addr",
             "127.0.0.1:0",
+            "--process-stats-interval",
+            "500ms",
         ],
     );
     line(&agent, "cluster agent running");
@@ -255,6 +257,19 @@ async fn cluster_agent_captures_selected_pods_and_reports() -> anyhow::Result<()
     );
     let status = api.get(NODE).await?.status.unwrap();
     assert_eq!(status.attached, 2);
+    // The baseline tables' states, on by default and possible here.
+    let baseline: Vec<_> = status
+        .baseline_tables
+        .iter()
+        .map(|b| (b.table.as_str(), b.state))
+        .collect();
+    assert_eq!(
+        baseline,
+        [
+            ("process_stats", BaselineTableState::Collecting),
+            ("network_stats", BaselineTableState::Collecting)
+        ]
+    );
     assert!(status.kernel_version.is_some_and(|k| !k.is_empty()));
     assert!(
         status
@@ -304,6 +319,35 @@ async fn cluster_agent_captures_selected_pods_and_reports() -> anyhow::Result<()
             "every row's {column} is {value}"
         );
     }
+    // The baseline process_stats names every pod's processes, selected by
+    // a Tracepoint or not, with no resource asking for it.
+    let other = cluster.pod_processes("shop", "other");
+    let start = Instant::now();
+    for (pid, pod) in [(web_pid, "web"), (other[0].pid, "other")] {
+        loop {
+            let batches = rows(&url, "sonde.process_stats").await;
+            let named = pids(&batches)
+                .into_iter()
+                .zip(strings(&batches, "namespace"))
+                .zip(strings(&batches, "pod"))
+                .zip(strings(&batches, "container"))
+                .any(|(((p, namespace), name), container)| {
+                    p == pid
+                        && namespace.as_deref() == Some("shop")
+                        && name.as_deref() == Some(pod)
+                        && container.as_deref() == Some("main")
+                });
+            if named {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no sonde.process_stats row names pid {pid} as shop/{pod}/main"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     // The derived counter has one series, the web pod's container, equal
     // to its rows.
     let body = tokio::task::block_in_place(|| scrape(&first_metrics));

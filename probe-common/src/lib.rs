@@ -73,6 +73,22 @@ pub const MAX_TARGETS: u32 = 16384;
 /// map is LRU, so entries whose return never comes are evicted.
 pub const MAX_ENTRIES_IN_FLIGHT: u32 = 16384;
 
+/// Cgroups whose traffic [`NetCounters`] are kept for at once; traffic of
+/// further cgroups is counted in `NET_OVERFLOW` until the agent removes the
+/// entries of cgroups that are gone.
+pub const MAX_NET_CGROUPS: u32 = 16384;
+
+/// Traffic of one cgroup's sockets on one CPU, as the `cgroup_skb`
+/// programs see it: packets and their bytes from the network header on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetCounters {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+}
+
 /// Map names, shared so the agent looks up exactly what the programs define.
 pub mod maps {
     /// Ring buffer every program writes records to.
@@ -87,6 +103,11 @@ pub mod maps {
     pub const RATES: &str = "RATES";
     /// `HashMap<TargetKey, u8>`: pids or cgroup ids a probe is limited to.
     pub const TARGETS: &str = "TARGETS";
+    /// `PerCpuHashMap<u64, NetCounters>`: traffic by socket cgroup id.
+    pub const NET_STATS: &str = "NET_STATS";
+    /// `PerCpuArray<u64>` of one entry: packets not counted in `NET_STATS`
+    /// because it was full.
+    pub const NET_OVERFLOW: &str = "NET_OVERFLOW";
 }
 
 /// Program names, or name prefixes for the per-hook copies.
@@ -103,6 +124,10 @@ pub mod programs {
     /// The same, as a uprobe and as a uretprobe.
     pub const BASELINE_UPROBE: &str = "sonde_baseline_uprobe";
     pub const BASELINE_URETPROBE: &str = "sonde_baseline_uretprobe";
+    /// `cgroup_skb` programs counting every socket's traffic by cgroup,
+    /// attached to the cgroup v2 root (`sonde.network_stats`).
+    pub const NET_INGRESS: &str = "sonde_net_ingress";
+    pub const NET_EGRESS: &str = "sonde_net_egress";
     /// Hand-written programs that produce exactly the records Sonde
     /// produces for the benchmark's shapes, specialised, with no
     /// configuration maps: the floor `sonde-bench` compares Sonde with.
@@ -485,6 +510,8 @@ mod user {
     unsafe impl aya::Pod for super::ProbeCounters {}
     #[allow(unsafe_code)]
     unsafe impl aya::Pod for super::RateWindow {}
+    #[allow(unsafe_code)]
+    unsafe impl aya::Pod for super::NetCounters {}
 }
 
 #[cfg(test)]

@@ -35,17 +35,21 @@ use aya_ebpf::{
             bpf_get_attach_cookie, bpf_get_current_cgroup_id,
             bpf_get_current_comm as raw_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_kernel,
             bpf_probe_read_kernel_str, bpf_probe_read_user, bpf_probe_read_user_str,
+            bpf_skb_cgroup_id,
         },
     },
-    macros::{map, raw_tracepoint, tracepoint, uprobe, uretprobe},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{ProbeContext, RawTracePointContext, RetProbeContext, TracePointContext},
+    macros::{cgroup_skb, map, raw_tracepoint, tracepoint, uprobe, uretprobe},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{
+        ProbeContext, RawTracePointContext, RetProbeContext, SkBuffContext, TracePointContext,
+    },
 };
 use probe_common::{
     COMM_LEN, ENTRY_REGS, EntryKey, EntryState, FILTER_WORDS, FieldSource, FilterOp, HookProbes,
-    MAX_ENTRIES_IN_FLIGHT, MAX_FIELDS, MAX_FILTERS, MAX_HOOKS, MAX_PROBES, MAX_TARGETS, NO_PROBE,
-    OFFSET_MASK, PROBES_PER_HOOK, ProbeConfig, ProbeCounters, RECORD_HEADER_LEN, RECORD_KIND_EVENT,
-    RateWindow, RecordHeader, TargetKey, TargetMode, crosses_watermark, filter_kind,
+    MAX_ENTRIES_IN_FLIGHT, MAX_FIELDS, MAX_FILTERS, MAX_HOOKS, MAX_NET_CGROUPS, MAX_PROBES,
+    MAX_TARGETS, NO_PROBE, NetCounters, OFFSET_MASK, PROBES_PER_HOOK, ProbeConfig, ProbeCounters,
+    RECORD_HEADER_LEN, RECORD_KIND_EVENT, RateWindow, RecordHeader, TargetKey, TargetMode,
+    crosses_watermark, filter_kind,
 };
 
 /// Default ring size; the agent sets the real one at load time.
@@ -85,6 +89,13 @@ static ENTRIES: LruHashMap<EntryKey, EntryState> =
 
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static NET_STATS: PerCpuHashMap<u64, NetCounters> =
+    PerCpuHashMap::with_max_entries(MAX_NET_CGROUPS, 0);
+
+#[map]
+static NET_OVERFLOW: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Which half of a probe a program is.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -246,6 +257,57 @@ pub fn sonde_baseline(_ctx: TracePointContext) -> u32 {
         entry.submit(u64::from(BPF_RB_NO_WAKEUP));
     }
     0
+}
+
+/// Every packet a socket receives, counted for the socket's cgroup. Never
+/// drops: returns 1 (allow).
+#[cgroup_skb(ingress)]
+pub fn sonde_net_ingress(ctx: SkBuffContext) -> i32 {
+    count_packet(&ctx, true);
+    1
+}
+
+/// Every packet a socket sends, counted for the socket's cgroup.
+#[cgroup_skb(egress)]
+pub fn sonde_net_egress(ctx: SkBuffContext) -> i32 {
+    count_packet(&ctx, false);
+    1
+}
+
+#[inline(always)]
+fn count_packet(ctx: &SkBuffContext, ingress: bool) {
+    // SAFETY: the context's socket buffer, as the helper expects.
+    let cgroup = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    let bytes = u64::from(ctx.len());
+    let counters = match NET_STATS.get_ptr_mut(cgroup) {
+        Some(counters) => counters,
+        None => {
+            // BPF_NOEXIST: another CPU may have added it meanwhile; the
+            // lookup below finds either entry.
+            let _ = NET_STATS.insert(cgroup, NetCounters::default(), 1);
+            match NET_STATS.get_ptr_mut(cgroup) {
+                Some(counters) => counters,
+                None => {
+                    if let Some(overflow) = NET_OVERFLOW.get_ptr_mut(0) {
+                        // SAFETY: this CPU's slot; programs do not
+                        // preempt each other on one CPU.
+                        unsafe { *overflow += 1 };
+                    }
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: this CPU's copy of the entry.
+    unsafe {
+        if ingress {
+            (*counters).rx_bytes += bytes;
+            (*counters).rx_packets += 1;
+        } else {
+            (*counters).tx_bytes += bytes;
+            (*counters).tx_packets += 1;
+        }
+    }
 }
 
 /// Uprobes and USDT probes: the attach cookie is the probe slot.

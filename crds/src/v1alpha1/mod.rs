@@ -18,8 +18,8 @@ pub use export::{
     ExportStatus, Mapping, OtlpDestination, OtlpProtocol, Signal, Tls,
 };
 pub use probe_node::{
-    AssignedSpec, Assignment, AssignmentKind, AssignmentState, AssignmentStatus, ProbeNode,
-    ProbeNodeSpec, ProbeNodeStatus, TableHeld,
+    AssignedSpec, Assignment, AssignmentKind, AssignmentState, AssignmentStatus,
+    BaselineTableState, BaselineTableStatus, ProbeNode, ProbeNodeSpec, ProbeNodeStatus, TableHeld,
 };
 pub use retention::{
     Aggregate, AggregateFn, MAX_ROLLUPS, MAX_TABLES, Retention, RetentionLimit, RetentionSpec,

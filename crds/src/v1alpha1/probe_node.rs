@@ -176,6 +176,35 @@ pub struct ProbeNodeStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+    /// The baseline tables (schema `sonde`) the agent fills with no
+    /// resource: each collecting, switched off, or unavailable on this node
+    /// with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["table".into()]))]
+    pub baseline_tables: Vec<BaselineTableStatus>,
+}
+
+/// One baseline table on the node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BaselineTableStatus {
+    /// The table's name in schema `sonde`, such as `process_stats`.
+    pub table: String,
+    pub state: BaselineTableState,
+    /// Why an unavailable table cannot be collected here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// States of a baseline table on a node.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum BaselineTableState {
+    /// Sampled on its interval.
+    Collecting,
+    /// Switched off by the agent's configuration.
+    Off,
+    /// Switched on, but this node cannot provide it; message says why.
+    Unavailable,
 }
 
 /// State of one assignment on the node.

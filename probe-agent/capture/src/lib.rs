@@ -11,7 +11,8 @@
 //! [`drive`] runs the engine on a thread of its own.
 //!
 //! This crate knows no async runtime, Kubernetes client or query engine:
-//! nothing that serves or stores rows can stall the drain.
+//! nothing that serves or stores rows can stall the drain. [`net`] reads
+//! the per-cgroup traffic counters of the `network_stats` baseline table.
 
 pub mod capture;
 pub mod clock;
@@ -22,6 +23,7 @@ pub mod engine;
 pub mod error;
 pub mod identity;
 pub mod loader;
+pub mod net;
 pub mod plan;
 pub mod preflight;
 pub mod ring;

@@ -215,6 +215,14 @@ impl ProbeSet {
         })
     }
 
+    /// Takes a map out of the object (once).
+    pub(crate) fn take_map<M>(&mut self, name: &'static str) -> Result<M>
+    where
+        M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        take_map(&mut self.ebpf, name)
+    }
+
     /// The ring buffer reader. There is one; the second call returns `None`.
     pub fn take_ring(&mut self) -> Option<RingReader> {
         self.ring.take()
@@ -228,10 +236,12 @@ impl ProbeSet {
         &self.options
     }
 
-    /// Kernel ids of the loaded programs (to check they are gone after drop).
+    /// Kernel ids of the loaded programs of Tracepoints (to check they are
+    /// gone after drop); the baseline tables' programs are not among them.
     pub fn program_ids(&self) -> Vec<u32> {
         self.ebpf
             .programs()
+            .filter(|(name, _)| ![programs::NET_INGRESS, programs::NET_EGRESS].contains(name))
             .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
             .collect()
     }
@@ -556,7 +566,7 @@ impl ProbeSet {
     }
 
     /// The program `name`, loaded into the kernel on first use.
-    fn loaded_program<P>(&mut self, name: &str) -> Result<&mut P>
+    pub(crate) fn loaded_program<P>(&mut self, name: &str) -> Result<&mut P>
     where
         P: LoadProgram,
         for<'p> &'p mut P:
@@ -744,7 +754,13 @@ macro_rules! load_program {
     };
 }
 
-load_program!(TracePoint, RawTracePoint, KProbe, UProbe);
+load_program!(
+    TracePoint,
+    RawTracePoint,
+    KProbe,
+    UProbe,
+    aya::programs::CgroupSkb
+);
 
 fn program_error(name: &str, action: &'static str, source: aya::programs::ProgramError) -> Error {
     Error::Program {

@@ -7,7 +7,8 @@ use crds::{
     table_matches,
     units::format_duration,
     v1alpha1::{
-        AssignmentState, AssignmentStatus, ProbeKind, ProbeNodeStatus, RetentionLimit, TableHeld,
+        AssignmentState, AssignmentStatus, BaselineTableStatus, ProbeKind, ProbeNodeStatus,
+        RetentionLimit, TableHeld,
     },
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -79,6 +80,8 @@ pub struct NodeFacts {
     pub supported_probes: Vec<ProbeKind>,
     /// When the agent became ready: the Ready condition's transition time.
     pub ready_since: Time,
+    /// The baseline tables' states.
+    pub baseline_tables: Vec<BaselineTableStatus>,
 }
 
 impl NodeFacts {
@@ -96,6 +99,7 @@ impl NodeFacts {
                 .filter(|k| kprobes || !matches!(k, ProbeKind::Kprobe | ProbeKind::Kretprobe))
                 .collect(),
             ready_since,
+            baseline_tables: Vec::new(),
         }
     }
 }
@@ -135,6 +139,7 @@ pub fn node_status(
             last_transition_time: facts.ready_since.clone(),
             observed_generation: None,
         }],
+        baseline_tables: facts.baseline_tables.clone(),
     }
 }
 
@@ -171,6 +176,7 @@ mod tests {
     use k8s_openapi::jiff::Timestamp;
 
     use super::*;
+    use crds::v1alpha1::BaselineTableState;
 
     fn entry(name: &str, state: AssignmentState) -> AssignmentStatus {
         AssignmentStatus {
@@ -234,6 +240,11 @@ mod tests {
             kernel_version: "6.18.0".into(),
             supported_probes: vec![ProbeKind::Tracepoint],
             ready_since: Time(Timestamp::UNIX_EPOCH),
+            baseline_tables: vec![BaselineTableStatus {
+                table: "network_stats".into(),
+                state: BaselineTableState::Unavailable,
+                message: Some("no cgroup v2".into()),
+            }],
         };
         let status = node_status(
             &facts,
@@ -260,5 +271,7 @@ mod tests {
         let json = serde_json::to_value(&status).expect("serializes");
         assert_eq!(json["assignments"][0]["state"], "Attached");
         assert!(json["heartbeatTime"].is_string());
+        assert_eq!(json["baselineTables"][0]["state"], "Unavailable");
+        assert_eq!(json["baselineTables"][0]["message"], "no cgroup v2");
     }
 }
