@@ -249,7 +249,9 @@ impl Detection {
 }
 
 /// How a detection judges a value.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum DetectionMethod {
     /// A lasting change of level in the group's series (Bayesian online

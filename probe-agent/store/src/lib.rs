@@ -10,6 +10,7 @@
 //! and all together by a global budget. [`RollupEngine`] writes summarized
 //! history into tables of its own.
 
+mod anomaly;
 mod cold;
 mod retention;
 mod rollup;
@@ -21,6 +22,10 @@ pub use crds::TableName;
 use tokio::sync::broadcast;
 
 pub use self::{
+    anomaly::{
+        Anomaly, AnomalyStats, DetectionSpec, MAX_SERIES, RollupDetector, SeriesScore,
+        anomalies_batch, anomalies_schema, describe_group, threshold,
+    },
     cold::{Codec, ColdBatch, LOW_CARDINALITY_COLUMNS, cast_to, dictionary_schema},
     retention::{RetentionPolicy, policy_for},
     rollup::{AggregateSpec, RollupEngine, RollupSpec},
