@@ -536,10 +536,7 @@ impl RetentionSpec {
                     at!("spec.rollups[{i}].name (table {table})")
                 };
                 if table == *source {
-                    return Err(ValidationError::RollupIntoSource {
-                        path,
-                        name: table,
-                    });
+                    return Err(ValidationError::RollupIntoSource { path, name: table });
                 }
                 if let Some(first) = names.insert(table.clone(), path.clone()) {
                     return Err(ValidationError::Duplicate {
@@ -759,9 +756,7 @@ impl Rollup {
                 let length = check_duration(&season_path, season)?;
                 let intervals = length.as_nanos() / interval.as_nanos().max(1);
                 if length.as_nanos() % interval.as_nanos().max(1) != 0 || intervals < 2 {
-                    return Err(invalid(
-                        "must be a whole number of intervals, at least two",
-                    ));
+                    return Err(invalid("must be a whole number of intervals, at least two"));
                 }
                 if intervals > u128::from(MAX_SEASON_INTERVALS) {
                     return Err(invalid("is longer than 1440 intervals"));

@@ -31,8 +31,8 @@ use std::{
 };
 
 use arrow_array::{
-    Array, ArrayRef, Float64Array, RecordBatch, StringArray, TimestampNanosecondArray,
-    UInt32Array, cast::AsArray, types::TimestampNanosecondType,
+    Array, ArrayRef, Float64Array, RecordBatch, StringArray, TimestampNanosecondArray, UInt32Array,
+    cast::AsArray, types::TimestampNanosecondType,
 };
 use arrow_cast::{
     cast,

@@ -12,6 +12,7 @@
 
 mod anomaly;
 mod cold;
+mod kept;
 mod retention;
 mod rollup;
 mod table_store;
@@ -27,8 +28,11 @@ pub use self::{
         anomalies_batch, anomalies_schema, describe_group, threshold,
     },
     cold::{Codec, ColdBatch, LOW_CARDINALITY_COLUMNS, cast_to, dictionary_schema},
+    kept::{ANOMALY_TIME_COLUMN, KeepRawSpec, KeptStats, kept_schema},
     retention::{RetentionPolicy, policy_for},
-    rollup::{AggregateSpec, RollupEngine, RollupSpec},
+    rollup::{
+        AggregateSpec, DetectionReport, RECENT_ANOMALIES, RecentAnomaly, RollupEngine, RollupSpec,
+    },
     table_store::{
         CacheStats, Clock, Compacted, Compaction, CountedFollow, DEFAULT_BUDGET_BYTES,
         DEFAULT_CACHE_BYTES, DEFAULT_FOLLOW_CAPACITY, Evicted, EvictionReason, Evictions,

@@ -134,7 +134,10 @@ fn level_shift_flags_a_3x_step_within_two_intervals_on_the_right_pod() {
     assert_eq!(anomaly.method, DetectionMethod::LevelShift);
     // The band is around the old level, and the value at the new one.
     assert!((anomaly.expected - 1000.0).abs() < 50.0, "{anomaly:?}");
-    assert!(anomaly.lower < 1000.0 && 1000.0 < anomaly.upper, "{anomaly:?}");
+    assert!(
+        anomaly.lower < 1000.0 && 1000.0 < anomaly.upper,
+        "{anomaly:?}"
+    );
     assert!(anomaly.upper < 2000.0, "{anomaly:?}");
     assert!(anomaly.value > 2500.0, "{anomaly:?}");
     assert!(anomaly.score > detector.specs()[0].threshold());
@@ -157,7 +160,10 @@ fn forecast_band_flags_a_3x_step_at_once_with_the_band_around_the_old_level() {
     let (reported_at, anomaly) = &found[0];
     assert_eq!((*reported_at, pod(anomaly)), (step, "web-2"));
     assert!((anomaly.expected - 1000.0).abs() < 100.0, "{anomaly:?}");
-    assert!(anomaly.lower < 1000.0 && 1000.0 < anomaly.upper, "{anomaly:?}");
+    assert!(
+        anomaly.lower < 1000.0 && 1000.0 < anomaly.upper,
+        "{anomaly:?}"
+    );
     assert!(anomaly.upper < 2000.0, "{anomaly:?}");
 }
 
@@ -234,8 +240,8 @@ fn anomalies_batch_carries_the_group_columns() {
         .collect();
     assert_eq!(flagged.len(), 1);
     let schema = anomalies_schema(&rollup.schema(), &["pod".to_owned()]);
-    let batch = anomalies_batch(&schema, &rollup, "node-a", &["pod".to_owned()], &flagged)
-        .expect("builds");
+    let batch =
+        anomalies_batch(&schema, &rollup, "node-a", &["pod".to_owned()], &flagged).expect("builds");
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     assert_eq!(
         names,
@@ -247,4 +253,3 @@ fn anomalies_batch_carries_the_group_columns() {
     assert_eq!(batch.column(2).as_string::<i32>().value(0), "web-0");
     assert_eq!(batch.column(9).as_string::<i32>().value(0), "forecastBand");
 }
-
