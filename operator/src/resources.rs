@@ -8,8 +8,8 @@ use crds::{
     Export, Retention,
     units::parse_duration,
     v1alpha1::{
-        AssignmentKind, AssignmentState, ExportStatus, ProbeNode, RetentionStatus, TableHeld,
-        TableRetention,
+        AssignmentKind, AssignmentState, ExportStatus, MAX_RECENT_ANOMALIES, ProbeNode,
+        RecentAnomaly, RetentionStatus, TableHeld, TableRetention,
     },
 };
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp};
@@ -40,6 +40,8 @@ struct Reports {
     message: Option<(String, String)>,
     /// What each node said its tables hold (Retentions).
     tables: Vec<TableHeld>,
+    /// The latest anomalies each node's rollups flagged (Retentions).
+    anomalies: Vec<RecentAnomaly>,
 }
 
 /// What the nodes whose agent reports say of `resource` (of `kind`).
@@ -62,6 +64,7 @@ fn reports(resource: &impl ResourceExt, kind: AssignmentKind, ctx: &Context) -> 
         out.events += report.events;
         out.lost += report.lost;
         out.tables.extend(report.tables.iter().cloned());
+        out.anomalies.extend(report.anomalies.iter().cloned());
         if let (None, Some(message)) = (&out.message, &report.message) {
             out.message = Some((pn.name_any(), message.clone()));
         }
@@ -79,6 +82,42 @@ fn reports(resource: &impl ResourceExt, kind: AssignmentKind, ctx: &Context) -> 
         }
     }
     out
+}
+
+/// The newest anomalies of all nodes, newest first, at most
+/// [`MAX_RECENT_ANOMALIES`].
+fn latest_anomalies(mut anomalies: Vec<RecentAnomaly>) -> Vec<RecentAnomaly> {
+    let time = |a: &RecentAnomaly| a.time.parse::<Timestamp>().ok();
+    anomalies.sort_by(|a, b| {
+        time(b)
+            .cmp(&time(a))
+            .then_with(|| (&a.node, &a.rollup, &a.group).cmp(&(&b.node, &b.rollup, &b.group)))
+    });
+    anomalies.dedup();
+    anomalies.truncate(MAX_RECENT_ANOMALIES);
+    anomalies
+}
+
+/// An anomaly as an Event says it.
+fn describe_anomaly(a: &RecentAnomaly) -> String {
+    format!(
+        "{method} on {column} of {group} in {rollup} on node {node} at {time}: {value} \
+         (expected {expected}, band {lower} to {upper})",
+        method = a.method,
+        column = a.column,
+        group = if a.group.is_empty() {
+            "all rows"
+        } else {
+            &a.group
+        },
+        rollup = a.rollup,
+        node = a.node,
+        time = a.time,
+        value = a.value,
+        expected = a.expected,
+        lower = a.lower,
+        upper = a.upper,
+    )
 }
 
 /// Each table's retention over the nodes that hold it: the window of the
@@ -199,9 +238,15 @@ async fn retention_status(retention: &Retention, ctx: &Context) -> Result<Action
     let mut status = RetentionStatus {
         observed_generation: retention.metadata.generation,
         tables: table_retentions(&reports.tables),
+        anomalies: latest_anomalies(reports.anomalies.clone()),
         conditions: conditions(valid.clone(), &reports),
     };
     let previous = retention.status.as_ref();
+    let new_anomalies: Vec<&RecentAnomaly> = status
+        .anomalies
+        .iter()
+        .filter(|a| previous.is_none_or(|p| !p.anomalies.contains(a)))
+        .collect();
     state::carry_transition_times(
         &mut status.conditions,
         previous
@@ -213,6 +258,16 @@ async fn retention_status(retention: &Retention, ctx: &Context) -> Result<Action
             previous.is_none_or(|p| p.observed_generation != status.observed_generation)
         });
         write_status(ctx, "Retention", retention, &status, invalid).await?;
+    }
+    // Oldest first, so the Events read in the order things happened.
+    for anomaly in new_anomalies.into_iter().rev() {
+        ctx.publish(
+            retention,
+            true,
+            "AnomalyDetected",
+            describe_anomaly(anomaly),
+        )
+        .await;
     }
     Ok(Action::requeue(ctx.settings.heartbeat_grace / 2))
 }

@@ -14,6 +14,7 @@ use probe_capture::{
     tracefs::Tracefs,
 };
 use probe_serve::{
+    anomaly_metrics::DetectionCollector,
     export::{ExportCollector, Exports},
     flight::{self, FlightConfig},
     metrics,
@@ -120,9 +121,12 @@ async fn serve(
     let waker = Waker::new().map_err(|e| format!("cannot create the drive loop's wake-up: {e}"))?;
     let (reports, report_requests) = metrics::report_channel(waker.clone(), config.scrape_timeout);
     let exports = Exports::new(store.clone(), node_name.clone());
+    let storage = Storage::new(store, &node_name);
     let metrics_server = match config.metrics_addr {
         Some(addr) => {
-            let mut registry = metrics::agent_registry(reports, Some(store.clone()));
+            let mut registry = metrics::agent_registry(reports, Some(storage.store.clone()));
+            DetectionCollector::new(storage.detections())
+                .register(registry.sub_registry_with_prefix(metrics::PREFIX));
             // Sonde's own families carry the sonde_ prefix; the registry
             // itself has none, for the metrics users name.
             ExportCollector::new(exports.clone())
@@ -156,7 +160,6 @@ async fn serve(
         Box::new(HostPaths),
     )
     .map_err(|e| chain(&e))?;
-    let storage = Storage::new(store, &node_name);
     let upkeep = tokio::spawn(storage.clone().run_upkeep(servers_stop.clone()));
     let scheme = if config.flight_tls_cert.is_some() {
         "https"

@@ -407,7 +407,7 @@ pub struct RetentionStatus {
 pub const MAX_RECENT_ANOMALIES: usize = 10;
 
 /// One anomaly a rollup's detection flagged on a node.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecentAnomaly {
     /// Start of the anomalous interval (RFC 3339).
@@ -424,7 +424,7 @@ pub struct RecentAnomaly {
     pub column: String,
     /// Method that flagged it: levelShift, forecastBand or siblings.
     pub method: String,
-    /// Value seen, and the band expected (as decimal text).
+    /// Value seen (decimal text, as the other numbers).
     pub value: String,
     /// Value expected.
     pub expected: String,

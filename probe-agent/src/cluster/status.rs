@@ -7,12 +7,13 @@ use crds::{
     table_matches,
     units::format_duration,
     v1alpha1::{
-        AssignmentState, AssignmentStatus, ProbeKind, ProbeNodeStatus, RetentionLimit, TableHeld,
+        AssignmentState, AssignmentStatus, MAX_RECENT_ANOMALIES, ProbeKind, ProbeNodeStatus,
+        RecentAnomaly, RetentionLimit, TableHeld,
     },
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use probe_capture::{elf::ElfError, engine::AttachError, plan::PlanError};
-use probe_store::{EvictionReason, TableStats};
+use probe_store::{DetectionReport, EvictionReason, TableStats};
 
 /// Reasons an assignment is not attached, beyond attach errors.
 pub mod reason {
@@ -162,6 +163,56 @@ pub fn tables_held(stats: &[TableStats], namespace: &str, patterns: &[String]) -
         .collect()
 }
 
+/// The latest anomalies of the rollups a Retention defines on this node
+/// (those of its namespace that one of `patterns` names), newest first.
+pub fn recent_anomalies(
+    reports: &[DetectionReport],
+    node: &str,
+    namespace: &str,
+    patterns: &[String],
+) -> Vec<RecentAnomaly> {
+    let mut found: Vec<(i64, RecentAnomaly)> = reports
+        .iter()
+        .filter(|r| {
+            r.rollup.schema == namespace
+                && patterns.iter().any(|p| table_matches(p, &r.rollup.table))
+        })
+        .flat_map(|r| {
+            r.recent.iter().map(|a| {
+                (
+                    a.time_ns,
+                    RecentAnomaly {
+                        time: k8s_openapi::jiff::Timestamp::from_nanosecond(i128::from(a.time_ns))
+                            .map(|t| t.to_string())
+                            .unwrap_or_default(),
+                        node: node.to_owned(),
+                        rollup: r.rollup.table.clone(),
+                        group: a.group.clone(),
+                        column: a.column.clone(),
+                        method: a.method.as_str().to_owned(),
+                        value: decimal(a.value),
+                        expected: decimal(a.expected),
+                        lower: decimal(a.lower),
+                        upper: decimal(a.upper),
+                    },
+                )
+            })
+        })
+        .collect();
+    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found
+        .into_iter()
+        .take(MAX_RECENT_ANOMALIES)
+        .map(|(_, a)| a)
+        .collect()
+}
+
+/// A measurement as status shows it: at most three decimals.
+fn decimal(value: f64) -> String {
+    let rounded = (value * 1000.0).round() / 1000.0;
+    format!("{rounded}")
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -183,6 +234,7 @@ mod tests {
             events: 0,
             lost: 0,
             tables: Vec::new(),
+            anomalies: Vec::new(),
         }
     }
 

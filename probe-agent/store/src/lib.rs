@@ -31,7 +31,8 @@ pub use self::{
     kept::{ANOMALY_TIME_COLUMN, KeepRawSpec, KeptStats, kept_schema},
     retention::{RetentionPolicy, policy_for},
     rollup::{
-        AggregateSpec, DetectionReport, RECENT_ANOMALIES, RecentAnomaly, RollupEngine, RollupSpec,
+        AggregateSpec, DetectionBoard, DetectionReport, RECENT_ANOMALIES, RecentAnomaly,
+        RollupEngine, RollupSpec,
     },
     table_store::{
         CacheStats, Clock, Compacted, Compaction, CountedFollow, DEFAULT_BUDGET_BYTES,

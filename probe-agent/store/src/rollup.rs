@@ -237,6 +237,28 @@ impl RollupState {
     }
 }
 
+/// The latest [`DetectionReport`]s, published by whoever runs the rollups
+/// after each tick and read by metrics and status without waiting for a
+/// rollup run.
+#[derive(Clone, Debug, Default)]
+pub struct DetectionBoard(Arc<std::sync::Mutex<Vec<DetectionReport>>>);
+
+impl DetectionBoard {
+    pub fn publish(&self, reports: Vec<DetectionReport>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = reports;
+    }
+
+    pub fn reports(&self) -> Vec<DetectionReport> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// How many recent anomalies each rollup remembers for status.
 pub const RECENT_ANOMALIES: usize = crds::MAX_RECENT_ANOMALIES;
 
