@@ -98,6 +98,35 @@ fn latest_anomalies(mut anomalies: Vec<RecentAnomaly>) -> Vec<RecentAnomaly> {
     anomalies
 }
 
+/// What an anomaly is about, as its Event's related object: the pod of its
+/// group when it has one, else the node that found it. Anomalies of
+/// different pods are separate Events; repeats of one pod are a series.
+fn anomaly_subject(
+    anomaly: &RecentAnomaly,
+    retention: &Retention,
+) -> k8s_openapi::api::core::v1::ObjectReference {
+    let pod = anomaly
+        .group
+        .split(',')
+        .find_map(|pair| pair.strip_prefix("pod="))
+        .filter(|pod| !pod.is_empty());
+    match pod {
+        Some(pod) => k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".to_owned()),
+            kind: Some("Pod".to_owned()),
+            namespace: retention.namespace(),
+            name: Some(pod.to_owned()),
+            ..Default::default()
+        },
+        None => k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".to_owned()),
+            kind: Some("Node".to_owned()),
+            name: Some(anomaly.node.clone()),
+            ..Default::default()
+        },
+    }
+}
+
 /// An anomaly as an Event says it.
 fn describe_anomaly(a: &RecentAnomaly) -> String {
     format!(
@@ -261,11 +290,12 @@ async fn retention_status(retention: &Retention, ctx: &Context) -> Result<Action
     }
     // Oldest first, so the Events read in the order things happened.
     for anomaly in new_anomalies.into_iter().rev() {
-        ctx.publish(
+        ctx.publish_related(
             retention,
             true,
             "AnomalyDetected",
             describe_anomaly(anomaly),
+            Some(anomaly_subject(anomaly, retention)),
         )
         .await;
     }
