@@ -691,7 +691,8 @@ impl ClusterAgent {
             match checked {
                 Ok(spec) => {
                     let patterns = spec.tables.iter().cloned();
-                    let rollups = spec.rollups.iter().map(|r| r.name.clone());
+                    // Each rollup's table, and its anomalies and kept rows.
+                    let rollups = spec.rollups.iter().flat_map(|r| r.tables());
                     self.retention_tables.insert(
                         (assignment.namespace.clone(), assignment.name.clone()),
                         patterns.chain(rollups).collect(),

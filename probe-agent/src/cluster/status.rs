@@ -279,6 +279,58 @@ mod tests {
     }
 
     #[test]
+    fn recent_anomalies_are_the_retentions_own_newest_first() {
+        use probe_store::{AnomalyStats, DetectionReport, RecentAnomaly as Found, TableName};
+        let found = |minute: i64, pod: &str| Found {
+            time_ns: minute * 60_000_000_000,
+            group: format!("pod={pod}"),
+            column: "p99_latency".into(),
+            method: crds::DetectionMethod::LevelShift,
+            value: 3012.4567,
+            expected: 1000.0,
+            lower: 880.25,
+            upper: 1128.75,
+            score: 20.0,
+        };
+        let report = |namespace: &str, rollup: &str, recent: Vec<Found>| DetectionReport {
+            rollup: TableName::new(namespace, rollup),
+            stats: AnomalyStats::default(),
+            kept: None,
+            recent,
+        };
+        let reports = [
+            report(
+                "shop",
+                "requests_1m",
+                vec![found(2, "web-1"), found(1, "web-2")],
+            ),
+            report("shop", "other_1m", vec![found(3, "web-3")]),
+            report("bank", "requests_1m", vec![found(4, "web-4")]),
+        ];
+        let anomalies = recent_anomalies(&reports, "node-a", "shop", &["requests_1m".to_owned()]);
+        let groups: Vec<&str> = anomalies.iter().map(|a| a.group.as_str()).collect();
+        assert_eq!(groups, ["pod=web-1", "pod=web-2"]);
+        let first = &anomalies[0];
+        assert_eq!(first.time, "1970-01-01T00:02:00Z");
+        assert_eq!(
+            (
+                first.node.as_str(),
+                first.rollup.as_str(),
+                first.method.as_str()
+            ),
+            ("node-a", "requests_1m", "levelShift")
+        );
+        assert_eq!(
+            (
+                first.value.as_str(),
+                first.lower.as_str(),
+                first.upper.as_str()
+            ),
+            ("3012.457", "880.25", "1128.75")
+        );
+    }
+
+    #[test]
     fn status_counts_states_and_is_ready() {
         let facts = NodeFacts {
             agent_version: "0.1.0".into(),

@@ -56,11 +56,12 @@ fn window(minute: i64, pods: &[String], noise: &mut Noise) -> RecordBatch {
                 .with_timezone("UTC"),
         ),
         Arc::new(StringArray::from_iter_values(pods.iter().map(|_| "node-a"))),
-        Arc::new(StringArray::from_iter_values(pods.iter().map(String::as_str))),
-        Arc::new(Float64Array::from_iter_values(
-            pods.iter()
-                .map(|_| 1000.0 * (1.0 + 0.1 * (noise.next() + noise.next() - 1.0))),
+        Arc::new(StringArray::from_iter_values(
+            pods.iter().map(String::as_str),
         )),
+        Arc::new(Float64Array::from_iter_values(pods.iter().map(|_| {
+            1000.0 * (1.0 + 0.1 * (noise.next() + noise.next() - 1.0))
+        }))),
     ];
     match RecordBatch::try_new(schema, columns) {
         Ok(batch) => batch,
@@ -78,11 +79,7 @@ fn cost(method: DetectionMethod, season: Option<usize>) -> Duration {
         across: (method == DetectionMethod::Siblings).then(|| "pod".into()),
         season,
     };
-    let mut detector = RollupDetector::new(
-        vec![spec],
-        vec!["pod".into()],
-        Duration::from_secs(60),
-    );
+    let mut detector = RollupDetector::new(vec![spec], vec!["pod".into()], Duration::from_secs(60));
     let pods: Vec<String> = (0..SERIES).map(|i| format!("web-{i}")).collect();
     let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
     let warm = WARM + season.map_or(0, |s| 2 * s as i64);
@@ -113,7 +110,11 @@ fn main() {
     for (name, method, season) in [
         ("level_shift", DetectionMethod::LevelShift, None),
         ("forecast_band", DetectionMethod::ForecastBand, None),
-        ("forecast_band_seasonal_60", DetectionMethod::ForecastBand, Some(60)),
+        (
+            "forecast_band_seasonal_60",
+            DetectionMethod::ForecastBand,
+            Some(60),
+        ),
         ("siblings", DetectionMethod::Siblings, None),
     ] {
         let per_series = cost(method, season);
@@ -122,7 +123,10 @@ fn main() {
             "  {name:<28} {:>10.1} µs",
             per_series.as_secs_f64() * 1e6
         );
-        figures.push((format!("{name}_us_per_series"), per_series.as_secs_f64() * 1e6));
+        figures.push((
+            format!("{name}_us_per_series"),
+            per_series.as_secs_f64() * 1e6,
+        ));
     }
     print!("{text}");
     write_report(&text, &figures);

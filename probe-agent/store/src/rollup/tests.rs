@@ -618,3 +618,27 @@ fn past_the_kept_budget_the_oldest_window_goes_first_and_is_counted() {
     let bytes = store.table_stats(&kept_table).expect("kept table").bytes;
     assert!(bytes <= 16 * 1024, "{bytes}");
 }
+
+#[test]
+fn a_steady_workload_gives_no_anomalies_in_200_intervals() {
+    // levelShift at the default sensitivity (25: 4.39 robust standard
+    // deviations) and warm-up (10), four pods, ±10% noise on each request.
+    let (store, clock) = detection_store();
+    let retention = detecting_retention("16Mi");
+    store.set_retentions(vec![retention.clone()]);
+    let mut engine = RollupEngine::new(store.clone(), "node-a", RollupEngine::DEFAULT_GRACE);
+    assert!(engine.set_retentions(&[retention]).is_empty());
+    feed_requests(&store, &clock, &mut engine, 0..200, &|_, _| 1.0);
+    let rollup = store
+        .snapshot(&TableName::new("shop", "requests_1m"))
+        .expect("rolled up");
+    assert_eq!(rollup.info.rows, 200 * 4, "every interval was judged");
+    let anomalies = store
+        .snapshot(&TableName::new("shop", "requests_1m_anomalies"))
+        .expect("the anomalies table exists, empty");
+    assert_eq!(anomalies.info.rows, 0);
+    let reports = engine.detection_reports();
+    assert!(reports[0].stats.anomalies.is_empty());
+    assert_eq!(reports[0].stats.model_failures, 0);
+    assert_eq!(reports[0].kept.map(|k| k.windows), Some(0));
+}
