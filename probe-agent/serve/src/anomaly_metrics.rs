@@ -63,6 +63,9 @@ where
     Ok(())
 }
 
+/// Reads one counter of a report.
+type ReportField = fn(&DetectionReport) -> u64;
+
 fn labels(report: &DetectionReport) -> [(&'static str, String); 2] {
     [
         ("namespace", report.rollup.schema.clone()),
@@ -136,7 +139,7 @@ impl Collector for DetectionCollector {
                 .into_iter()
                 .map(|(l, n)| (l, ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)))),
         )?;
-        let counters: [(&str, &str, fn(&DetectionReport) -> u64); 5] = [
+        let counters: [(&str, &str, ReportField); 5] = [
             (
                 "anomaly_series_capped",
                 "Series a rollup's detection did not track: its bound on series was reached.",

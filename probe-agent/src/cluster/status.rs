@@ -199,7 +199,7 @@ pub fn recent_anomalies(
             })
         })
         .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|a| std::cmp::Reverse(a.0));
     found
         .into_iter()
         .take(MAX_RECENT_ANOMALIES)

@@ -177,7 +177,7 @@ impl RollupSpec {
     pub fn anomalies_table(&self) -> TableName {
         TableName::new(
             &self.output.schema,
-            &format!("{}{}", self.output.table, crds::ANOMALIES_SUFFIX),
+            format!("{}{}", self.output.table, crds::ANOMALIES_SUFFIX),
         )
     }
 
@@ -185,7 +185,7 @@ impl RollupSpec {
     pub fn kept_table(&self) -> TableName {
         TableName::new(
             &self.output.schema,
-            &format!("{}{}", self.output.table, crds::KEPT_SUFFIX),
+            format!("{}{}", self.output.table, crds::KEPT_SUFFIX),
         )
     }
 
