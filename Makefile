@@ -15,7 +15,7 @@ AGENT := $(CARGO_TARGET_DIR)/release/probe-agent
 SONDE_IMAGES ?= $(CARGO_TARGET_DIR)/images
 export SONDE_IMAGES
 
-.PHONY: install install-test run build images test lint unit-test privileged-test bench bench-capture bench-storage bench-operator
+.PHONY: install install-test run build images test lint unit-test privileged-test bench bench-capture bench-storage bench-detection bench-operator
 
 install:
 	@scripts/install.sh
@@ -62,7 +62,7 @@ privileged-test:
 # A new benchmark is one more `bench: bench-NAME` line and its target.
 BENCH_DIR := $(CARGO_TARGET_DIR)/bench
 
-bench: bench-capture bench-storage
+bench: bench-capture bench-storage bench-detection
 	@scripts/bench-report.sh $(BENCH_DIR) $^
 
 # Capture: overhead against hand-written programs, completeness, ingest and
@@ -75,6 +75,10 @@ bench-capture: install
 # GROUP BY costs. Builds on the store crate alone.
 bench-storage: install
 	cargo bench --locked -p probe-store --bench density -- --out $(BENCH_DIR)
+
+# Anomaly detection: CPU per series per rollup interval, by method.
+bench-detection: install
+	cargo bench --locked -p probe-store --bench detection -- --out $(BENCH_DIR)
 
 # The operator against 1,000 Node objects and 20,000 pods on a real
 # apiserver, with simulated agents: sync time, memory, writes, latencies.

@@ -616,6 +616,160 @@ pub const INVALID_SPECS: &[InvalidSpec] = &[
         Accepts,
     ),
     invalid!(
+        "Retention",
+        "detect-unknown-column",
+        "  tables: [request_latency]
+  rollups:
+    - name: request_latency_1m
+      interval: 1m
+      aggregates: [{fn: count}, {fn: p99, column: latency}]
+      keep: 24h
+      detect: [{column: p90_latency, method: levelShift}]
+",
+        "spec.rollups[0].detect[0].column \"p90_latency\" is not an output column of this \
+         rollup, which writes count, p99_latency",
+        RejectsByCel("detect columns must be output columns of the rollup"),
+    ),
+    invalid!(
+        "Retention",
+        "detect-sensitivity-out-of-range",
+        "  tables: [request_latency]
+  rollups:
+    - name: request_latency_1m
+      interval: 1m
+      aggregates: [{fn: count}]
+      keep: 24h
+      detect: [{column: count, method: levelShift, sensitivity: 0}]
+",
+        "spec.rollups[0].detect[0].sensitivity is 0; it must be between 1 and 99",
+        RejectsByOpenApi("should be greater than or equal to 1"),
+    ),
+    invalid!(
+        "Retention",
+        "detect-warm-up-too-short",
+        "  tables: [request_latency]
+  rollups:
+    - name: request_latency_1m
+      interval: 1m
+      aggregates: [{fn: count}]
+      keep: 24h
+      detect: [{column: count, method: levelShift, warmUp: 2}]
+",
+        "spec.rollups[0].detect[0].warmUp is 2; it must be between 3 and 1000",
+        RejectsByOpenApi("should be greater than or equal to 3"),
+    ),
+    invalid!(
+        "Retention",
+        "siblings-without-across",
+        "  tables: [request_latency]
+  rollups:
+    - name: request_latency_1m
+      interval: 1m
+      groupBy: [pod]
+      aggregates: [{fn: count}]
+      keep: 24h
+      detect: [{column: count, method: siblings}]
+",
+        "spec.rollups[0].detect[0].across is required by the siblings method: name the \
+         groupBy column that tells siblings apart, such as pod",
+        RejectsByCel("across is required by the siblings method and allowed only there"),
+    ),
+    invalid!(
+        "Retention",
+        "across-not-grouped",
+        "  tables: [request_latency]
+  rollups:
+    - name: request_latency_1m
+      interval: 1m
+      groupBy: [pod]
+      aggregates: [{fn: count}]
+      keep: 24h
+      detect: [{column: count, method: siblings, across: container}]
+",
+        "spec.rollups[0].detect[0].across \"container\" is not one of the rollup's groupBy \
+         columns",
+        RejectsByCel("across must be one of the rollup's groupBy columns"),
+    ),
+    invalid!(
+        "Retention",
+        "season-not-whole-intervals",
+        "  tables: [request_latency]
+  rollups:
+    - name: request_latency_1m
+      interval: 1m
+      aggregates: [{fn: count}]
+      keep: 24h
+      detect: [{column: count, method: forecastBand, season: 90s}]
+",
+        "spec.rollups[0].detect[0].season \"90s\" must be a whole number of intervals, at \
+         least two",
+        Accepts,
+    ),
+    invalid!(
+        "Retention",
+        "season-on-level-shift",
+        "  tables: [request_latency]
+  rollups:
+    - name: request_latency_1m
+      interval: 1m
+      aggregates: [{fn: count}]
+      keep: 24h
+      detect: [{column: count, method: levelShift, season: 1h}]
+",
+        "spec.rollups[0].detect[0].season \"1h\" applies only to the forecastBand method",
+        RejectsByCel("season applies only to the forecastBand method"),
+    ),
+    invalid!(
+        "Retention",
+        "keep-raw-without-detect",
+        "  tables: [request_latency]
+  rollups:
+    - name: request_latency_1m
+      interval: 1m
+      aggregates: [{fn: count}]
+      keep: 24h
+      keepRaw: {around: 5m, maxBytes: 16Mi}
+",
+        "spec.rollups[0].keepRaw keeps raw rows around anomalies, so it needs detect",
+        RejectsByCel("keepRaw keeps raw rows around anomalies, so it needs detect"),
+    ),
+    invalid!(
+        "Retention",
+        "keep-raw-bad-size",
+        "  tables: [request_latency]
+  rollups:
+    - name: request_latency_1m
+      interval: 1m
+      aggregates: [{fn: count}]
+      keep: 24h
+      detect: [{column: count, method: levelShift}]
+      keepRaw: {around: 5m, maxBytes: 16MB}
+",
+        "spec.rollups[0].keepRaw.maxBytes \"16MB\" is not a byte size; write a number of \
+         bytes, optionally with a suffix Ki, Mi, Gi, Ti, Pi, Ei (powers of 1024) or k, M, G, T, \
+         P, E (powers of 1000), such as 64Mi",
+        Accepts,
+    ),
+    invalid!(
+        "Retention",
+        "anomalies-table-collides",
+        "  tables: [request_latency]
+  rollups:
+    - name: latency
+      interval: 1m
+      aggregates: [{fn: count}]
+      keep: 24h
+      detect: [{column: count, method: levelShift}]
+    - name: latency_anomalies
+      interval: 1m
+      aggregates: [{fn: count}]
+      keep: 24h
+",
+        "spec.rollups[1].name \"latency_anomalies\" is already used by spec.rollups[0].name \
+         (table latency_anomalies)",
+        Accepts,
+    ),
+    invalid!(
         "Export",
         "metrics-export-without-value",
         "  tables: [opens]

@@ -408,6 +408,7 @@ impl Reporter {
                         events: 0,
                         lost: 0,
                         tables: Vec::new(),
+                        anomalies: Vec::new(),
                     }
                 })
                 .collect()

@@ -83,6 +83,23 @@ impl Context {
     where
         K: Resource<DynamicType = ()>,
     {
+        self.publish_related(resource, warning, reason, note, None)
+            .await;
+    }
+
+    /// [`Self::publish`] with a related object: Events that differ in it are
+    /// not folded into one series (the recorder folds Events of the same
+    /// object, reason and related object, keeping the first note).
+    pub async fn publish_related<K>(
+        &self,
+        resource: &K,
+        warning: bool,
+        reason: &str,
+        note: String,
+        related: Option<k8s_openapi::api::core::v1::ObjectReference>,
+    ) where
+        K: Resource<DynamicType = ()>,
+    {
         let event = Event {
             type_: if warning {
                 EventType::Warning
@@ -92,7 +109,7 @@ impl Context {
             reason: reason.to_owned(),
             note: Some(truncate(note, 1000)),
             action: "Reconcile".to_owned(),
-            secondary: None,
+            secondary: related,
         };
         if let Err(e) = self
             .recorder

@@ -8,8 +8,8 @@ use crds::{
     Export, Retention,
     units::parse_duration,
     v1alpha1::{
-        AssignmentKind, AssignmentState, ExportStatus, ProbeNode, RetentionStatus, TableHeld,
-        TableRetention,
+        AssignmentKind, AssignmentState, ExportStatus, MAX_RECENT_ANOMALIES, ProbeNode,
+        RecentAnomaly, RetentionStatus, TableHeld, TableRetention,
     },
 };
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp};
@@ -40,6 +40,8 @@ struct Reports {
     message: Option<(String, String)>,
     /// What each node said its tables hold (Retentions).
     tables: Vec<TableHeld>,
+    /// The latest anomalies each node's rollups flagged (Retentions).
+    anomalies: Vec<RecentAnomaly>,
 }
 
 /// What the nodes whose agent reports say of `resource` (of `kind`).
@@ -62,6 +64,7 @@ fn reports(resource: &impl ResourceExt, kind: AssignmentKind, ctx: &Context) -> 
         out.events += report.events;
         out.lost += report.lost;
         out.tables.extend(report.tables.iter().cloned());
+        out.anomalies.extend(report.anomalies.iter().cloned());
         if let (None, Some(message)) = (&out.message, &report.message) {
             out.message = Some((pn.name_any(), message.clone()));
         }
@@ -79,6 +82,71 @@ fn reports(resource: &impl ResourceExt, kind: AssignmentKind, ctx: &Context) -> 
         }
     }
     out
+}
+
+/// The newest anomalies of all nodes, newest first, at most
+/// [`MAX_RECENT_ANOMALIES`].
+fn latest_anomalies(mut anomalies: Vec<RecentAnomaly>) -> Vec<RecentAnomaly> {
+    let time = |a: &RecentAnomaly| a.time.parse::<Timestamp>().ok();
+    anomalies.sort_by(|a, b| {
+        time(b)
+            .cmp(&time(a))
+            .then_with(|| (&a.node, &a.rollup, &a.group).cmp(&(&b.node, &b.rollup, &b.group)))
+    });
+    anomalies.dedup();
+    anomalies.truncate(MAX_RECENT_ANOMALIES);
+    anomalies
+}
+
+/// What an anomaly is about, as its Event's related object: the pod of its
+/// group when it has one, else the node that found it. Anomalies of
+/// different pods are separate Events; repeats of one pod are a series.
+fn anomaly_subject(
+    anomaly: &RecentAnomaly,
+    retention: &Retention,
+) -> k8s_openapi::api::core::v1::ObjectReference {
+    let pod = anomaly
+        .group
+        .split(',')
+        .find_map(|pair| pair.strip_prefix("pod="))
+        .filter(|pod| !pod.is_empty());
+    match pod {
+        Some(pod) => k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".to_owned()),
+            kind: Some("Pod".to_owned()),
+            namespace: retention.namespace(),
+            name: Some(pod.to_owned()),
+            ..Default::default()
+        },
+        None => k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".to_owned()),
+            kind: Some("Node".to_owned()),
+            name: Some(anomaly.node.clone()),
+            ..Default::default()
+        },
+    }
+}
+
+/// An anomaly as an Event says it.
+fn describe_anomaly(a: &RecentAnomaly) -> String {
+    format!(
+        "{method} on {column} of {group} in {rollup} on node {node} at {time}: {value} \
+         (expected {expected}, band {lower} to {upper})",
+        method = a.method,
+        column = a.column,
+        group = if a.group.is_empty() {
+            "all rows"
+        } else {
+            &a.group
+        },
+        rollup = a.rollup,
+        node = a.node,
+        time = a.time,
+        value = a.value,
+        expected = a.expected,
+        lower = a.lower,
+        upper = a.upper,
+    )
 }
 
 /// Each table's retention over the nodes that hold it: the window of the
@@ -199,9 +267,15 @@ async fn retention_status(retention: &Retention, ctx: &Context) -> Result<Action
     let mut status = RetentionStatus {
         observed_generation: retention.metadata.generation,
         tables: table_retentions(&reports.tables),
+        anomalies: latest_anomalies(reports.anomalies.clone()),
         conditions: conditions(valid.clone(), &reports),
     };
     let previous = retention.status.as_ref();
+    let new_anomalies: Vec<&RecentAnomaly> = status
+        .anomalies
+        .iter()
+        .filter(|a| previous.is_none_or(|p| !p.anomalies.contains(a)))
+        .collect();
     state::carry_transition_times(
         &mut status.conditions,
         previous
@@ -213,6 +287,17 @@ async fn retention_status(retention: &Retention, ctx: &Context) -> Result<Action
             previous.is_none_or(|p| p.observed_generation != status.observed_generation)
         });
         write_status(ctx, "Retention", retention, &status, invalid).await?;
+    }
+    // Oldest first, so the Events read in the order things happened.
+    for anomaly in new_anomalies.into_iter().rev() {
+        ctx.publish_related(
+            retention,
+            true,
+            "AnomalyDetected",
+            describe_anomaly(anomaly),
+            Some(anomaly_subject(anomaly, retention)),
+        )
+        .await;
     }
     Ok(Action::requeue(ctx.settings.heartbeat_grace / 2))
 }

@@ -432,3 +432,160 @@ async fn a_second_replica_takes_over_when_the_leader_dies() -> anyhow::Result<()
     assert_eq!(status.nodes.map(|n| n.selected), Some(0));
     Ok(())
 }
+
+/// An anomaly as a node's agent reports it.
+fn reported_anomaly(time: &str, pod: &str, value: &str) -> crds::v1alpha1::RecentAnomaly {
+    crds::v1alpha1::RecentAnomaly {
+        time: time.to_owned(),
+        node: "node-a".to_owned(),
+        rollup: "request_latency_1m".to_owned(),
+        group: format!("pod={pod}"),
+        column: "p99_latency".to_owned(),
+        method: "levelShift".to_owned(),
+        value: value.to_owned(),
+        expected: "1004.5".to_owned(),
+        lower: "880.25".to_owned(),
+        upper: "1128.75".to_owned(),
+    }
+}
+
+/// Writes node-a's status as its agent would: heartbeat now, the Retention
+/// attached, with `anomalies`.
+async fn report_anomalies(
+    probe_nodes: &Api<ProbeNode>,
+    generation: i64,
+    anomalies: Vec<crds::v1alpha1::RecentAnomaly>,
+) -> anyhow::Result<()> {
+    use crds::v1alpha1::{AssignmentKind, AssignmentState, AssignmentStatus, ProbeNodeStatus};
+    use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+    let status = ProbeNodeStatus {
+        heartbeat_time: Some(Time(Timestamp::now())),
+        agent_version: Some("test".to_owned()),
+        attached: 1,
+        assignments: vec![AssignmentStatus {
+            kind: AssignmentKind::Retention,
+            namespace: "shop".to_owned(),
+            name: "request-latency".to_owned(),
+            generation,
+            state: AssignmentState::Attached,
+            reason: None,
+            message: None,
+            events: 0,
+            lost: 0,
+            tables: Vec::new(),
+            anomalies,
+        }],
+        ..ProbeNodeStatus::default()
+    };
+    probe_nodes
+        .patch_status(
+            "node-a",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({ "status": status })),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The notes of the AnomalyDetected Events on the Retention.
+async fn anomaly_events(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
+    let events = cluster
+        .kubectl(&["get", "events", "-n", "shop", "-o", "json"])
+        .await?;
+    let events: serde_json::Value = serde_json::from_str(&events)?;
+    Ok(events["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .filter(|e| {
+            e["reason"] == "AnomalyDetected"
+                && e["involvedObject"]["kind"] == "Retention"
+                && e["involvedObject"]["name"] == "request-latency"
+        })
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anomalies_reported_by_nodes_reach_retention_status_and_events() -> anyhow::Result<()> {
+    let (cluster, kubeconfig) = cluster().await?;
+    cluster.add_node("node-a", &[]).await?;
+    let operator = Operator::start("operator-0", &kubeconfig, &["--heartbeat-grace", "30s"])?;
+    operator.expect("reconciling", Duration::from_secs(30))?;
+    let client = cluster.client();
+    let probe_nodes: Api<ProbeNode> = Api::all(client.clone());
+    let retentions: Api<crds::Retention> = Api::namespaced(client.clone(), "shop");
+
+    // The example Retention, whose rollup detects anomalies.
+    let (_, example) = crds::testdata::EXAMPLES
+        .iter()
+        .find(|(file, _)| *file == "retention.yaml")
+        .context("the Retention example")?;
+    cluster
+        .apply(&example.replacen("metadata:\n", "metadata:\n  namespace: shop\n", 1))
+        .await?;
+    let generation = wait_for("assigned to node-a", Duration::from_secs(15), || async {
+        let pn = probe_nodes.get_opt("node-a").await?;
+        Ok(pn.and_then(|pn| {
+            pn.spec
+                .assignments
+                .iter()
+                .find(|a| a.name == "request-latency")
+                .map(|a| a.generation)
+        }))
+    })
+    .await?;
+
+    // The agent reports two anomalies, the newer first.
+    let older = reported_anomaly("2026-11-30T10:01:00Z", "web-2", "2950.125");
+    let newer = reported_anomaly("2026-11-30T10:05:00Z", "web-1", "3012.5");
+    report_anomalies(&probe_nodes, generation, vec![newer.clone(), older.clone()]).await?;
+    let status = wait_for("anomalies in status", Duration::from_secs(30), || async {
+        let r = retentions.get("request-latency").await?;
+        Ok(r.status.filter(|s| s.anomalies.len() == 2))
+    })
+    .await?;
+    assert_eq!(status.anomalies, [newer.clone(), older.clone()]);
+    let notes = wait_for("two Events", Duration::from_secs(30), || async {
+        let notes = anomaly_events(&cluster).await?;
+        Ok((notes.len() >= 2).then_some(notes))
+    })
+    .await?;
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(
+        notes.iter().any(|n| n
+            == "levelShift on p99_latency of pod=web-1 in request_latency_1m on node node-a at \
+                2026-11-30T10:05:00Z: 3012.5 (expected 1004.5, band 880.25 to 1128.75)"),
+        "{notes:?}"
+    );
+
+    // One more: status has all three, and only the new one gets an Event.
+    let newest = reported_anomaly("2026-11-30T10:09:00Z", "web-3", "3100");
+    report_anomalies(
+        &probe_nodes,
+        generation,
+        vec![newest.clone(), newer.clone(), older.clone()],
+    )
+    .await?;
+    wait_for(
+        "three anomalies in status",
+        Duration::from_secs(30),
+        || async {
+            let r = retentions.get("request-latency").await?;
+            Ok(r.status
+                .filter(|s| s.anomalies.len() == 3 && s.anomalies[0] == newest))
+        },
+    )
+    .await?;
+    let notes = wait_for("a third Event", Duration::from_secs(30), || async {
+        let notes = anomaly_events(&cluster).await?;
+        Ok((notes.len() >= 3).then_some(notes))
+    })
+    .await?;
+    assert_eq!(notes.len(), 3, "one Event per anomaly: {notes:?}");
+    assert!(
+        notes.iter().any(|n| n.contains("of pod=web-3")),
+        "{notes:?}"
+    );
+    Ok(())
+}

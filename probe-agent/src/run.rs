@@ -15,6 +15,7 @@ use probe_capture::{
     tracefs::Tracefs,
 };
 use probe_serve::{
+    anomaly_metrics::DetectionCollector,
     export::{ExportCollector, Exports},
     flight::{self, FlightConfig},
     metrics,
@@ -123,9 +124,12 @@ async fn serve(
     let (reports, report_requests) = metrics::report_channel(waker.clone(), config.scrape_timeout);
     let exports = Exports::new(store.clone(), node_name.clone());
     let baseline_metrics = BaselineMetrics::default();
+    let storage = Storage::new(store, &node_name);
     let metrics_server = match config.metrics_addr {
         Some(addr) => {
-            let mut registry = metrics::agent_registry(reports, Some(store.clone()));
+            let mut registry = metrics::agent_registry(reports, Some(storage.store.clone()));
+            DetectionCollector::new(storage.detections())
+                .register(registry.sub_registry_with_prefix(metrics::PREFIX));
             // Sonde's own families carry the sonde_ prefix; the registry
             // itself has none, for the metrics users name.
             ExportCollector::new(exports.clone())
@@ -160,7 +164,6 @@ async fn serve(
         Box::new(HostPaths),
     )
     .map_err(|e| chain(&e))?;
-    let storage = Storage::new(store, &node_name);
     let baseline_config = BaselineConfig {
         tables: config.baseline_tables.clone(),
         process_stats_interval: config.process_stats_interval,

@@ -12,7 +12,7 @@ use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use crds::{Retention, TableName};
 use probe_capture::sink::{BatchSink, SinkError};
-use probe_store::{RollupEngine, StoreError, TableSource, TableStore};
+use probe_store::{DetectionBoard, RollupEngine, StoreError, TableSource, TableStore};
 use sonde_daemon::{ShutdownSignal, chain};
 use tracing::{error, warn};
 
@@ -27,6 +27,8 @@ pub struct Storage {
     /// Retentions the next upkeep applies to the rollups: the drive thread
     /// hands them over here instead of waiting for a rollup run to end.
     pending: Arc<Mutex<Option<Vec<Retention>>>>,
+    /// What the rollups' anomaly detection has done, as of the last upkeep.
+    detections: DetectionBoard,
 }
 
 impl Storage {
@@ -38,8 +40,14 @@ impl Storage {
                 RollupEngine::DEFAULT_GRACE,
             ))),
             pending: Arc::new(Mutex::new(None)),
+            detections: DetectionBoard::default(),
             store,
         }
+    }
+
+    /// What the rollups' anomaly detection has done: for metrics and status.
+    pub fn detections(&self) -> DetectionBoard {
+        self.detections.clone()
     }
 
     /// Where the capture path seals its batches.
@@ -83,6 +91,7 @@ impl Storage {
                 warn!(table = %table, "rollup failed: {}", chain(&e));
             }
         }
+        self.detections.publish(rollups.detection_reports());
     }
 
     /// Runs [`Self::upkeep`] every [`UPKEEP_INTERVAL`] on the blocking pool

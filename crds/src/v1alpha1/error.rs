@@ -514,6 +514,69 @@ pub enum ValidationError {
         function: AggregateFn,
     },
 
+    /// Detection on a column the rollup does not write.
+    #[error("{path} {column:?} is not an output column of this rollup, which writes {outputs}")]
+    DetectColumn {
+        /// Path of the column member.
+        path: String,
+        /// The column named.
+        column: String,
+        /// The rollup's aggregate output columns, comma-separated.
+        outputs: String,
+    },
+
+    /// `across` missing on siblings detection, or set on another method.
+    #[error("{path} {}", if *required {
+        "is required by the siblings method: name the groupBy column that tells siblings apart, such as pod"
+    } else {
+        "applies only to the siblings method"
+    })]
+    DetectAcross {
+        /// Path of the across member.
+        path: String,
+        /// Whether it is missing (true) or not allowed (false).
+        required: bool,
+    },
+
+    /// `across` naming a column the rollup does not group by.
+    #[error("{path} {column:?} is not one of the rollup's groupBy columns")]
+    AcrossNotGrouped {
+        /// Path of the across member.
+        path: String,
+        /// The column named.
+        column: String,
+    },
+
+    /// A season on a method that has none, or one that is not a whole
+    /// number (at least two) of intervals.
+    #[error("{path} {value:?} {reason}")]
+    InvalidSeason {
+        /// Path of the season member.
+        path: String,
+        /// The text given.
+        value: String,
+        /// Why.
+        reason: &'static str,
+    },
+
+    /// Raw rows kept around anomalies without any detection.
+    #[error("{path} keeps raw rows around anomalies, so it needs detect")]
+    KeepRawWithoutDetect {
+        /// Path of the keepRaw member.
+        path: String,
+    },
+
+    /// A rollup name too long for the tables derived from it.
+    #[error("{path} {name:?} is too long: its table {derived} would exceed 63 characters")]
+    DerivedNameTooLong {
+        /// Path of the rollup name.
+        path: String,
+        /// The rollup name.
+        name: String,
+        /// The derived table name.
+        derived: String,
+    },
+
     /// An export endpoint that is not an http(s) URL.
     #[error(
         "{path} {value:?} is not an http:// or https:// URL with a host, such as \

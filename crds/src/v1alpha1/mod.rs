@@ -22,8 +22,10 @@ pub use probe_node::{
     BaselineTableState, BaselineTableStatus, ProbeNode, ProbeNodeSpec, ProbeNodeStatus, TableHeld,
 };
 pub use retention::{
-    Aggregate, AggregateFn, MAX_ROLLUPS, MAX_TABLES, Retention, RetentionLimit, RetentionSpec,
-    RetentionStatus, Rollup, TableRetention, table_matches,
+    ANOMALIES_SUFFIX, Aggregate, AggregateFn, DEFAULT_SENSITIVITY, DEFAULT_WARM_UP, Detection,
+    DetectionMethod, KEPT_SUFFIX, KeepRaw, MAX_DETECTIONS, MAX_RECENT_ANOMALIES, MAX_ROLLUPS,
+    MAX_SEASON_INTERVALS, MAX_TABLES, RecentAnomaly, Retention, RetentionLimit, RetentionSpec,
+    RetentionStatus, Rollup, TableRetention, WARM_UP_RANGE, table_matches,
 };
 pub use tracepoint::{
     ColumnStatus, DEFAULT_MAX_SERIES, DEFAULT_STRING_LENGTH, FieldSpec, FilterOp, FilterSpec,

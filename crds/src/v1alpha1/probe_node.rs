@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ValidationError, at};
 use super::{
-    ExportSpec, ProbeKind, RetentionLimit, RetentionSpec, TracepointSpec,
+    ExportSpec, ProbeKind, RecentAnomaly, RetentionLimit, RetentionSpec, TracepointSpec,
     common::preserved_object_schema,
 };
 
@@ -237,6 +237,10 @@ pub struct AssignmentStatus {
     /// Retention: what each table it bounds holds on this node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tables: Vec<TableHeld>,
+    /// Retention: the latest anomalies its rollups flagged on this node,
+    /// newest first (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anomalies: Vec<RecentAnomaly>,
 }
 
 /// What one table holds on a node.

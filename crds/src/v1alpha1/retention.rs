@@ -110,6 +110,20 @@ pub struct RetentionSpec {
 /// A summary of a table per time interval, written to its own table.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = (
+        "!has(self.detect) || self.detect.all(d, self.aggregates.exists(a, (has(a.name) ? a.name : (has(a.column) ? a.fn + '_' + a.column : a.fn)) == d.column))",
+        "detect columns must be output columns of the rollup"
+    ),
+    validation = (
+        "!has(self.detect) || self.detect.all(d, !has(d.across) || (has(self.groupBy) && d.across in self.groupBy))",
+        "across must be one of the rollup's groupBy columns"
+    ),
+    validation = (
+        "!has(self.keepRaw) || (has(self.detect) && size(self.detect) > 0)",
+        "keepRaw keeps raw rows around anomalies, so it needs detect"
+    )
+)]
 pub struct Rollup {
     /// Output table (in this namespace), such as file_opens_1m. Its columns
     /// are time_ (interval start), node, the groupBy columns, and one column
@@ -145,7 +159,154 @@ pub struct Rollup {
         "keep must be a positive duration such as 24h"
     ))]
     pub keep: String,
+
+    /// Anomaly detection on this rollup's output columns, per group, after
+    /// every interval. Anomalies are written to the table
+    /// `<name>_anomalies`, counted in metrics and reported in status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
+    pub detect: Vec<Detection>,
+
+    /// Raw rows of a group kept around each of its anomalies, past the
+    /// source table's maxAge and maxBytes, in the table `<name>_kept`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_raw: Option<KeepRaw>,
 }
+
+/// The most detections one rollup declares.
+pub const MAX_DETECTIONS: usize = 4;
+/// Sensitivity when a detection sets none: a percentage, higher flags more.
+pub const DEFAULT_SENSITIVITY: u8 = 25;
+/// Intervals of history a series needs before it is judged, by default.
+pub const DEFAULT_WARM_UP: u32 = 10;
+/// Bounds of `warmUp`, in intervals.
+pub const WARM_UP_RANGE: (u32, u32) = (3, 1000);
+/// Longest season, in intervals: the history kept per series is two seasons.
+pub const MAX_SEASON_INTERVALS: u64 = 1440;
+
+/// Anomaly detection on one column of a rollup.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = (
+        "self.method == 'siblings' ? has(self.across) : !has(self.across)",
+        "across is required by the siblings method and allowed only there"
+    ),
+    validation = (
+        "!has(self.season) || self.method == 'forecastBand'",
+        "season applies only to the forecastBand method"
+    )
+)]
+pub struct Detection {
+    /// Output column of this rollup to watch, such as p99_latency or count.
+    #[schemars(length(min = 1, max = 63), regex(pattern = NAME_PATTERN))]
+    pub column: String,
+
+    /// How a value is judged anomalous.
+    pub method: DetectionMethod,
+
+    /// How readily values are flagged, as a percentage from 1 to 99
+    /// (default 25): higher flags smaller deviations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 99))]
+    pub sensitivity: Option<u8>,
+
+    /// Intervals of history a series needs before it is judged (default
+    /// 10, from 3 to 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 3, max = 1000))]
+    pub warm_up: Option<u32>,
+
+    /// siblings only: the groupBy column that tells siblings apart, such as
+    /// pod. Groups equal in every other groupBy column (such as workload)
+    /// are compared with each other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = NAME_PATTERN))]
+    pub across: Option<String>,
+
+    /// forecastBand only: the length of a season, such as 1h, a whole
+    /// number of intervals; once a series holds two seasons the forecast is
+    /// seasonal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "duration_schema")]
+    #[x_kube(validation = (
+        "duration(self) > duration('0s')",
+        "season must be a positive duration such as 1h"
+    ))]
+    pub season: Option<String>,
+}
+
+impl Detection {
+    /// The sensitivity in force, as a fraction in (0, 1).
+    pub fn sensitivity_fraction(&self) -> f64 {
+        f64::from(self.sensitivity.unwrap_or(DEFAULT_SENSITIVITY)) / 100.0
+    }
+
+    /// The warm-up in force, in intervals.
+    pub fn warm_up_intervals(&self) -> u32 {
+        self.warm_up.unwrap_or(DEFAULT_WARM_UP)
+    }
+}
+
+/// How a detection judges a value.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum DetectionMethod {
+    /// A lasting change of level in the group's series (Bayesian online
+    /// changepoint detection), such as a pod's p99 latency doubling and
+    /// staying there.
+    LevelShift,
+    /// A value outside the band forecast from the group's own history
+    /// (exponential smoothing; seasonal once two seasons are held).
+    ForecastBand,
+    /// A group whose recent values differ from its siblings' (median
+    /// absolute deviation across the siblings), such as one slow replica.
+    Siblings,
+}
+
+impl DetectionMethod {
+    /// The name used in YAML and in the anomalies table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LevelShift => "levelShift",
+            Self::ForecastBand => "forecastBand",
+            Self::Siblings => "siblings",
+        }
+    }
+}
+
+impl std::fmt::Display for DetectionMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Raw rows kept around anomalies.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeepRaw {
+    /// How far before the anomalous interval's start and after its end the
+    /// group's raw rows are kept, such as 5m.
+    #[schemars(schema_with = "duration_schema")]
+    #[x_kube(validation = (
+        "duration(self) > duration('0s')",
+        "around must be a positive duration such as 5m"
+    ))]
+    pub around: String,
+
+    /// Most bytes of kept rows per node for this rollup: beyond it, the
+    /// oldest kept window is dropped first (and counted). Checked by
+    /// validate() only: a pattern rule here, inside the list of rollups,
+    /// would exceed the apiserver's cost budget for CEL.
+    #[schemars(schema_with = "byte_size_schema")]
+    pub max_bytes: Quantity,
+}
+
+// A Quantity compares as its text, which is reflexive: rollups compare
+// their specs to keep their progress when a Retention is re-applied.
+impl Eq for KeepRaw {}
 
 /// One aggregate column of a rollup.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -230,10 +391,45 @@ pub struct RetentionStatus {
     /// What each matched table actually keeps.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tables: Vec<TableRetention>,
+    /// The latest anomalies its rollups detected, newest first, all nodes
+    /// together (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anomalies: Vec<RecentAnomaly>,
     /// Standard conditions: Ready, Accepted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// The most anomalies a status lists.
+pub const MAX_RECENT_ANOMALIES: usize = 10;
+
+/// One anomaly a rollup's detection flagged on a node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecentAnomaly {
+    /// Start of the anomalous interval (RFC 3339).
+    pub time: String,
+    /// Node that detected it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
+    /// Rollup table whose column was flagged.
+    pub rollup: String,
+    /// The group, as column=value pairs joined by commas, such as pod=web-1.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
+    /// Column flagged.
+    pub column: String,
+    /// Method that flagged it: levelShift, forecastBand or siblings.
+    pub method: String,
+    /// Value seen (decimal text, as the other numbers).
+    pub value: String,
+    /// Value expected.
+    pub expected: String,
+    /// Lower bound of the expected band.
+    pub lower: String,
+    /// Upper bound of the expected band.
+    pub upper: String,
 }
 
 /// The retention a table actually gets.
@@ -327,22 +523,59 @@ impl RetentionSpec {
                 });
             }
         };
-        let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut names: BTreeMap<String, String> = BTreeMap::new();
         for (i, rollup) in self.rollups.iter().enumerate() {
             rollup.validate(i, source)?;
-            if let Some(first) = names.insert(&rollup.name, i) {
-                return Err(ValidationError::Duplicate {
-                    path: at!("spec.rollups[{i}].name"),
-                    value: rollup.name.clone(),
-                    first: at!("spec.rollups[{first}].name"),
-                });
+            // Each rollup's tables: its output, and those derived from it.
+            for table in rollup.tables() {
+                let path = if table == rollup.name {
+                    at!("spec.rollups[{i}].name")
+                } else {
+                    at!("spec.rollups[{i}].name (table {table})")
+                };
+                if table == *source {
+                    return Err(ValidationError::RollupIntoSource { path, name: table });
+                }
+                if let Some(first) = names.insert(table.clone(), path.clone()) {
+                    return Err(ValidationError::Duplicate {
+                        path,
+                        value: table,
+                        first,
+                    });
+                }
             }
         }
         Ok(())
     }
 }
 
+/// Suffix of the table a rollup's anomalies are written to.
+pub const ANOMALIES_SUFFIX: &str = "_anomalies";
+/// Suffix of the table raw rows kept around a rollup's anomalies go to.
+pub const KEPT_SUFFIX: &str = "_kept";
+
 impl Rollup {
+    /// The table its anomalies are written to, when it detects any.
+    pub fn anomalies_table(&self) -> Option<String> {
+        (!self.detect.is_empty()).then(|| format!("{}{ANOMALIES_SUFFIX}", self.name))
+    }
+
+    /// The table raw rows kept around its anomalies go to, when it keeps any.
+    pub fn kept_table(&self) -> Option<String> {
+        self.keep_raw
+            .as_ref()
+            .map(|_| format!("{}{KEPT_SUFFIX}", self.name))
+    }
+
+    /// Every table the rollup writes: its output, then its anomalies and
+    /// kept rows.
+    pub fn tables(&self) -> Vec<String> {
+        let mut tables = vec![self.name.clone()];
+        tables.extend(self.anomalies_table());
+        tables.extend(self.kept_table());
+        tables
+    }
+
     fn validate(&self, i: usize, source: &str) -> Result<(), ValidationError> {
         let base = at!("spec.rollups[{i}]");
         check_name(&at!("{base}.name"), &self.name, "table")?;
@@ -428,6 +661,119 @@ impl Rollup {
                     first,
                 });
             }
+        }
+        self.validate_detection(&base, interval)
+    }
+
+    /// Checks `detect` and `keepRaw` (after the outputs they refer to).
+    fn validate_detection(
+        &self,
+        base: &str,
+        interval: std::time::Duration,
+    ) -> Result<(), ValidationError> {
+        if self.detect.len() > MAX_DETECTIONS {
+            return Err(ValidationError::TooMany {
+                path: at!("{base}.detect"),
+                count: self.detect.len(),
+                max: MAX_DETECTIONS,
+            });
+        }
+        for derived in [self.anomalies_table(), self.kept_table()]
+            .into_iter()
+            .flatten()
+        {
+            if derived.len() > 63 {
+                return Err(ValidationError::DerivedNameTooLong {
+                    path: at!("{base}.name"),
+                    name: self.name.clone(),
+                    derived,
+                });
+            }
+        }
+        let outputs: Vec<String> = self.aggregates.iter().map(Aggregate::output_name).collect();
+        for (j, detection) in self.detect.iter().enumerate() {
+            let path = at!("{base}.detect[{j}]");
+            if !outputs.contains(&detection.column) {
+                return Err(ValidationError::DetectColumn {
+                    path: at!("{path}.column"),
+                    column: detection.column.clone(),
+                    outputs: outputs.join(", "),
+                });
+            }
+            if let Some(sensitivity) = detection.sensitivity
+                && !(1..=99).contains(&sensitivity)
+            {
+                return Err(ValidationError::OutOfRange {
+                    path: at!("{path}.sensitivity"),
+                    value: u64::from(sensitivity),
+                    min: 1,
+                    max: 99,
+                });
+            }
+            if let Some(warm_up) = detection.warm_up
+                && !(WARM_UP_RANGE.0..=WARM_UP_RANGE.1).contains(&warm_up)
+            {
+                return Err(ValidationError::OutOfRange {
+                    path: at!("{path}.warmUp"),
+                    value: u64::from(warm_up),
+                    min: u64::from(WARM_UP_RANGE.0),
+                    max: u64::from(WARM_UP_RANGE.1),
+                });
+            }
+            match (&detection.across, detection.method) {
+                (None, DetectionMethod::Siblings) => {
+                    return Err(ValidationError::DetectAcross {
+                        path: at!("{path}.across"),
+                        required: true,
+                    });
+                }
+                (Some(_), method) if method != DetectionMethod::Siblings => {
+                    return Err(ValidationError::DetectAcross {
+                        path: at!("{path}.across"),
+                        required: false,
+                    });
+                }
+                (Some(across), _) if !self.group_by.contains(across) => {
+                    return Err(ValidationError::AcrossNotGrouped {
+                        path: at!("{path}.across"),
+                        column: across.clone(),
+                    });
+                }
+                _ => {}
+            }
+            if let Some(season) = &detection.season {
+                let season_path = at!("{path}.season");
+                let invalid = |reason| ValidationError::InvalidSeason {
+                    path: season_path.clone(),
+                    value: season.clone(),
+                    reason,
+                };
+                if detection.method != DetectionMethod::ForecastBand {
+                    return Err(invalid("applies only to the forecastBand method"));
+                }
+                let length = check_duration(&season_path, season)?;
+                let intervals = length.as_nanos() / interval.as_nanos().max(1);
+                if length.as_nanos() % interval.as_nanos().max(1) != 0 || intervals < 2 {
+                    return Err(invalid("must be a whole number of intervals, at least two"));
+                }
+                if intervals > u128::from(MAX_SEASON_INTERVALS) {
+                    return Err(invalid("is longer than 1440 intervals"));
+                }
+            }
+        }
+        if let Some(keep_raw) = &self.keep_raw {
+            let path = at!("{base}.keepRaw");
+            if self.detect.is_empty() {
+                return Err(ValidationError::KeepRawWithoutDetect { path });
+            }
+            check_duration(&at!("{path}.around"), &keep_raw.around)?;
+            parse_bytes(&keep_raw.max_bytes).map_err(|reason| {
+                ValidationError::InvalidByteSize {
+                    path: at!("{path}.maxBytes"),
+                    value: keep_raw.max_bytes.0.clone(),
+                    reason,
+                }
+            })?;
         }
         Ok(())
     }

@@ -85,6 +85,7 @@ fn report(state: AssignmentState, generation: i64) -> AssignmentStatus {
         events: 0,
         lost: 0,
         tables: Vec::new(),
+        anomalies: Vec::new(),
     }
 }
 

@@ -3,6 +3,7 @@
 //! ([`export`]). Each reads the store and the counters the drive loop
 //! reports; none of them runs on the drive thread.
 
+pub mod anomaly_metrics;
 pub mod export;
 pub mod flight;
 pub mod metrics;

@@ -699,7 +699,8 @@ impl ClusterAgent {
             match checked {
                 Ok(spec) => {
                     let patterns = spec.tables.iter().cloned();
-                    let rollups = spec.rollups.iter().map(|r| r.name.clone());
+                    // Each rollup's table, and its anomalies and kept rows.
+                    let rollups = spec.rollups.iter().flat_map(|r| r.tables());
                     self.retention_tables.insert(
                         (assignment.namespace.clone(), assignment.name.clone()),
                         patterns.chain(rollups).collect(),
@@ -861,11 +862,13 @@ impl ClusterAgent {
                     events: counts.events,
                     lost: counts.lost,
                     tables: Vec::new(),
+                    anomalies: Vec::new(),
                 }
             })
             .collect();
         // Read once, only when some Retention reports its tables.
         let mut table_stats = None;
+        let mut detections = None;
         states.extend(self.other_states.iter().cloned().map(|mut state| {
             if state.kind == AssignmentKind::Retention
                 && state.state == AssignmentState::Attached
@@ -875,6 +878,10 @@ impl ClusterAgent {
             {
                 let stats = table_stats.get_or_insert_with(|| self.storage.store.stats());
                 state.tables = status::tables_held(stats, &state.namespace, patterns);
+                let detections =
+                    detections.get_or_insert_with(|| self.storage.detections().reports());
+                state.anomalies =
+                    status::recent_anomalies(detections, &self.node, &state.namespace, patterns);
             }
             // An Export's counts and last error are live.
             if state.kind == AssignmentKind::Export
@@ -965,6 +972,7 @@ fn state_of(
         events: 0,
         lost: 0,
         tables: Vec::new(),
+        anomalies: Vec::new(),
     }
 }
 
@@ -1096,6 +1104,7 @@ mod tests {
             events: 5,
             lost: 1,
             tables: Vec::new(),
+            anomalies: Vec::new(),
         };
         let mut more = state.clone();
         more.events = 9;

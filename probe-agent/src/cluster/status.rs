@@ -7,13 +7,13 @@ use crds::{
     table_matches,
     units::format_duration,
     v1alpha1::{
-        AssignmentState, AssignmentStatus, BaselineTableStatus, ProbeKind, ProbeNodeStatus,
-        RetentionLimit, TableHeld,
+        AssignmentState, AssignmentStatus, BaselineTableStatus, MAX_RECENT_ANOMALIES, ProbeKind,
+        ProbeNodeStatus, RecentAnomaly, RetentionLimit, TableHeld,
     },
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use probe_capture::{elf::ElfError, engine::AttachError, plan::PlanError};
-use probe_store::{EvictionReason, TableStats};
+use probe_store::{DetectionReport, EvictionReason, TableStats};
 
 /// Reasons an assignment is not attached, beyond attach errors.
 pub mod reason {
@@ -168,6 +168,56 @@ pub fn tables_held(stats: &[TableStats], namespace: &str, patterns: &[String]) -
         .collect()
 }
 
+/// The latest anomalies of the rollups a Retention defines on this node
+/// (those of its namespace that one of `patterns` names), newest first.
+pub fn recent_anomalies(
+    reports: &[DetectionReport],
+    node: &str,
+    namespace: &str,
+    patterns: &[String],
+) -> Vec<RecentAnomaly> {
+    let mut found: Vec<(i64, RecentAnomaly)> = reports
+        .iter()
+        .filter(|r| {
+            r.rollup.schema == namespace
+                && patterns.iter().any(|p| table_matches(p, &r.rollup.table))
+        })
+        .flat_map(|r| {
+            r.recent.iter().map(|a| {
+                (
+                    a.time_ns,
+                    RecentAnomaly {
+                        time: k8s_openapi::jiff::Timestamp::from_nanosecond(i128::from(a.time_ns))
+                            .map(|t| t.to_string())
+                            .unwrap_or_default(),
+                        node: node.to_owned(),
+                        rollup: r.rollup.table.clone(),
+                        group: a.group.clone(),
+                        column: a.column.clone(),
+                        method: a.method.as_str().to_owned(),
+                        value: decimal(a.value),
+                        expected: decimal(a.expected),
+                        lower: decimal(a.lower),
+                        upper: decimal(a.upper),
+                    },
+                )
+            })
+        })
+        .collect();
+    found.sort_by_key(|a| std::cmp::Reverse(a.0));
+    found
+        .into_iter()
+        .take(MAX_RECENT_ANOMALIES)
+        .map(|(_, a)| a)
+        .collect()
+}
+
+/// A measurement as status shows it: at most three decimals.
+fn decimal(value: f64) -> String {
+    let rounded = (value * 1000.0).round() / 1000.0;
+    format!("{rounded}")
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -190,6 +240,7 @@ mod tests {
             events: 0,
             lost: 0,
             tables: Vec::new(),
+            anomalies: Vec::new(),
         }
     }
 
@@ -230,6 +281,58 @@ mod tests {
         assert_eq!(
             classify(&tracepoint),
             (AssignmentState::Failed, "TracepointNotFound")
+        );
+    }
+
+    #[test]
+    fn recent_anomalies_are_the_retentions_own_newest_first() {
+        use probe_store::{AnomalyStats, DetectionReport, RecentAnomaly as Found, TableName};
+        let found = |minute: i64, pod: &str| Found {
+            time_ns: minute * 60_000_000_000,
+            group: format!("pod={pod}"),
+            column: "p99_latency".into(),
+            method: crds::DetectionMethod::LevelShift,
+            value: 3012.4567,
+            expected: 1000.0,
+            lower: 880.25,
+            upper: 1128.75,
+            score: 20.0,
+        };
+        let report = |namespace: &str, rollup: &str, recent: Vec<Found>| DetectionReport {
+            rollup: TableName::new(namespace, rollup),
+            stats: AnomalyStats::default(),
+            kept: None,
+            recent,
+        };
+        let reports = [
+            report(
+                "shop",
+                "requests_1m",
+                vec![found(2, "web-1"), found(1, "web-2")],
+            ),
+            report("shop", "other_1m", vec![found(3, "web-3")]),
+            report("bank", "requests_1m", vec![found(4, "web-4")]),
+        ];
+        let anomalies = recent_anomalies(&reports, "node-a", "shop", &["requests_1m".to_owned()]);
+        let groups: Vec<&str> = anomalies.iter().map(|a| a.group.as_str()).collect();
+        assert_eq!(groups, ["pod=web-1", "pod=web-2"]);
+        let first = &anomalies[0];
+        assert_eq!(first.time, "1970-01-01T00:02:00Z");
+        assert_eq!(
+            (
+                first.node.as_str(),
+                first.rollup.as_str(),
+                first.method.as_str()
+            ),
+            ("node-a", "requests_1m", "levelShift")
+        );
+        assert_eq!(
+            (
+                first.value.as_str(),
+                first.lower.as_str(),
+                first.upper.as_str()
+            ),
+            ("3012.457", "880.25", "1128.75")
         );
     }
 

@@ -514,6 +514,8 @@ fn main() {
         )
         .collect(),
         keep: Duration::from_secs(7 * 24 * 3600),
+        detect: Vec::new(),
+        keep_raw: None,
     };
     let mut engines: Vec<RollupEngine> = [&plain, &dense]
         .iter()

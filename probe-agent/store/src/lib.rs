@@ -10,7 +10,9 @@
 //! and all together by a global budget. [`RollupEngine`] writes summarized
 //! history into tables of its own.
 
+mod anomaly;
 mod cold;
+mod kept;
 mod retention;
 mod rollup;
 mod table_store;
@@ -21,9 +23,17 @@ pub use crds::TableName;
 use tokio::sync::broadcast;
 
 pub use self::{
+    anomaly::{
+        Anomaly, AnomalyStats, DetectionSpec, MAX_SERIES, RollupDetector, SeriesScore,
+        anomalies_batch, anomalies_schema, describe_group, threshold,
+    },
     cold::{Codec, ColdBatch, LOW_CARDINALITY_COLUMNS, cast_to, dictionary_schema},
+    kept::{ANOMALY_TIME_COLUMN, KeepRawSpec, KeptStats, kept_schema},
     retention::{RetentionPolicy, policy_for},
-    rollup::{AggregateSpec, RollupEngine, RollupSpec},
+    rollup::{
+        AggregateSpec, DetectionBoard, DetectionReport, RECENT_ANOMALIES, RecentAnomaly,
+        RollupEngine, RollupSpec,
+    },
     table_store::{
         CacheStats, Clock, Compacted, Compaction, CountedFollow, DEFAULT_BUDGET_BYTES,
         DEFAULT_CACHE_BYTES, DEFAULT_FOLLOW_CAPACITY, Evicted, EvictionReason, Evictions,

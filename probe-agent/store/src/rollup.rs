@@ -20,7 +20,7 @@
 //! value at 1-based rank `ceil(p·n/100)`, i.e. the smallest value with at
 //! least p% of the values at or below it.
 
-use std::{ops::Range, sync::Arc, time::Duration};
+use std::{collections::VecDeque, ops::Range, sync::Arc, time::Duration};
 
 use arrow_array::{
     Array, ArrayRef, ArrowNumericType, BooleanArray, PrimitiveArray, RecordBatch, StringArray,
@@ -37,9 +37,20 @@ use arrow_ord::{
 };
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow_select::{concat::concat_batches, filter::filter_record_batch, take::take};
-use crds::{AggregateFn, Retention, manifest::DEFAULT_NAMESPACE, units::parse_duration};
+use crds::{
+    AggregateFn, Retention,
+    manifest::DEFAULT_NAMESPACE,
+    units::{parse_bytes, parse_duration},
+};
 
-use super::{RetentionPolicy, StoreError, TIME_COLUMN, TableName, TableStore};
+use super::{
+    RetentionPolicy, StoreError, TIME_COLUMN, TableName, TableStore,
+    anomaly::{
+        Anomaly, AnomalyStats, DetectionSpec, RollupDetector, anomalies_batch, anomalies_schema,
+        describe_group,
+    },
+    kept::{KeepRawSpec, KeptStats, KeptWindows},
+};
 
 /// One aggregate column of a rollup.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +73,10 @@ pub struct RollupSpec {
     pub aggregates: Vec<AggregateSpec>,
     /// How long output rows are kept.
     pub keep: Duration,
+    /// Anomaly detection on the output columns.
+    pub detect: Vec<DetectionSpec>,
+    /// Raw rows kept around anomalies.
+    pub keep_raw: Option<KeepRawSpec>,
 }
 
 impl RollupSpec {
@@ -112,9 +127,66 @@ impl RollupSpec {
                         })
                         .collect(),
                     keep: duration(format!("spec.rollups[{i}].keep"), &rollup.keep)?,
+                    detect: rollup
+                        .detect
+                        .iter()
+                        .enumerate()
+                        .map(|(j, d)| {
+                            let season = match &d.season {
+                                Some(season) => Some(duration(
+                                    format!("spec.rollups[{i}].detect[{j}].season"),
+                                    season,
+                                )?),
+                                None => None,
+                            };
+                            let interval = parse_duration(&rollup.interval)
+                                .unwrap_or(Duration::from_secs(60))
+                                .as_nanos()
+                                .max(1);
+                            Ok(DetectionSpec {
+                                column: d.column.clone(),
+                                method: d.method,
+                                sensitivity: d.sensitivity_fraction(),
+                                warm_up: d.warm_up_intervals() as usize,
+                                across: d.across.clone(),
+                                season: season
+                                    .map(|s| usize::try_from(s.as_nanos() / interval).unwrap_or(1)),
+                            })
+                        })
+                        .collect::<Result<_, StoreError>>()?,
+                    keep_raw: rollup
+                        .keep_raw
+                        .as_ref()
+                        .map(|k| {
+                            Ok::<_, StoreError>(KeepRawSpec {
+                                around: duration(
+                                    format!("spec.rollups[{i}].keepRaw.around"),
+                                    &k.around,
+                                )?,
+                                // validate() checked it parses.
+                                max_bytes: parse_bytes(&k.max_bytes).unwrap_or(0),
+                            })
+                        })
+                        .transpose()?,
                 })
             })
             .collect()
+    }
+
+    /// The table anomalies are written to.
+    pub fn anomalies_table(&self) -> TableName {
+        TableName::new(
+            &self.output.schema,
+            format!("{}{}", self.output.table, crds::ANOMALIES_SUFFIX),
+        )
+    }
+
+    /// The table raw rows around anomalies are kept in.
+    pub fn kept_table(&self) -> TableName {
+        TableName::new(
+            &self.output.schema,
+            format!("{}{}", self.output.table, crds::KEPT_SUFFIX),
+        )
     }
 
     fn interval_ns(&self) -> i64 {
@@ -130,6 +202,89 @@ struct RollupState {
     /// Start of the first window not rolled up yet; `None` until the source
     /// has rows, then the window of its oldest row.
     next_start: Option<i64>,
+    detector: Option<RollupDetector>,
+    kept: Option<KeptWindows>,
+    /// The latest anomalies, newest last.
+    recent: VecDeque<RecentAnomaly>,
+}
+
+impl RollupState {
+    fn new(spec: RollupSpec) -> Self {
+        let detector = (!spec.detect.is_empty()).then(|| {
+            RollupDetector::new(spec.detect.clone(), spec.group_by.clone(), spec.interval)
+        });
+        let kept = spec
+            .keep_raw
+            .clone()
+            .map(|k| KeptWindows::new(k, spec.kept_table()));
+        Self {
+            spec,
+            next_start: None,
+            detector,
+            kept,
+            recent: VecDeque::new(),
+        }
+    }
+
+    fn report(&self) -> Option<DetectionReport> {
+        let detector = self.detector.as_ref()?;
+        Some(DetectionReport {
+            rollup: self.spec.output.clone(),
+            stats: detector.stats(),
+            kept: self.kept.as_ref().map(KeptWindows::stats),
+            recent: self.recent.iter().rev().cloned().collect(),
+        })
+    }
+}
+
+/// The latest [`DetectionReport`]s, published by whoever runs the rollups
+/// after each tick and read by metrics and status without waiting for a
+/// rollup run.
+#[derive(Clone, Debug, Default)]
+pub struct DetectionBoard(Arc<std::sync::Mutex<Vec<DetectionReport>>>);
+
+impl DetectionBoard {
+    pub fn publish(&self, reports: Vec<DetectionReport>) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = reports;
+    }
+
+    pub fn reports(&self) -> Vec<DetectionReport> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// How many recent anomalies each rollup remembers for status.
+pub const RECENT_ANOMALIES: usize = crds::MAX_RECENT_ANOMALIES;
+
+/// One anomaly as status shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecentAnomaly {
+    pub time_ns: i64,
+    /// `column=value` pairs of the group.
+    pub group: String,
+    pub column: String,
+    pub method: crds::DetectionMethod,
+    pub value: f64,
+    pub expected: f64,
+    pub lower: f64,
+    pub upper: f64,
+    pub score: f64,
+}
+
+/// What one rollup's detection has done: for metrics and status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DetectionReport {
+    pub rollup: TableName,
+    pub stats: AnomalyStats,
+    pub kept: Option<KeptStats>,
+    /// Newest first.
+    pub recent: Vec<RecentAnomaly>,
 }
 
 /// Computes rollups into the store. Runs off the capture path, on a timer.
@@ -160,12 +315,10 @@ impl RollupEngine {
         let mut old = std::mem::take(&mut self.rollups);
         self.rollups = specs
             .into_iter()
-            .map(|spec| {
-                let next_start = old
-                    .iter()
-                    .position(|s| s.spec == spec)
-                    .and_then(|i| old.swap_remove(i).next_start);
-                RollupState { spec, next_start }
+            .map(|spec| match old.iter().position(|s| s.spec == spec) {
+                // Unchanged: its progress, series and open windows stay.
+                Some(i) => old.swap_remove(i),
+                None => RollupState::new(spec),
             })
             .collect();
     }
@@ -187,6 +340,14 @@ impl RollupEngine {
 
     pub fn rollups(&self) -> impl Iterator<Item = &RollupSpec> {
         self.rollups.iter().map(|s| &s.spec)
+    }
+
+    /// What the detection of each rollup that has any has done.
+    pub fn detection_reports(&self) -> Vec<DetectionReport> {
+        self.rollups
+            .iter()
+            .filter_map(RollupState::report)
+            .collect()
     }
 
     /// Rolls up every window that ended at least the grace period before
@@ -388,9 +549,77 @@ fn run_rollup(
     let batch =
         summarize(spec, node, &output_schema, &rows, &inputs).map_err(arrow("aggregate"))?;
     let written = batch.num_rows();
-    store.append(&spec.output, batch)?;
+    store.append(&spec.output, batch.clone())?;
     state.next_start = Some(end);
+    // The windows are rolled up: what follows never rolls them up again.
+    detect(store, node, state, &batch, end)?;
     Ok(written)
+}
+
+/// Judges freshly rolled-up rows, writes the anomalies and keeps raw rows
+/// around them; then advances the windows being kept to `end`.
+fn detect(
+    store: &TableStore,
+    node: &str,
+    state: &mut RollupState,
+    batch: &RecordBatch,
+    end: i64,
+) -> Result<(), StoreError> {
+    let spec = &state.spec;
+    let Some(detector) = &mut state.detector else {
+        return Ok(());
+    };
+    let arrow = |action| {
+        let rollup = spec.output.clone();
+        move |source| StoreError::Arrow {
+            rollup,
+            action,
+            source,
+        }
+    };
+    let anomalies = detector.observe(batch).map_err(arrow("detect"))?;
+    let table = spec.anomalies_table();
+    let schema = anomalies_schema(&batch.schema(), &spec.group_by);
+    store.create_table(table.clone(), Arc::clone(&schema))?;
+    store.set_policy(
+        &table,
+        Some(RetentionPolicy {
+            max_bytes: store.config().default_policy.max_bytes,
+            max_age: Some(spec.keep),
+        }),
+    )?;
+    if !anomalies.is_empty() {
+        let rows = anomalies_batch(&schema, batch, node, &spec.group_by, &anomalies)
+            .map_err(arrow("write anomalies"))?;
+        store.append(&table, rows)?;
+        for anomaly in &anomalies {
+            remember(&mut state.recent, &spec.group_by, anomaly);
+            if let Some(kept) = &mut state.kept {
+                kept.open(anomaly.group.clone(), anomaly.time_ns, spec.interval);
+            }
+        }
+    }
+    if let Some(kept) = &mut state.kept {
+        kept.advance(store, &spec.source, &spec.group_by, end)?;
+    }
+    Ok(())
+}
+
+fn remember(recent: &mut VecDeque<RecentAnomaly>, group_by: &[String], anomaly: &Anomaly) {
+    if recent.len() == RECENT_ANOMALIES {
+        recent.pop_front();
+    }
+    recent.push_back(RecentAnomaly {
+        time_ns: anomaly.time_ns,
+        group: describe_group(group_by, &anomaly.group),
+        column: anomaly.column.clone(),
+        method: anomaly.method,
+        value: anomaly.value,
+        expected: anomaly.expected,
+        lower: anomaly.lower,
+        upper: anomaly.upper,
+        score: anomaly.score,
+    });
 }
 
 /// One output row per window and group of `rows` (time_, groupBy columns,
