@@ -112,6 +112,8 @@ async fn serve(
                 .clone()
                 .zip(config.flight_tls_key.clone()),
             query_memory_limit: usize::try_from(config.query_memory).unwrap_or(usize::MAX),
+            // Cluster queries (sonde-query) run this node's stages here.
+            worker_node: Some(node_name.clone()),
         },
     )
     .await
@@ -240,7 +242,8 @@ async fn serve(
             let secrets = SecretCache::new(client);
             let secret_values = secrets.values();
             cluster_tasks.push(tokio::spawn(secrets.run(view.clone(), stop.clone())));
-            let facts = NodeFacts::of_this_node(kprobes, Time(Timestamp::now()));
+            let mut facts = NodeFacts::of_this_node(kprobes, Time(Timestamp::now()));
+            facts.flight_endpoint = config.advertised_flight_endpoint(flight_addr);
             let mut agent =
                 ClusterAgent::new(engine, storage, &node_name, CgroupResolver::detect(), facts);
             agent.run_exports(exports.clone(), secret_values);

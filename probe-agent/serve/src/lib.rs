@@ -3,6 +3,7 @@
 //! ([`export`]). Each reads the store and the counters the drive loop
 //! reports; none of them runs on the drive thread.
 
+pub mod cluster;
 pub mod export;
 pub mod flight;
 pub mod metrics;

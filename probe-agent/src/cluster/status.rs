@@ -78,6 +78,8 @@ pub struct NodeFacts {
     pub supported_probes: Vec<ProbeKind>,
     /// When the agent became ready: the Ready condition's transition time.
     pub ready_since: Time,
+    /// Where sonde-query reaches this agent.
+    pub flight_endpoint: Option<String>,
 }
 
 impl NodeFacts {
@@ -95,6 +97,7 @@ impl NodeFacts {
                 .filter(|k| kprobes || !matches!(k, ProbeKind::Kprobe | ProbeKind::Kretprobe))
                 .collect(),
             ready_since,
+            flight_endpoint: None,
         }
     }
 }
@@ -122,6 +125,7 @@ pub fn node_status(
     ProbeNodeStatus {
         heartbeat_time: Some(heartbeat),
         agent_version: Some(facts.agent_version.clone()),
+        flight_endpoint: facts.flight_endpoint.clone(),
         kernel_version: Some(facts.kernel_version.clone()),
         supported_probes: facts.supported_probes.clone(),
         attached: u32::try_from(attached).unwrap_or(u32::MAX),
@@ -233,6 +237,7 @@ mod tests {
             kernel_version: "6.18.0".into(),
             supported_probes: vec![ProbeKind::Tracepoint],
             ready_since: Time(Timestamp::UNIX_EPOCH),
+            flight_endpoint: Some("http://10.0.0.5:50051".into()),
         };
         let status = node_status(
             &facts,
@@ -244,6 +249,10 @@ mod tests {
             Time(Timestamp::UNIX_EPOCH),
         );
         assert_eq!(status.attached, 1);
+        assert_eq!(
+            status.flight_endpoint.as_deref(),
+            Some("http://10.0.0.5:50051")
+        );
         let names: Vec<&str> = status.assignments.iter().map(|a| a.name.as_str()).collect();
         assert_eq!(names, ["a", "b", "c"]);
         let ready = &status.conditions[0];

@@ -1,0 +1,1 @@
+//! Finding the agents from the Kubernetes API.
