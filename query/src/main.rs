@@ -55,6 +55,8 @@ fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
+    // The one crypto provider; a second install attempt is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -86,8 +88,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ca,
     };
     config.query_memory_limit = args.query_memory;
-    let directory = AgentDirectory::new(args.agents.into_iter().collect::<BTreeMap<_, _>>());
-    let server = sonde_query::bind(directory, config).await?;
+    let directory = AgentDirectory::new(args.agents.iter().cloned().collect::<BTreeMap<_, _>>());
+    let server = sonde_query::bind(directory.clone(), config).await?;
+    if args.agents.is_empty() {
+        let client = kube::Client::try_default().await.map_err(|e| {
+            anyhow::anyhow!("no --agent given and no cluster to discover them: {e}")
+        })?;
+        tokio::spawn(sonde_query::discovery::watch(
+            client,
+            directory,
+            std::future::pending(),
+        ));
+        tracing::info!("discovering agents from the ProbeNodes' status");
+    }
     tracing::info!(addr = %server.local_addr(), "serving cluster Flight SQL");
     server
         .run(async {
