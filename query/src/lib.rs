@@ -218,7 +218,7 @@ impl QueryServer {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), Error> {
         let auth = BearerAuth::new(self.token.as_deref());
         let service = InterceptedService::new(
-            FlightServiceServer::new(self.service)
+            FlightServiceServer::new(service::ClusterFlightService(self.service))
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX),
             move |request| auth.check(request),

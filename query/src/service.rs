@@ -297,8 +297,20 @@ impl ClusterSqlService {
         Ok(response)
     }
 
-    /// Every table of every reachable agent, once per table.
+    /// Every table of the cluster, once per table: its schema, and its
+    /// rows and bytes summed over the nodes (unknown if a node did not say).
     async fn cluster_tables(&self) -> Result<BTreeMap<(String, String), Schema>, Status> {
+        Ok(self
+            .cluster_flights()
+            .await?
+            .into_iter()
+            .map(|(name, (schema, _))| (name, schema))
+            .collect())
+    }
+
+    async fn cluster_flights(
+        &self,
+    ) -> Result<BTreeMap<(String, String), (Schema, FlightInfo)>, Status> {
         let agents = self.directory.snapshot();
         let lists = futures::future::join_all(agents.iter().map(|(node, url)| async move {
             let mut client = self.connections.flight(url).map_err(|e| e.status())?;
@@ -314,7 +326,7 @@ impl ClusterSqlService {
             Ok::<_, Status>(infos)
         }))
         .await;
-        let mut tables = BTreeMap::new();
+        let mut tables: BTreeMap<(String, String), (Schema, FlightInfo)> = BTreeMap::new();
         for infos in lists {
             for info in infos? {
                 let Some(descriptor) = &info.flight_descriptor else {
@@ -325,9 +337,19 @@ impl ClusterSqlService {
                 };
                 let arrow = Schema::try_from(info.clone())
                     .map_err(|e| Status::internal(format!("undecodable schema: {e}")))?;
-                tables
-                    .entry((schema.clone(), table.clone()))
-                    .or_insert(arrow);
+                let key = (schema.clone(), table.clone());
+                match tables.get_mut(&key) {
+                    None => {
+                        let mut merged = info.clone();
+                        merged.endpoint.clear();
+                        tables.insert(key, (arrow, merged));
+                    }
+                    Some((_, merged)) => {
+                        let add = |a: i64, b: i64| if a < 0 || b < 0 { -1 } else { a + b };
+                        merged.total_records = add(merged.total_records, info.total_records);
+                        merged.total_bytes = add(merged.total_bytes, info.total_bytes);
+                    }
+                }
             }
         }
         Ok(tables)
@@ -563,4 +585,100 @@ fn sql_info() -> Result<arrow_flight::sql::metadata::SqlInfoData, Status> {
     builder.append(SqlInfo::FlightSqlServerArrowVersion, "59");
     builder.append(SqlInfo::FlightSqlServerReadOnly, true);
     builder.build().map_err(|e| Status::internal(e.to_string()))
+}
+
+/// The endpoint's `FlightService`: Flight SQL, plus ListFlights over the
+/// whole cluster (one FlightInfo per table, rows and bytes summed over the
+/// nodes, no endpoint: read tables with SQL).
+#[derive(Clone)]
+pub struct ClusterFlightService(pub ClusterSqlService);
+
+type Stream<T> = BoxStream<'static, Result<T, Status>>;
+
+#[tonic::async_trait]
+impl FlightService for ClusterFlightService {
+    type HandshakeStream = Stream<arrow_flight::HandshakeResponse>;
+    type ListFlightsStream = Stream<FlightInfo>;
+    type DoGetStream = Stream<arrow_flight::FlightData>;
+    type DoPutStream = Stream<arrow_flight::PutResult>;
+    type DoActionStream = Stream<arrow_flight::Result>;
+    type ListActionsStream = Stream<arrow_flight::ActionType>;
+    type DoExchangeStream = Stream<arrow_flight::FlightData>;
+
+    async fn handshake(
+        &self,
+        request: Request<tonic::Streaming<arrow_flight::HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        FlightService::handshake(&self.0, request).await
+    }
+
+    async fn list_flights(
+        &self,
+        _request: Request<arrow_flight::Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        let infos: Vec<Result<FlightInfo, Status>> = self
+            .0
+            .cluster_flights()
+            .await?
+            .into_values()
+            .map(|(_, info)| Ok(info))
+            .collect();
+        Ok(Response::new(futures::stream::iter(infos).boxed()))
+    }
+
+    async fn get_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        FlightService::get_flight_info(&self.0, request).await
+    }
+
+    async fn poll_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<arrow_flight::PollInfo>, Status> {
+        FlightService::poll_flight_info(&self.0, request).await
+    }
+
+    async fn get_schema(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<arrow_flight::SchemaResult>, Status> {
+        FlightService::get_schema(&self.0, request).await
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        FlightService::do_get(&self.0, request).await
+    }
+
+    async fn do_put(
+        &self,
+        request: Request<tonic::Streaming<arrow_flight::FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        FlightService::do_put(&self.0, request).await
+    }
+
+    async fn do_exchange(
+        &self,
+        request: Request<tonic::Streaming<arrow_flight::FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        FlightService::do_exchange(&self.0, request).await
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<arrow_flight::Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        FlightService::do_action(&self.0, request).await
+    }
+
+    async fn list_actions(
+        &self,
+        request: Request<arrow_flight::Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        FlightService::list_actions(&self.0, request).await
+    }
 }
