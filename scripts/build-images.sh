@@ -129,4 +129,6 @@ build_image sonde-operator "$target/release/sonde-operator" 65532:65532 \
     "Sonde operator" "Turns Sonde resources into per-node assignments"
 build_image sonde-agent "$target/release/probe-agent" 0:0 \
     "Sonde agent" "Captures with eBPF on each node and serves Arrow tables"
+build_image sonde-query "$target/release/sonde-query" 65532:65532 \
+    "sonde-query" "One Flight SQL endpoint for the whole cluster"
 log "done: $out (revision $revision, dirty: $dirty)"

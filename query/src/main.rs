@@ -22,8 +22,9 @@ struct Args {
     /// PEM private key of the client port (with --tls-cert).
     #[arg(long, env = "SONDE_QUERY_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// An agent, `node=url` (repeatable); with none, agents are discovered.
-    #[arg(long = "agent", value_parser = parse_agent)]
+    /// An agent, `node=url` (repeatable, or comma-separated in the
+    /// variable); with none, agents are discovered from the ProbeNodes.
+    #[arg(long = "agent", env = "SONDE_QUERY_AGENTS", value_delimiter = ',', value_parser = parse_agent)]
     agents: Vec<(String, Url)>,
     /// The agents' bearer token (their Flight and worker port).
     #[arg(long, env = "SONDE_AGENT_TOKEN")]
@@ -31,8 +32,8 @@ struct Args {
     /// PEM CA certificate of the agents' TLS port.
     #[arg(long, env = "SONDE_AGENT_CA")]
     agent_ca: Option<PathBuf>,
-    /// Bytes the merge side of one query may hold.
-    #[arg(long, env = "SONDE_QUERY_MEMORY", default_value_t = sonde_query::DEFAULT_QUERY_MEMORY_LIMIT)]
+    /// Bytes the merge side of one query may hold (or a quantity: 512Mi).
+    #[arg(long, env = "SONDE_QUERY_MEMORY", default_value = "512Mi", value_parser = parse_bytes)]
     query_memory: usize,
 }
 
@@ -45,6 +46,30 @@ fn parse_agent(text: &str) -> Result<(String, Url), String> {
         return Err(format!("empty node name in {text:?}"));
     }
     Ok((node.to_owned(), url))
+}
+
+/// Bytes, or a Kubernetes-style quantity (`512Mi`, `1Gi`, `500M`).
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let units: [(&str, usize); 8] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
+    let (digits, scale) = units
+        .iter()
+        .find_map(|(suffix, scale)| text.strip_suffix(suffix).map(|d| (d, *scale)))
+        .unwrap_or((text, 1));
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{text:?} is not a positive number of bytes (such as 512Mi)"))
 }
 
 fn main() -> ExitCode {
@@ -108,4 +133,41 @@ async fn run(args: Args) -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_and_agents_parse() {
+        assert_eq!(parse_bytes("512Mi"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert_eq!(parse_bytes("2G"), Ok(2_000_000_000));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("lots").is_err());
+        let (node, url) =
+            parse_agent("node-a=http://10.0.0.5:50051").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (node.as_str(), url.as_str()),
+            ("node-a", "http://10.0.0.5:50051/")
+        );
+        assert!(parse_agent("http://10.0.0.5:50051").is_err());
+        assert!(parse_agent("=http://x").is_err());
+    }
+
+    #[test]
+    fn every_flag_has_an_env_var() {
+        use clap::CommandFactory;
+        for arg in Args::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            assert!(
+                arg.get_env().is_some(),
+                "--{id} has no environment variable"
+            );
+        }
+    }
 }
