@@ -124,3 +124,48 @@ pub fn check_stage(plan: &Arc<dyn ExecutionPlan>, node: &str) -> Result<()> {
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use arrow_schema::{DataType, Field, Schema};
+    use datafusion::physical_plan::{empty::EmptyExec, limit::GlobalLimitExec};
+
+    use super::*;
+    use crate::cluster::ScanSpec;
+
+    fn scan(nodes: &[&str]) -> Arc<dyn ExecutionPlan> {
+        let schema = Arc::new(Schema::new(vec![Field::new("pod", DataType::Utf8, true)]));
+        Arc::new(SondeScanExec::new(
+            ScanSpec {
+                table: "shop.opens".to_owned(),
+                nodes: nodes.iter().map(|n| (*n).to_owned()).collect(),
+                columns: Some(vec!["pod".to_owned()]),
+                since: None,
+                until: None,
+                limit: None,
+                partitions: 1,
+            },
+            schema,
+        ))
+    }
+
+    #[test]
+    fn only_scans_of_this_node_pass() {
+        let own = Arc::new(GlobalLimitExec::new(scan(&["node-a"]), 0, Some(5)));
+        assert!(check_stage(&(own as Arc<dyn ExecutionPlan>), "node-a").is_ok());
+
+        let other = check_stage(&scan(&["node-b"]), "node-a").expect_err("another node's scan");
+        assert!(
+            other.to_string().contains("node(s) [\"node-b\"]"),
+            "{other}"
+        );
+
+        let empty: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(Arc::new(Schema::empty())));
+        let leaf = check_stage(&empty, "node-a").expect_err("not a Sonde scan");
+        assert!(
+            leaf.to_string()
+                .contains("plan refused by the agent of node node-a: leaf EmptyExec"),
+            "{leaf}"
+        );
+    }
+}
