@@ -36,7 +36,7 @@ run: build
 # (scripts/build-images.sh; the Containerfiles beside each component build
 # the same images with a container engine).
 images: install
-	cargo build --release --locked -p probe-agent --bin probe-agent -p operator --bin sonde-operator
+	cargo build --release --locked -p probe-agent --bin probe-agent -p operator --bin sonde-operator -p sonde-query --bin sonde-query
 	scripts/build-images.sh
 	scripts/run-standalone.sh
 

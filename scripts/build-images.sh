@@ -153,6 +153,8 @@ build_image sonde-operator "$from/sonde-operator" 65532:65532 \
     "Sonde operator" "Turns Sonde resources into per-node assignments"
 build_image sonde-agent "$from/probe-agent" 0:0 \
     "Sonde agent" "Captures with eBPF on each node and serves Arrow tables"
+build_image sonde-query "$from/sonde-query" 65532:65532 \
+    "sonde-query" "One Flight SQL endpoint for the whole cluster"
 if $test_images; then
     build_image sonde-pause "$from/sonde-pause" 65532:65532 \
         "Sonde pause" "Holds a pod sandbox's namespaces on the test node"

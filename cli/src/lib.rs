@@ -31,6 +31,11 @@ pub use output::{OutputFormat, Sink};
 
 /// Where agents listen unless told otherwise.
 pub const DEFAULT_ADDR: &str = "http://127.0.0.1:50051";
+/// Where sonde-query listens unless told otherwise (port-forward its
+/// Service: `kubectl port-forward svc/sonde-query 50052`).
+pub const DEFAULT_CLUSTER_ADDR: &str = "http://127.0.0.1:50052";
+/// The call header that lets sonde-query answer without some nodes.
+const PARTIAL_HEADER: &str = "x-sonde-partial-results";
 
 /// Query and follow the tables of a Sonde agent.
 #[derive(Debug, Parser)]
@@ -46,6 +51,16 @@ pub struct Cli {
     /// (for `https://` addresses; otherwise the built-in web roots).
     #[arg(long, env = "SONDE_TLS_CA", global = true)]
     pub tls_ca: Option<PathBuf>,
+    /// Ask sonde-query (every node of the cluster) instead of one agent.
+    #[arg(long, env = "SONDE_CLUSTER", global = true)]
+    pub cluster: bool,
+    /// sonde-query's Flight SQL endpoint, used with --cluster.
+    #[arg(long, env = "SONDE_CLUSTER_ADDR", default_value = DEFAULT_CLUSTER_ADDR, global = true)]
+    pub cluster_addr: String,
+    /// With --cluster: answer without the nodes whose agents cannot be
+    /// reached, naming them on stderr, instead of failing.
+    #[arg(long, env = "SONDE_PARTIAL", global = true)]
+    pub partial: bool,
     /// Output format.
     #[arg(long, short, env = "SONDE_OUTPUT", value_enum, default_value_t = OutputFormat::Table, global = true)]
     pub output: OutputFormat,
@@ -206,6 +221,16 @@ impl Connection {
         })
     }
 
+    /// Asks sonde-query for an answer even when some nodes are missing.
+    pub fn allow_partial(&mut self) -> Result<(), CliError> {
+        self.client
+            .add_header(PARTIAL_HEADER, "true")
+            .map_err(|source| CliError::Flight {
+                addr: self.addr.clone(),
+                source,
+            })
+    }
+
     fn error(&self, error: FlightError) -> CliError {
         match error {
             FlightError::Tonic(status) => CliError::Server {
@@ -287,6 +312,7 @@ impl Connection {
             .try_decode_schema()
             .map_err(|e| self.error(e.into()))?;
         sink.set_schema(std::sync::Arc::new(schema));
+        note_missing_nodes(&info.app_metadata);
         for endpoint in &info.endpoint {
             let Some(ticket) = endpoint.ticket.clone() else {
                 continue;
@@ -384,6 +410,22 @@ fn parse_since(value: &str, now: std::time::SystemTime) -> Result<serde_json::Va
     }
 }
 
+/// Says on stderr which nodes a partial cluster answer left out
+/// (sonde-query's `{"missing_nodes": {node: why}}` app_metadata).
+fn note_missing_nodes(app_metadata: &[u8]) {
+    let Ok(metadata) = serde_json::from_slice::<serde_json::Value>(app_metadata) else {
+        return;
+    };
+    if let Some(missing) = metadata["missing_nodes"].as_object() {
+        for (node, why) in missing {
+            eprintln!(
+                "sonde: partial answer, node {node} missing: {}",
+                why.as_str().unwrap_or_default()
+            );
+        }
+    }
+}
+
 /// Runs a parsed command line, writing results to `out`.
 pub async fn run<W: std::io::Write>(cli: Cli, out: W) -> Result<(), CliError> {
     let mut sink = Sink::new(cli.output, out);
@@ -397,8 +439,15 @@ pub async fn run<W: std::io::Write>(cli: Cli, out: W) -> Result<(), CliError> {
         sink.write(&batch)?;
         return sink.finish();
     }
-    let mut connection =
-        Connection::open(&cli.addr, cli.token.as_deref(), cli.tls_ca.as_ref()).await?;
+    let addr = if cli.cluster {
+        &cli.cluster_addr
+    } else {
+        &cli.addr
+    };
+    let mut connection = Connection::open(addr, cli.token.as_deref(), cli.tls_ca.as_ref()).await?;
+    if cli.cluster && cli.partial {
+        connection.allow_partial()?;
+    }
     match &cli.command {
         Command::Tables => {
             let batch = connection.tables().await?;

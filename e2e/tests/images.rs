@@ -54,7 +54,7 @@ fn workspace_version() -> anyhow::Result<String> {
 fn build(target: &Path, images: &Path) -> anyhow::Result<String> {
     let release = target.join("release");
     std::fs::create_dir_all(&release)?;
-    for name in ["sonde-operator", "probe-agent"] {
+    for name in ["sonde-operator", "probe-agent", "sonde-query"] {
         std::fs::copy("/bin/true", release.join(name))?;
     }
     run(
@@ -124,6 +124,7 @@ fn make_images_writes_oci_archives_tagged_and_labelled() -> anyhow::Result<()> {
             "/usr/local/bin/sonde-operator",
         ),
         ("sonde-agent", "0:0", "/usr/local/bin/probe-agent"),
+        ("sonde-query", "65532:65532", "/usr/local/bin/sonde-query"),
     ] {
         let archive = images.join(format!("{name}-{version}.oci.tar"));
         ensure!(

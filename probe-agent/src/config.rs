@@ -92,6 +92,13 @@ pub struct Config {
     #[arg(long, env = "SONDE_FLIGHT_TLS_KEY", requires = "flight_tls_cert")]
     pub flight_tls_key: Option<PathBuf>,
 
+    /// The Flight URL this agent reports in its ProbeNode status, where
+    /// sonde-query reaches it (Flight and the cluster-query worker); by
+    /// default `http(s)://<host>:<port>` of the bound address, the host
+    /// being $POD_IP when the address is unspecified (0.0.0.0).
+    #[arg(long, env = "SONDE_FLIGHT_ENDPOINT")]
+    pub flight_endpoint: Option<String>,
+
     /// Memory one SQL query may use (bytes, or a quantity such as 256Mi).
     #[arg(long, env = "SONDE_QUERY_MEMORY", default_value = "256Mi", value_parser = parse_bytes)]
     pub query_memory: u64,
@@ -155,6 +162,29 @@ pub struct Config {
 }
 
 impl Config {
+    /// The Flight URL to report, for a port bound at `bound`.
+    pub fn advertised_flight_endpoint(&self, bound: SocketAddr) -> Option<String> {
+        if let Some(endpoint) = &self.flight_endpoint {
+            return Some(endpoint.clone());
+        }
+        let scheme = if self.flight_tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let host = if bound.ip().is_unspecified() {
+            std::env::var("POD_IP").ok().filter(|ip| !ip.is_empty())?
+        } else {
+            bound.ip().to_string()
+        };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        Some(format!("{scheme}://{host}:{}", bound.port()))
+    }
+
     /// The node name: as given, or standalone the host name.
     pub fn node_name(&self) -> Result<String, String> {
         match (&self.node_name, self.standalone) {

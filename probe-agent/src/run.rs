@@ -115,6 +115,8 @@ async fn serve(
                 .clone()
                 .zip(config.flight_tls_key.clone()),
             query_memory_limit: usize::try_from(config.query_memory).unwrap_or(usize::MAX),
+            // Cluster queries (sonde-query) run this node's stages here.
+            worker_node: Some(node_name.clone()),
         },
     )
     .await
@@ -288,6 +290,7 @@ async fn serve(
             cluster_tasks.push(tokio::spawn(secrets.run(view.clone(), stop.clone())));
             let mut facts = NodeFacts::of_this_node(kprobes, Time(Timestamp::now()));
             facts.baseline_tables = baseline_states;
+            facts.flight_endpoint = config.advertised_flight_endpoint(flight_addr);
             let mut agent = ClusterAgent::new(
                 engine,
                 storage,

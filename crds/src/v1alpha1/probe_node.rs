@@ -159,6 +159,11 @@ pub struct ProbeNodeStatus {
     /// Agent version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<String>,
+    /// Where the agent serves Arrow Flight, Flight SQL and the worker of
+    /// cluster queries (`http://10.0.0.5:50051`, `https://...` with TLS);
+    /// sonde-query finds the agents here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flight_endpoint: Option<String>,
     /// Kernel release, as uname -r prints it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_version: Option<String>,

@@ -4,6 +4,7 @@
 //! reports; none of them runs on the drive thread.
 
 pub mod anomaly_metrics;
+pub mod cluster;
 pub mod export;
 pub mod flight;
 pub mod metrics;

@@ -82,6 +82,8 @@ pub struct NodeFacts {
     pub ready_since: Time,
     /// The baseline tables' states.
     pub baseline_tables: Vec<BaselineTableStatus>,
+    /// Where sonde-query reaches this agent.
+    pub flight_endpoint: Option<String>,
 }
 
 impl NodeFacts {
@@ -100,6 +102,7 @@ impl NodeFacts {
                 .collect(),
             ready_since,
             baseline_tables: Vec::new(),
+            flight_endpoint: None,
         }
     }
 }
@@ -127,6 +130,7 @@ pub fn node_status(
     ProbeNodeStatus {
         heartbeat_time: Some(heartbeat),
         agent_version: Some(facts.agent_version.clone()),
+        flight_endpoint: facts.flight_endpoint.clone(),
         kernel_version: Some(facts.kernel_version.clone()),
         supported_probes: facts.supported_probes.clone(),
         attached: u32::try_from(attached).unwrap_or(u32::MAX),
@@ -348,6 +352,7 @@ mod tests {
                 state: BaselineTableState::Unavailable,
                 message: Some("no cgroup v2".into()),
             }],
+            flight_endpoint: Some("http://10.0.0.5:50051".into()),
         };
         let status = node_status(
             &facts,
@@ -359,6 +364,10 @@ mod tests {
             Time(Timestamp::UNIX_EPOCH),
         );
         assert_eq!(status.attached, 1);
+        assert_eq!(
+            status.flight_endpoint.as_deref(),
+            Some("http://10.0.0.5:50051")
+        );
         let names: Vec<&str> = status.assignments.iter().map(|a| a.name.as_str()).collect();
         assert_eq!(names, ["a", "b", "c"]);
         let ready = &status.conditions[0];

@@ -36,6 +36,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{
     Request, Status,
     metadata::MetadataValue,
+    service::interceptor::InterceptedService,
     transport::{Identity, Server, ServerTlsConfig},
 };
 
@@ -46,6 +47,36 @@ pub use self::{
 };
 use self::{service::SondeFlightService, sql::SqlEngine};
 use probe_store::TableSource;
+
+/// The rows of a cluster scan on this node: `ticket` read from `source`,
+/// which must produce exactly `schema` (the coordinator planned with it; a
+/// table whose columns changed since is an error, not a silent mismatch).
+pub(crate) fn read_for_worker(
+    source: &dyn TableSource,
+    ticket: &TableTicket,
+    schema: &arrow_schema::SchemaRef,
+) -> Result<Vec<arrow_array::RecordBatch>, datafusion::error::DataFusionError> {
+    let external = |e: RequestError| datafusion::error::DataFusionError::External(Box::new(e));
+    let name = ticket.table_name().map_err(external)?;
+    let info = source.snapshot(&name).map(|s| s.info).ok_or_else(|| {
+        external(RequestError::UnknownTable {
+            table: name.to_string(),
+        })
+    })?;
+    let read = ticket.validate(&info).map_err(external)?;
+    if read.output_schema.fields() != schema.fields() {
+        return Err(datafusion::error::DataFusionError::Execution(format!(
+            "table {name} on this node has columns {:?}, the plan expects {:?}",
+            read.output_schema
+                .fields()
+                .iter()
+                .map(|f| f.name())
+                .collect::<Vec<_>>(),
+            schema.fields().iter().map(|f| f.name()).collect::<Vec<_>>(),
+        )));
+    }
+    table::read_snapshot(source, read).map_err(external)
+}
 
 /// The default memory budget of one SQL query: 256 MiB.
 pub const DEFAULT_QUERY_MEMORY_LIMIT: usize = 256 << 20;
@@ -62,6 +93,9 @@ pub struct FlightConfig {
     /// Bytes one SQL query may hold in memory (hash tables, sorts) before it
     /// fails with `RESOURCE_EXHAUSTED`.
     pub query_memory_limit: usize,
+    /// When set, the port also serves the distributed worker of cluster
+    /// queries (sonde-query) as this node, behind the same token and TLS.
+    pub worker_node: Option<String>,
 }
 
 impl FlightConfig {
@@ -73,6 +107,7 @@ impl FlightConfig {
             token: None,
             tls: None,
             query_memory_limit: DEFAULT_QUERY_MEMORY_LIMIT,
+            worker_node: None,
         }
     }
 }
@@ -85,6 +120,7 @@ pub struct FlightServer {
     service: SondeFlightService,
     token: Option<String>,
     metrics: FlightMetrics,
+    worker: Option<datafusion_distributed::Worker>,
 }
 
 impl std::fmt::Debug for FlightServer {
@@ -114,6 +150,9 @@ pub async fn bind(
         None => None,
     };
     let engine = SqlEngine::new(Arc::clone(&source), config.query_memory_limit)?;
+    let worker = config.worker_node.clone().map(|node| {
+        crate::cluster::agent_worker(node, Arc::clone(&source), config.query_memory_limit)
+    });
     let listener = TcpListener::bind(config.addr)
         .await
         .map_err(|source| FlightError::Bind {
@@ -131,6 +170,7 @@ pub async fn bind(
         service: SondeFlightService::new(source, engine),
         token: config.token,
         metrics: FlightMetrics::default(),
+        worker,
     })
 }
 
@@ -159,9 +199,13 @@ impl FlightServer {
 
     /// Serves until `shutdown` completes; in-flight calls are then drained.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), FlightError> {
-        let auth = BearerAuth {
-            expected: self.token.map(|t| Arc::<str>::from(format!("Bearer {t}"))),
-        };
+        let auth = BearerAuth::new(self.token.as_deref());
+        let worker = self.worker.map(|worker| {
+            let auth = auth.clone();
+            InterceptedService::new(worker.into_worker_server(), move |request| {
+                auth.check(request)
+            })
+        });
         let service =
             FlightServiceServer::with_interceptor(self.service, move |request| auth.check(request));
         let mut builder = Server::builder().layer(self.metrics.layer());
@@ -173,6 +217,7 @@ impl FlightServer {
         let addr = self.local_addr;
         builder
             .add_service(service)
+            .add_optional_service(worker)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
             .await
             .map_err(|source| FlightError::Serve { addr, source })
@@ -190,13 +235,21 @@ async fn read_pem(path: &PathBuf) -> Result<Vec<u8>, FlightError> {
 
 /// Checks `authorization: Bearer <token>` on every call when a token is set.
 #[derive(Clone)]
-struct BearerAuth {
+pub struct BearerAuth {
     /// The whole expected header value, `Bearer <token>`.
     expected: Option<Arc<str>>,
 }
 
 impl BearerAuth {
-    fn check(&self, request: Request<()>) -> Result<Request<()>, Status> {
+    /// Lets every call in when `token` is `None`.
+    pub fn new(token: Option<&str>) -> Self {
+        Self {
+            expected: token.map(|t| Arc::<str>::from(format!("Bearer {t}"))),
+        }
+    }
+
+    /// An interceptor's check: `UNAUTHENTICATED` without the right token.
+    pub fn check(&self, request: Request<()>) -> Result<Request<()>, Status> {
         let Some(expected) = &self.expected else {
             return Ok(request);
         };

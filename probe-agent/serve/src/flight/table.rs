@@ -56,6 +56,29 @@ pub(crate) fn read_table(
     }
 }
 
+/// The snapshot's batches a (non-follow) read wants, shaped.
+pub(crate) fn read_snapshot(
+    source: &dyn TableSource,
+    read: TableRead,
+) -> Result<Vec<RecordBatch>, RequestError> {
+    let snapshot = source
+        .snapshot(&read.name)
+        .ok_or_else(|| RequestError::UnknownTable {
+            table: read.name.to_string(),
+        })?;
+    let mut shaper = BatchShaper::new(read);
+    let mut out = Vec::with_capacity(snapshot.batches.len());
+    for batch in &snapshot.batches {
+        if shaper.done() {
+            break;
+        }
+        if let Some(batch) = shaper.shape(batch)? {
+            out.push(batch);
+        }
+    }
+    Ok(out)
+}
+
 /// Batches appended after the snapshot, shaped like the snapshot's. Ends
 /// when the limit is reached or the table goes away; dropping the stream
 /// (the client cancelled) drops the subscription.
