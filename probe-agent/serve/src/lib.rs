@@ -4,7 +4,10 @@
 //! reports; none of them runs on the drive thread.
 
 pub mod anomaly_metrics;
-pub mod cluster;
 pub mod export;
 pub mod flight;
 pub mod metrics;
+
+/// The distributed query worker and scans, beside the Flight service they
+/// are served with.
+pub use flight::cluster;

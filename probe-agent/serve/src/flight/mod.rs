@@ -17,6 +17,7 @@
 //! Every stream is a `BoxStream<'static, Result<_, Status>>`; request
 //! errors are [`RequestError`]s and become a `tonic::Status` in one place.
 
+pub mod cluster;
 mod error;
 #[cfg(any(test, feature = "fixture"))]
 pub mod fixture;
@@ -150,9 +151,10 @@ pub async fn bind(
         None => None,
     };
     let engine = SqlEngine::new(Arc::clone(&source), config.query_memory_limit)?;
-    let worker = config.worker_node.clone().map(|node| {
-        crate::cluster::agent_worker(node, Arc::clone(&source), config.query_memory_limit)
-    });
+    let worker = config
+        .worker_node
+        .clone()
+        .map(|node| cluster::agent_worker(node, Arc::clone(&source), config.query_memory_limit));
     let listener = TcpListener::bind(config.addr)
         .await
         .map_err(|source| FlightError::Bind {

@@ -131,7 +131,7 @@ mod tests {
     use datafusion::physical_plan::{empty::EmptyExec, limit::GlobalLimitExec};
 
     use super::*;
-    use crate::cluster::ScanSpec;
+    use crate::flight::cluster::ScanSpec;
 
     fn scan(nodes: &[&str]) -> Arc<dyn ExecutionPlan> {
         let schema = Arc::new(Schema::new(vec![Field::new("pod", DataType::Utf8, true)]));
