@@ -86,6 +86,9 @@ impl RealNodeBuilder {
     /// `cluster` and returns once the Node is Ready.
     pub async fn start(self, cluster: &Cluster) -> anyhow::Result<RealNode> {
         crate::require_root()?;
+        // One real node at a time in a process: kubelets share the host's
+        // sysctls, and each node's names must not meet another's.
+        let turn = node_turn().lock_owned().await;
         let installation = Installation::from_env();
         let kubelet_bin = installation.binary(Component::Kubelet)?;
         let containerd_bin = installation.binary(Component::Containerd)?;
@@ -113,6 +116,7 @@ impl RealNodeBuilder {
             sysctls,
             link: None,
             _dir: Some(dir),
+            _turn: turn,
         };
         let link = NodeLink::create()?;
         let address = link.address;
@@ -203,6 +207,15 @@ pub struct RealNode {
     sysctls: Vec<(String, String)>,
     link: Option<NodeLink>,
     _dir: Option<tempfile::TempDir>,
+    /// Held while the node lives; dropped after `stop`.
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// Serialises real nodes within the test process.
+fn node_turn() -> std::sync::Arc<tokio::sync::Mutex<()>> {
+    static TURN: std::sync::OnceLock<std::sync::Arc<tokio::sync::Mutex<()>>> =
+        std::sync::OnceLock::new();
+    TURN.get_or_init(Default::default).clone()
 }
 
 impl RealNode {
@@ -230,6 +243,18 @@ impl RealNode {
     /// this host. Listeners on 0.0.0.0 answer on it; tests use 127.0.0.1.
     pub fn address(&self) -> Option<Ipv4Addr> {
         self.link.as_ref().map(|l| l.address)
+    }
+
+    /// The kubelet's cgroup root (such as `/sonde-real-node`), for the agent's
+    /// `--kubelet-cgroup-root`.
+    pub fn cgroup_root(&self) -> String {
+        format!("/{}", self.cgroup_root)
+    }
+
+    /// The sysctls the kubelet changes, as the node read them before it
+    /// started; they hold again once the node is dropped.
+    pub fn sysctls_before(&self) -> Vec<(String, String)> {
+        self.sysctls.clone()
     }
 
     /// The kubelet's log, for failure messages.

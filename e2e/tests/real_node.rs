@@ -129,7 +129,6 @@ fn kubelet_sysctls() -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_runs_as_a_real_container_from_an_image_built_here() -> anyhow::Result<()> {
-    let sysctls = kubelet_sysctls();
     let images = tempfile::tempdir()?;
     let images = build_images(images.path())?;
     let cluster = Cluster::builder()
@@ -142,6 +141,8 @@ async fn a_pod_runs_as_a_real_container_from_an_image_built_here() -> anyhow::Re
         .start(&cluster)
         .await?;
     let node_dir = node.dir().to_owned();
+    let sysctls = node.sysctls_before();
+    let cgroup_root = node.cgroup_root();
 
     let pods: Api<Pod> = Api::namespaced(cluster.client(), "default");
     pods.create(&PostParams::default(), &demo_pod(5)?).await?;
@@ -188,7 +189,7 @@ async fn a_pod_runs_as_a_real_container_from_an_image_built_here() -> anyhow::Re
     for hierarchy in ["memory", "pids", "unified"] {
         let root = Path::new("/sys/fs/cgroup")
             .join(hierarchy)
-            .join("sonde-real-node");
+            .join(cgroup_root.trim_start_matches('/'));
         assert!(!root.exists(), "{} is left", root.display());
     }
     Ok(())
@@ -273,6 +274,7 @@ async fn helm_installs_sonde_on_a_real_node_and_the_agent_captures_a_container()
         .images(images)
         .start(&cluster)
         .await?;
+    let cgroup_root = node.cgroup_root();
     let apiserver_port = cluster
         .server_url()
         .rsplit(':')
@@ -305,7 +307,7 @@ agent:
   hostNetwork: true
   flightPort: {flight}
   metricsPort: {metrics}
-  kubeletCgroupRoot: /sonde-real-node
+  kubeletCgroupRoot: {cgroup_root}
   extraEnv: {api_env}
 "
         ),
