@@ -257,6 +257,22 @@ fn sonde_uprobe_events() -> Vec<String> {
         .collect()
 }
 
+/// Ids of the loaded eBPF programs that are Sonde's, as bpftool lists them:
+/// every program of probe-ebpf is named `sonde_*`.
+fn sonde_programs() -> anyhow::Result<Vec<u64>> {
+    let output = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .context("run bpftool (scripts/install.sh installs it)")?;
+    anyhow::ensure!(output.status.success(), "bpftool prog show failed");
+    let programs: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout)?;
+    Ok(programs
+        .iter()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("sonde_")))
+        .filter_map(|p| p["id"].as_u64())
+        .collect())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_installs_sonde_on_a_real_node_and_the_agent_captures_a_container()
 -> anyhow::Result<()> {
@@ -283,6 +299,9 @@ async fn helm_installs_sonde_on_a_real_node_and_the_agent_captures_a_container()
         .to_owned();
     let (flight, metrics, operator_metrics) =
         (e2e::free_port()?, e2e::free_port()?, e2e::free_port()?);
+    // Sonde's programs already loaded by something else on the host (none
+    // when test binaries run one at a time, as `make test` runs them).
+    let programs_before = sonde_programs()?;
 
     // Helm, as a user installs it, with the images built here and both
     // components on the node's network: this harness has no pod network and
@@ -423,6 +442,11 @@ spec:
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let loaded = sonde_programs()?;
+    anyhow::ensure!(
+        loaded.iter().any(|id| !programs_before.contains(id)),
+        "the agent runs a probe, yet bpftool lists none of its programs: {loaded:?}"
+    );
     std::fs::write(trigger.join("go"), "")?;
     wait_phase(&shop, "demo", "Succeeded", &node).await?;
 
@@ -576,13 +600,24 @@ spec:
     ])
     .await
     .context("helm uninstall")?;
+    // No program of Sonde's is left on the host: the agent's pod is gone,
+    // and with it its uprobe events and every program it loaded.
     let agent_name = agent.metadata.name.unwrap_or_default();
+    let left = || -> anyhow::Result<Vec<u64>> {
+        let mut ids = sonde_programs()?;
+        ids.retain(|id| !programs_before.contains(id));
+        Ok(ids)
+    };
     let deadline = Instant::now() + Duration::from_secs(90);
-    while system.get_opt(&agent_name).await?.is_some() || !sonde_uprobe_events().is_empty() {
+    while system.get_opt(&agent_name).await?.is_some()
+        || !sonde_uprobe_events().is_empty()
+        || !left()?.is_empty()
+    {
         anyhow::ensure!(
             Instant::now() < deadline,
-            "after helm uninstall: agent pod {agent_name} or uprobes {:?} left",
-            sonde_uprobe_events()
+            "after helm uninstall: agent pod {agent_name}, uprobes {:?} or programs {:?} left",
+            sonde_uprobe_events(),
+            left()?
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
