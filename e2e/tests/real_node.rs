@@ -27,6 +27,7 @@ fn build_images(out: &Path) -> anyhow::Result<Vec<NodeImage>> {
     for exe in [
         "probe-agent",
         "sonde-operator",
+        "sonde-query",
         "sonde-demo-app",
         "sonde-pause",
     ] {
@@ -53,6 +54,7 @@ fn build_images(out: &Path) -> anyhow::Result<Vec<NodeImage>> {
     Ok([
         "sonde-agent",
         "sonde-operator",
+        "sonde-query",
         "sonde-demo-app",
         "sonde-pause",
     ]
@@ -226,17 +228,18 @@ async fn wait_ready(
     }
 }
 
-/// Rows of `table` on the agent's Flight port, through the `sonde` CLI.
-fn sonde_count(flight_port: u16, sql: &str) -> anyhow::Result<String> {
+/// The agent's Flight token and sonde-query's client token, as the
+/// Secrets `sonde-flight` and `sonde-query-token` hold them.
+const AGENT_TOKEN: &str = "agent-token-9f1c";
+const QUERY_TOKEN: &str = "query-token-27ab";
+
+/// `sql`'s answer as CSV through the `sonde` CLI, with `endpoint` the
+/// global flags that pick the agent or sonde-query and the token.
+fn sonde_csv(endpoint: &[&str], sql: &str) -> anyhow::Result<String> {
     let sonde = executables().join("sonde");
     let output = Command::new(&sonde)
-        .args([
-            "--addr",
-            &format!("http://127.0.0.1:{flight_port}"),
-            "--output",
-            "csv",
-            "query",
-        ])
+        .args(endpoint)
+        .args(["--output", "csv", "query"])
         .arg(sql)
         .output()
         .with_context(|| format!("running {}", sonde.display()))?;
@@ -302,6 +305,28 @@ async fn helm_installs_sonde_on_a_real_node_and_the_agent_captures_a_container()
     // Sonde's programs already loaded by something else on the host (none
     // when test binaries run one at a time, as `make test` runs them).
     let programs_before = sonde_programs()?;
+    let query_port = e2e::free_port()?;
+
+    // The tokens come from Secrets, as the chart's README says.
+    cluster
+        .kubectl(&["create", "namespace", "sonde-system"])
+        .await?;
+    for (secret, token) in [
+        ("sonde-flight", AGENT_TOKEN),
+        ("sonde-query-token", QUERY_TOKEN),
+    ] {
+        cluster
+            .kubectl(&[
+                "create",
+                "secret",
+                "generic",
+                secret,
+                "-n",
+                "sonde-system",
+                &format!("--from-literal=token={token}"),
+            ])
+            .await?;
+    }
 
     // Helm, as a user installs it, with the images built here and both
     // components on the node's network: this harness has no pod network and
@@ -316,6 +341,7 @@ async fn helm_installs_sonde_on_a_real_node_and_the_agent_captures_a_container()
             "image:
   operator: {{repository: sonde.local/sonde-operator, tag: \"{version}\"}}
   agent: {{repository: sonde.local/sonde-agent, tag: \"{version}\"}}
+  query: {{repository: sonde.local/sonde-query, tag: \"{version}\"}}
   pullPolicy: Never
 operator:
   replicas: 1
@@ -327,6 +353,12 @@ agent:
   flightPort: {flight}
   metricsPort: {metrics}
   kubeletCgroupRoot: {cgroup_root}
+  flightToken: {{secretName: sonde-flight}}
+  extraEnv: {api_env}
+query:
+  hostNetwork: true
+  port: {query_port}
+  token: {{secretName: sonde-query-token}}
   extraEnv: {api_env}
 "
         ),
@@ -353,13 +385,17 @@ agent:
         Duration::from_secs(120),
     )
     .await?;
-    wait_ready(
-        &system,
-        "app.kubernetes.io/name=sonde-operator",
-        &node,
-        Duration::from_secs(120),
-    )
-    .await?;
+    for component in ["sonde-operator", "sonde-query"] {
+        wait_ready(
+            &system,
+            &format!("app.kubernetes.io/name={component}"),
+            &node,
+            Duration::from_secs(120),
+        )
+        .await?;
+    }
+    let agent_addr = format!("http://127.0.0.1:{flight}");
+    let on_agent = ["--addr", &agent_addr, "--token", AGENT_TOKEN];
 
     // A workload in a container, held until the probe is attached.
     let trigger = work.path().join("trigger");
@@ -455,7 +491,7 @@ spec:
     let sql = "SELECT count(*) AS n, min(namespace) AS ns, min(pod) AS pod, min(container) AS c FROM shop.requests";
     let expected = format!("n,ns,pod,c\n{REQUESTS},shop,demo,main\n");
     loop {
-        let answer = sonde_count(flight, sql).unwrap_or_default();
+        let answer = sonde_csv(&on_agent, sql).unwrap_or_default();
         if answer == expected {
             break;
         }
@@ -470,7 +506,8 @@ spec:
     let script = format!(
         "import pyarrow.flight as f, json\n\
          c = f.FlightClient('grpc://127.0.0.1:{flight}')\n\
-         t = c.do_get(f.Ticket(json.dumps({{'table': 'shop.requests'}}))).read_all()\n\
+         o = f.FlightCallOptions(headers=[(b'authorization', b'Bearer {AGENT_TOKEN}')])\n\
+         t = c.do_get(f.Ticket(json.dumps({{'table': 'shop.requests'}})), o).read_all()\n\
          print(t.num_rows, sorted(set(t.column('pod').to_pylist())))"
     );
     let output = Command::new(e2e::python()?)
@@ -484,11 +521,44 @@ spec:
         String::from_utf8_lossy(&output.stderr)
     );
 
+    // The token from the Secret is required: without it the agent refuses.
+    let refused = sonde_csv(&["--addr", &agent_addr], "SELECT 1")
+        .expect_err("the agent answered a client with no token");
+    assert!(
+        refused.to_string().contains("nauthenticated"),
+        "refused for another reason: {refused:#}"
+    );
+
+    // The same count through sonde-query, the cluster's endpoint, which found
+    // the agent from its ProbeNode and reaches it with the agents' token.
+    let query_addr = format!("http://127.0.0.1:{query_port}");
+    let on_cluster = [
+        "--cluster",
+        "--cluster-addr",
+        &query_addr,
+        "--token",
+        QUERY_TOKEN,
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let cluster_sql = "SELECT node, count(*) AS n FROM shop.requests GROUP BY node";
+    let expected = format!("node,n\nreal-node,{REQUESTS}\n");
+    loop {
+        let answer = sonde_csv(&on_cluster, cluster_sql);
+        if answer.as_ref().is_ok_and(|a| *a == expected) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "sonde-query answers {answer:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     // The rollup counts every call, once its windows have closed.
     let deadline = Instant::now() + Duration::from_secs(60);
     let rollup_sql = "SELECT sum(\"count\") AS n FROM shop.requests_1s WHERE pod = 'demo'";
     loop {
-        let answer = sonde_count(flight, rollup_sql).unwrap_or_default();
+        let answer = sonde_csv(&on_agent, rollup_sql).unwrap_or_default();
         if answer == format!("n\n{REQUESTS}\n") {
             break;
         }
