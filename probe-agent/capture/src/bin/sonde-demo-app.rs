@@ -15,6 +15,12 @@
 //! With `--wait-stdin` it first waits for a line on stdin (or its end), so
 //! the caller can attach before the first call. With `--verbose` it prints
 //! one line per request.
+//!
+//! `--step-file PATH --step-sleep-us US` steps the latency at a moment the
+//! caller picks, for the anomaly detection tests: once PATH exists (checked
+//! before each request until it does), every further request sleeps US
+//! microseconds instead of `--sleep-us`, and passes US as its third
+//! argument, so the traced rows tell which requests came after the step.
 
 // Attaching by name needs an unmangled symbol, and the USDT probes need
 // inline assembly and a semaphore in a named section: this file opts out of
@@ -61,6 +67,13 @@ struct Args {
     /// Print the loop's nanoseconds per request when done.
     #[arg(long)]
     print_ns: bool,
+    /// Once this file exists, requests sleep `--step-sleep-us` instead.
+    #[arg(long, value_name = "PATH", requires = "step_sleep_us")]
+    step_file: Option<std::path::PathBuf>,
+    /// How long each request sleeps once `--step-file` exists, in
+    /// microseconds.
+    #[arg(long, requires = "step_file")]
+    step_sleep_us: Option<u64>,
 }
 
 /// Raised (non-zero) by the kernel while a uprobe on `sonde:request_done`
@@ -203,14 +216,18 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let start = std::time::Instant::now();
+    let mut sleep_us = args.sleep_us;
+    let mut step = args.step_file.as_deref().zip(args.step_sleep_us);
     for id in (0..args.requests).map(|n| args.start_id.wrapping_add(n)) {
+        if let Some((path, stepped)) = step
+            && path.exists()
+        {
+            sleep_us = stepped;
+            step = None;
+        }
         // black_box keeps the arguments opaque, so the call happens with
         // them in registers rather than being folded away.
-        let result = handle_request(
-            black_box(id),
-            black_box(args.size),
-            black_box(args.sleep_us),
-        );
+        let result = handle_request(black_box(id), black_box(args.size), black_box(sleep_us));
         let result = black_box(result);
         if args.verbose {
             println!("request id={id} size={} result={result}", args.size);
