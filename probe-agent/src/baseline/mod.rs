@@ -9,6 +9,7 @@
 //! columns come from the process's cgroup ([`pods`]), so they are null in
 //! standalone mode, as in Tracepoint tables.
 
+mod columns;
 pub mod network_stats;
 pub mod pods;
 pub mod proc;

@@ -15,17 +15,17 @@ use std::{
     sync::Arc,
 };
 
-use arrow_array::{
-    ArrayRef, RecordBatch,
-    builder::{StringBuilder, TimestampNanosecondBuilder, UInt32Builder, UInt64Builder},
-};
+use arrow_array::RecordBatch;
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use probe_capture::{
     net::{NetCounters, NetStats},
     rows::standard_fields,
 };
 
-use super::pods::PodDirectory;
+use super::{
+    columns::{Columns, RowSource},
+    pods::PodDirectory,
+};
 
 const COLUMNS: [&str; 4] = ["rx_bytes", "rx_packets", "tx_bytes", "tx_packets"];
 
@@ -90,29 +90,20 @@ impl NetworkSampler {
         // Walked after the read, so every cgroup read that still exists is
         // found: ids are inode numbers, and one not found is gone.
         self.paths = cgroup_paths(&self.cgroup_root);
-        let mut columns = Columns::default();
+        let mut columns = Columns::<{ COLUMNS.len() }>::default();
         for (id, counters) in &self.read {
             let path = self.paths.get(id);
             let identity = path.and_then(|p| pods.identity(p));
-            columns.time.append_value(now_ns);
-            columns.node.append_value(&self.node);
-            // Per cgroup, not per process.
-            columns.pid.append_value(0);
-            columns.tid.append_value(0);
-            columns.comm.append_value("");
-            columns.cgroup_id.append_value(*id);
-            match &identity {
-                Some(identity) => {
-                    columns.namespace.append_value(identity.namespace());
-                    columns.pod.append_value(identity.pod());
-                    columns.container.append_value(identity.container());
-                }
-                None => {
-                    columns.namespace.append_null();
-                    columns.pod.append_null();
-                    columns.container.append_null();
-                }
-            }
+            // Per cgroup, not per process: no pid, thread or command.
+            columns.append_source(&RowSource {
+                time_ns: now_ns,
+                node: &self.node,
+                pid: 0,
+                tid: 0,
+                comm: "",
+                cgroup_id: *id,
+                identity: identity.as_ref(),
+            });
             let values = [
                 counters.rx_bytes,
                 counters.rx_packets,
@@ -170,58 +161,6 @@ fn cgroup_paths(root: &Path) -> HashMap<u64, String> {
         }
     }
     paths
-}
-
-struct Columns {
-    time: TimestampNanosecondBuilder,
-    node: StringBuilder,
-    pid: UInt32Builder,
-    tid: UInt32Builder,
-    comm: StringBuilder,
-    cgroup_id: UInt64Builder,
-    namespace: StringBuilder,
-    pod: StringBuilder,
-    container: StringBuilder,
-    values: [UInt64Builder; COLUMNS.len()],
-}
-
-impl Default for Columns {
-    fn default() -> Self {
-        Self {
-            time: TimestampNanosecondBuilder::new().with_timezone("UTC"),
-            node: StringBuilder::new(),
-            pid: UInt32Builder::new(),
-            tid: UInt32Builder::new(),
-            comm: StringBuilder::new(),
-            cgroup_id: UInt64Builder::new(),
-            namespace: StringBuilder::new(),
-            pod: StringBuilder::new(),
-            container: StringBuilder::new(),
-            values: std::array::from_fn(|_| UInt64Builder::new()),
-        }
-    }
-}
-
-impl Columns {
-    fn finish(mut self, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
-        let mut arrays: Vec<ArrayRef> = vec![
-            Arc::new(self.time.finish()),
-            Arc::new(self.node.finish()),
-            Arc::new(self.pid.finish()),
-            Arc::new(self.tid.finish()),
-            Arc::new(self.comm.finish()),
-            Arc::new(self.cgroup_id.finish()),
-            Arc::new(self.namespace.finish()),
-            Arc::new(self.pod.finish()),
-            Arc::new(self.container.finish()),
-        ];
-        arrays.extend(
-            self.values
-                .iter_mut()
-                .map(|b| Arc::new(b.finish()) as ArrayRef),
-        );
-        RecordBatch::try_new(schema.clone(), arrays)
-    }
 }
 
 #[cfg(test)]

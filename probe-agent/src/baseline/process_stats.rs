@@ -17,14 +17,12 @@ use std::{
     sync::Arc,
 };
 
-use arrow_array::{
-    ArrayRef, RecordBatch,
-    builder::{StringBuilder, TimestampNanosecondBuilder, UInt32Builder, UInt64Builder},
-};
+use arrow_array::RecordBatch;
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use probe_capture::{identity::ContainerIdentity, rows::standard_fields};
 
 use super::{
+    columns::{Columns, RowSource},
     pods::PodDirectory,
     proc::{parse_io, parse_stat, unified_cgroup},
 };
@@ -121,7 +119,7 @@ pub struct ProcessSampler {
     io_text: String,
     cgroup_text: String,
     cgroups: HashMap<String, CgroupEntry>,
-    columns: Columns,
+    columns: Columns<{ COLUMNS.len() }>,
 }
 
 impl ProcessSampler {
@@ -248,25 +246,16 @@ impl ProcessSampler {
         };
         let ns_per_tick = 1_000_000_000 / self.units.clock_ticks_per_second;
         let c = &mut self.columns;
-        c.time.append_value(now_ns);
-        c.node.append_value(&self.node);
-        c.pid.append_value(pid);
-        // The row describes the process, so its main thread.
-        c.tid.append_value(pid);
-        c.comm.append_value(stat.comm);
-        c.cgroup_id.append_value(cgroup.map_or(0, |e| e.id));
-        match cgroup.and_then(|e| e.identity.as_ref()) {
-            Some(identity) => {
-                c.namespace.append_value(identity.namespace());
-                c.pod.append_value(identity.pod());
-                c.container.append_value(identity.container());
-            }
-            None => {
-                c.namespace.append_null();
-                c.pod.append_null();
-                c.container.append_null();
-            }
-        }
+        c.append_source(&RowSource {
+            time_ns: now_ns,
+            node: &self.node,
+            pid,
+            // The row describes the process, so its main thread.
+            tid: pid,
+            comm: stat.comm,
+            cgroup_id: cgroup.map_or(0, |e| e.id),
+            identity: cgroup.and_then(|e| e.identity.as_ref()),
+        });
         c.values[0].append_value(stat.utime_ticks.saturating_mul(ns_per_tick));
         c.values[1].append_value(stat.stime_ticks.saturating_mul(ns_per_tick));
         c.values[2].append_value(stat.major_faults);
@@ -335,60 +324,6 @@ pub enum SampleError {
     },
     #[error("cannot build the process_stats batch")]
     Batch(#[from] ArrowError),
-}
-
-/// The table's column builders, reused across samples.
-struct Columns {
-    time: TimestampNanosecondBuilder,
-    node: StringBuilder,
-    pid: UInt32Builder,
-    tid: UInt32Builder,
-    comm: StringBuilder,
-    cgroup_id: UInt64Builder,
-    namespace: StringBuilder,
-    pod: StringBuilder,
-    container: StringBuilder,
-    /// In [`COLUMNS`] order.
-    values: [UInt64Builder; COLUMNS.len()],
-}
-
-impl Default for Columns {
-    fn default() -> Self {
-        Self {
-            time: TimestampNanosecondBuilder::new().with_timezone("UTC"),
-            node: StringBuilder::new(),
-            pid: UInt32Builder::new(),
-            tid: UInt32Builder::new(),
-            comm: StringBuilder::new(),
-            cgroup_id: UInt64Builder::new(),
-            namespace: StringBuilder::new(),
-            pod: StringBuilder::new(),
-            container: StringBuilder::new(),
-            values: std::array::from_fn(|_| UInt64Builder::new()),
-        }
-    }
-}
-
-impl Columns {
-    fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
-        let mut arrays: Vec<ArrayRef> = vec![
-            Arc::new(self.time.finish()),
-            Arc::new(self.node.finish()),
-            Arc::new(self.pid.finish()),
-            Arc::new(self.tid.finish()),
-            Arc::new(self.comm.finish()),
-            Arc::new(self.cgroup_id.finish()),
-            Arc::new(self.namespace.finish()),
-            Arc::new(self.pod.finish()),
-            Arc::new(self.container.finish()),
-        ];
-        arrays.extend(
-            self.values
-                .iter_mut()
-                .map(|b| Arc::new(b.finish()) as ArrayRef),
-        );
-        RecordBatch::try_new(schema.clone(), arrays)
-    }
 }
 
 #[cfg(test)]
