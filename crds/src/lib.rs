@@ -47,9 +47,54 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
     out.push_str(&format!("# Regenerate with: {CRD_REGENERATE}\n"));
     for crd in crds() {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd)?);
+        out.push_str(&quote_yaml11_booleans(&serde_yaml::to_string(&crd)?));
     }
     Ok(out)
+}
+
+/// Words YAML 1.1 reads as booleans that serde_yaml, which writes YAML 1.2,
+/// leaves unquoted (it quotes true and false itself).
+const YAML11_BOOLEANS: [&str; 16] = [
+    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+    "OFF",
+];
+
+/// Quotes the plain scalars of `yaml` that YAML 1.1 reads as booleans.
+/// kubectl and Helm read manifests as YAML 1.1: unquoted, an enum value
+/// such as `Off` would be installed as `false`, and the apiserver would
+/// refuse every object holding the value.
+fn quote_yaml11_booleans(yaml: &str) -> String {
+    let mut out = String::with_capacity(yaml.len() + 16);
+    // The indentation of the line opening a block scalar (`|-`), whose
+    // lines are text, not scalars.
+    let mut block: Option<usize> = None;
+    for line in yaml.lines() {
+        let indent = line.len() - line.trim_start().len();
+        if let Some(opened) = block {
+            if line.trim().is_empty() || indent > opened {
+                out.push_str(line);
+                out.push('\n');
+                continue;
+            }
+            block = None;
+        }
+        let at = line
+            .rfind(": ")
+            .map(|i| i + 2)
+            .or_else(|| line.trim_start().starts_with("- ").then_some(indent + 2))
+            .unwrap_or(line.len());
+        let (head, value) = line.split_at(at);
+        if YAML11_BOOLEANS.contains(&value) {
+            out.push_str(&format!("{head}'{value}'"));
+        } else {
+            out.push_str(line);
+        }
+        if matches!(value, "|" | "|-" | "|+" | ">" | ">-" | ">+") {
+            block = Some(indent);
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -64,6 +109,17 @@ mod tests {
             generated == committed,
             "crds/sonde.dev.yaml is out of date with the Rust types; regenerate it with `{CRD_REGENERATE}`"
         );
+    }
+
+    #[test]
+    fn yaml11_booleans_are_quoted_outside_text() {
+        let yaml = "enum:\n- Collecting\n- Off\n- On\nmode: no\ndescription: |-\n  Off\n  - No\nname: Offline\n";
+        assert_eq!(
+            quote_yaml11_booleans(yaml),
+            "enum:\n- Collecting\n- 'Off'\n- 'On'\nmode: 'no'\ndescription: |-\n  Off\n  - No\nname: Offline\n"
+        );
+        let committed = include_str!("../sonde.dev.yaml");
+        assert!(committed.contains("- 'Off'"), "BaselineTableState::Off");
     }
 
     #[test]

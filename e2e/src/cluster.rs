@@ -433,7 +433,7 @@ impl Cluster {
 
     /// Creates `namespace` and applies Sonde's RBAC there, as the Helm chart
     /// does (`charts/sonde/templates/rbac.yaml`): ServiceAccounts
-    /// `sonde-operator` and `sonde-agent` with their roles.
+    /// `sonde-operator`, `sonde-agent` and `sonde-query` with their roles.
     pub async fn install_sonde_rbac(&self, namespace: &str) -> anyhow::Result<()> {
         const RBAC: &str = include_str!("../../charts/sonde/templates/rbac.yaml");
         self.kubectl(&["create", "namespace", namespace]).await?;
