@@ -360,3 +360,78 @@ async fn a_cluster_group_by_moves_partial_aggregates_not_rows() -> anyhow::Resul
     assert!((moved as usize) * 100 < raw, "{moved} vs {raw}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_of_another_build_is_sent_no_plan() -> anyhow::Result<()> {
+    // Three agents of this build and, as node-d, a worker of another build:
+    // it reports another plan dialect, and would fail any plan sent to it.
+    let rows: Vec<NodeRows> = (0..NODES.len())
+        .map(|i| NodeRows::generate(i, 500))
+        .collect();
+    let mut agents = Vec::new();
+    for node_rows in &rows {
+        agents.push(Agent::start(node_rows, 100).await?);
+    }
+    const OTHER: &str = "sonde/0.0.1+datafusion-54+datafusion-distributed-3.0.0+scan-1";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let other_port = listener.local_addr()?.port();
+    let other = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                datafusion_distributed::Worker::default()
+                    .with_version(OTHER)
+                    .into_worker_server(),
+            )
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut directory: BTreeMap<String, Url> = agents
+        .iter()
+        .map(|a| (a.node.to_owned(), a.url()))
+        .collect();
+    directory.insert(
+        "node-d".to_owned(),
+        Url::parse(&format!("http://127.0.0.1:{other_port}"))?,
+    );
+    let (port, _stop) = start_query(sonde_query::AgentDirectory::new(directory)).await?;
+
+    // The query fails before any plan leaves sonde-query, naming the node
+    // and both dialects.
+    let mut client = sql_client(port, CLIENT_TOKEN).await?;
+    let error = query(&mut client, "SELECT count(*) FROM shop.request_latency")
+        .await
+        .expect_err("a worker of another build was accepted");
+    let status = status_of(&error).context("no status in the error")?;
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    for part in ["node-d", OTHER, "sonde/"] {
+        assert!(status.message().contains(part), "{part}: {status:?}");
+    }
+
+    // With partial results: the three compatible nodes answer, node-d is
+    // named missing with why.
+    let mut partial = sql_client(port, CLIENT_TOKEN).await?;
+    partial.set_header(sonde_query::PARTIAL_HEADER, "true");
+    let (batches, metadata) =
+        query(&mut partial, "SELECT count(*) FROM shop.request_latency").await?;
+    let all: i64 = rows.iter().map(|r| r.time.len() as i64).sum();
+    assert_eq!(count_of(&batches), all);
+    let metadata: Value = serde_json::from_slice(&metadata)?;
+    let missing = metadata["missing_nodes"]
+        .as_object()
+        .context("no missing_nodes")?;
+    assert_eq!(
+        missing.keys().collect::<Vec<_>>(),
+        vec!["node-d"],
+        "{metadata}"
+    );
+    assert!(
+        missing["node-d"]
+            .as_str()
+            .is_some_and(|m| m.contains(OTHER)),
+        "{metadata}"
+    );
+    other.abort();
+    for agent in &mut agents {
+        agent.kill().await?;
+    }
+    Ok(())
+}
