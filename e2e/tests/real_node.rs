@@ -377,6 +377,24 @@ query:
     ])
     .await
     .context("helm install")?;
+    // Rolled out, as docs/getting-started.md checks it.
+    for workload in [
+        "deployment/sonde-operator",
+        "daemonset/sonde-agent",
+        "deployment/sonde-query",
+    ] {
+        cluster
+            .kubectl(&[
+                "-n",
+                "sonde-system",
+                "rollout",
+                "status",
+                workload,
+                "--timeout=120s",
+            ])
+            .await
+            .with_context(|| format!("kubectl rollout status {workload}"))?;
+    }
     let system: Api<Pod> = Api::namespaced(cluster.client(), "sonde-system");
     let agent = wait_ready(
         &system,
