@@ -1,7 +1,7 @@
 # Sonde's commands:
 #   make run     build the agent and run it standalone on examples/ (no cluster)
 #   make test    run the whole test suite (unit, privileged eBPF, end-to-end)
-#   make images  build the operator and agent images as OCI archives (no engine needed)
+#   make images  build the operator, agent and sonde-query images as OCI archives (no engine needed)
 # Both install what they need first (scripts/install.sh), into SONDE_CACHE.
 
 SONDE_CACHE ?= /var/cache/sonde
@@ -31,6 +31,7 @@ build: install
 	cargo build --release --locked -p probe-capture --bin sonde-demo-app
 
 run: build
+	scripts/run-standalone.sh
 
 # One OCI image archive per component, tagged with the workspace version
 # (scripts/build-images.sh; the Containerfiles beside each component build
@@ -38,7 +39,6 @@ run: build
 images: install
 	cargo build --release --locked -p probe-agent --bin probe-agent -p operator --bin sonde-operator -p sonde-query --bin sonde-query
 	scripts/build-images.sh
-	scripts/run-standalone.sh
 
 test: install-test lint unit-test privileged-test
 
