@@ -52,7 +52,8 @@ fn make_run_builds_the_agent_and_runs_it_standalone() {
         commands.len() - 1,
         "the agent runs last: {commands:#?}"
     );
-    let script = std::fs::read_to_string(root().join("scripts/run-standalone.sh")).unwrap();
+    let script = std::fs::read_to_string(root().join("scripts/run-standalone.sh"))
+        .expect("read scripts/run-standalone.sh");
     assert!(
         script.contains("--standalone --manifests examples"),
         "run-standalone.sh runs the agent standalone on examples/"
