@@ -390,6 +390,11 @@ async fn applies_server_side_installs_and_uninstalls_without_leftovers() -> anyh
     }
     // The Deployment's ReplicaSets and pods go through garbage collection.
     wait_until_none(&cluster, "sonde-helm", "replicasets,pods").await?;
+    // Deleted once the apiserver serves every kind from its watch cache: a
+    // CRD deleted seconds after its creation, while that cache is still
+    // initializing, has its instance cleanup fail ("storage is
+    // (re)initializing") and retried with a backoff of minutes.
+    wait_for_watch_caches(&cluster).await?;
     let crds = Helm::chart().join("crds");
     cluster
         .kubectl(&[
@@ -481,6 +486,21 @@ async fn get(cluster: &Cluster, object: &Value) -> anyhow::Result<Option<String>
 }
 
 /// Waits until the namespace holds none of these kinds with the release's label.
+async fn wait_for_watch_caches(cluster: &Cluster) -> anyhow::Result<()> {
+    let deadline = Instant::now() + CLEANUP_TIMEOUT;
+    for kind in ["tracepoints", "retentions", "exports", "probenodes"] {
+        // resourceVersion=0: answered from the watch cache, once it is ready.
+        let path = format!("/apis/sonde.dev/v1alpha1/{kind}?resourceVersion=0&limit=1");
+        while let Err(e) = cluster.kubectl(&["get", "--raw", &path]).await {
+            if Instant::now() > deadline {
+                bail!("the apiserver does not serve {kind} from its cache: {e:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
+
 async fn wait_until_none(cluster: &Cluster, namespace: &str, kinds: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + CLEANUP_TIMEOUT;
     loop {
