@@ -29,24 +29,19 @@
 mod common;
 
 use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
     time::{Duration, Instant},
 };
 
 use arrow_array::{RecordBatch, cast::AsArray, types::Float64Type};
 use arrow_schema::DataType;
-use common::{AgentProcess, count, rows, scrape, strings};
+use common::{AgentProcess, Operator, count, rows, scrape, strings};
 use crds::{
     Tracepoint,
     v1alpha1::{AssignmentKind, Phase, ProbeNode, RecentAnomaly},
 };
 use e2e::Cluster;
 use kube::Api;
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
 
 const NAMESPACE: &str = "sonde-system";
 const NODE: &str = "node-a";
@@ -62,42 +57,6 @@ const JUDGED_BEFORE_STEP: u64 = 6;
 const SLEEP_US: u64 = 5000;
 const STEP_SLEEP_US: u64 = 3 * SLEEP_US;
 const ROLLUP: &str = "latency_1s";
-
-/// The operator binary, built beside the agent's by `cargo test --workspace`.
-fn operator_binary() -> PathBuf {
-    let path = Path::new(common::AGENT).with_file_name("sonde-operator");
-    assert!(
-        path.exists(),
-        "{} is missing: build it with `cargo build -p operator`",
-        path.display()
-    );
-    path
-}
-
-/// The operator process; killed on drop.
-struct Operator(Child);
-
-impl Operator {
-    fn start(kubeconfig: &Path) -> Self {
-        let port = e2e::free_port().unwrap();
-        let child = Command::new(operator_binary())
-            .args(["--namespace", NAMESPACE, "--heartbeat-grace", "6s"])
-            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start sonde-operator");
-        Self(child)
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGKILL);
-        let _ = self.0.wait();
-    }
-}
 
 /// Polls every 100 ms until `check` gives a value.
 async fn until<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
@@ -232,7 +191,7 @@ async fn a_3x_latency_step_is_flagged_on_the_right_pod_with_status_and_event() -
         .run_pod("shop", demo_pod("web-1", Some(&step)))
         .await?;
     cluster.run_pod("shop", demo_pod("web-2", None)).await?;
-    let _operator = Operator::start(&operator_config);
+    let _operator = Operator::start(&operator_config, NAMESPACE);
     let agent = AgentProcess::start_cluster(
         Path::new(common::AGENT),
         &agent_config,

@@ -19,7 +19,9 @@ use std::{
 };
 
 use arrow_array::RecordBatch;
-use common::{AgentProcess, count, linked_programs, loadgen, pids, program_ids, rows, strings};
+use common::{
+    AgentProcess, Operator, count, linked_programs, loadgen, pids, program_ids, rows, strings,
+};
 use crds::{
     Tracepoint,
     v1alpha1::{
@@ -39,42 +41,6 @@ const NAMESPACE: &str = "sonde-system";
 const MISSING_BINARY: &str = "/usr/local/bin/sonde-not-installed";
 /// getppid(2) calls each load makes.
 const CALLS: u64 = 10_000;
-
-/// The operator binary, built beside the agent's by `cargo test --workspace`.
-fn operator_binary() -> PathBuf {
-    let path = Path::new(common::AGENT).with_file_name("sonde-operator");
-    assert!(
-        path.exists(),
-        "{} is missing: build it with `cargo build -p operator`",
-        path.display()
-    );
-    path
-}
-
-/// The operator process; killed on drop.
-struct Operator(Child);
-
-impl Operator {
-    fn start(kubeconfig: &Path) -> Self {
-        let port = e2e::free_port().unwrap();
-        let child = Command::new(operator_binary())
-            .args(["--namespace", NAMESPACE, "--heartbeat-grace", "6s"])
-            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start sonde-operator");
-        Self(child)
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGKILL);
-        let _ = self.0.wait();
-    }
-}
 
 /// A control plane with the CRDs, the chart's RBAC in `sonde-system`, a
 /// `shop` namespace, and kubeconfigs of the operator's and the agents'
@@ -268,7 +234,7 @@ async fn kubectl_apply_to_rows_on_the_right_nodes() -> anyhow::Result<()> {
             .spawn()?,
     );
 
-    let mut operator = Operator::start(&operator_config);
+    let mut operator = Operator::start(&operator_config, NAMESPACE);
     let agent_a = agent(&agent_config, "node-a");
     let mut agent_b = agent(&agent_config, "node-b");
     let url_a = tokio::task::block_in_place(|| agent_a.flight_url(Duration::from_secs(30)));
@@ -501,7 +467,7 @@ async fn kubectl_apply_to_rows_on_the_right_nodes() -> anyhow::Result<()> {
         "captured + counted lost = made"
     );
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(stopped.elapsed())).await;
-    let _operator = Operator::start(&operator_config);
+    let _operator = Operator::start(&operator_config, NAMESPACE);
     until(
         "status after the operator's return",
         Duration::from_secs(15),
@@ -563,7 +529,7 @@ async fn exports_run_on_the_nodes_and_report_back() -> anyhow::Result<()> {
     cluster
         .run_pod("shop", loadgen_pod("web-a", "node-a", &go))
         .await?;
-    let _operator = Operator::start(&operator_config);
+    let _operator = Operator::start(&operator_config, NAMESPACE);
     let agent_a = agent(&agent_config, "node-a");
     let url = tokio::task::block_in_place(|| agent_a.flight_url(Duration::from_secs(30)));
 
@@ -696,7 +662,7 @@ async fn retention_status_shows_each_tables_window_and_bytes() -> anyhow::Result
             .run_pod("shop", loadgen_pod(&pod, node, &go))
             .await?;
     }
-    let _operator = Operator::start(&operator_config);
+    let _operator = Operator::start(&operator_config, NAMESPACE);
     // Batches go cold (compacted and compressed) at the first upkeep.
     let agents: Vec<AgentProcess> = ["node-a", "node-b"]
         .into_iter()

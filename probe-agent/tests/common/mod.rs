@@ -314,3 +314,40 @@ pub fn scrape(addr: &str) -> String {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     body.to_owned()
 }
+
+/// The operator binary, built beside the agent's by `cargo test --workspace`.
+pub fn operator_binary() -> PathBuf {
+    let path = Path::new(AGENT).with_file_name("sonde-operator");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p operator`",
+        path.display()
+    );
+    path
+}
+
+/// The operator process; killed on drop.
+pub struct Operator(pub Child);
+
+impl Operator {
+    /// Starts it for `namespace` with `kubeconfig`'s identity.
+    pub fn start(kubeconfig: &Path, namespace: &str) -> Self {
+        let port = e2e::free_port().unwrap();
+        let child = Command::new(operator_binary())
+            .args(["--namespace", namespace, "--heartbeat-grace", "6s"])
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start sonde-operator");
+        Self(child)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
