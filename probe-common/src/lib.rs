@@ -108,6 +108,14 @@ pub mod maps {
     /// `PerCpuArray<u64>` of one entry: packets not counted in `NET_STATS`
     /// because it was full.
     pub const NET_OVERFLOW: &str = "NET_OVERFLOW";
+    /// Ring buffer of the socket programs ([`crate::sock`]).
+    pub const SOCK_EVENTS: &str = "SOCK_EVENTS";
+    /// `Array<SockConfig>` of one entry.
+    pub const SOCK_CONFIG: &str = "SOCK_CONFIG";
+    /// `LruHashMap<u64, SockConn>`: tracked connections by `tgid << 32 | fd`.
+    pub const SOCK_CONNS: &str = "SOCK_CONNS";
+    /// `PerCpuArray<u64>` indexed by `sock::counter`.
+    pub const SOCK_COUNTERS: &str = "SOCK_COUNTERS";
 }
 
 /// Program names, or name prefixes for the per-hook copies.
@@ -128,6 +136,18 @@ pub mod programs {
     /// attached to the cgroup v2 root (`sonde.network_stats`).
     pub const NET_INGRESS: &str = "sonde_net_ingress";
     pub const NET_EGRESS: &str = "sonde_net_egress";
+    /// Socket tracing: `sonde_sock_<syscall>_enter` / `_exit` on the
+    /// `syscalls` tracepoints named in [`SOCK_SYSCALLS`].
+    pub const SOCK_PREFIX: &str = "sonde_sock_";
+    /// The syscalls the socket programs hook, entry and exit each.
+    pub const SOCK_SYSCALLS: &[&str] = &[
+        "connect", "accept", "accept4", "close", "read", "write", "recvfrom", "sendto", "readv",
+        "writev", "recvmsg", "sendmsg",
+    ];
+    /// Uprobe on OpenSSL's `SSL_read`/`SSL_write` and their `_ex` forms
+    /// (the function in the attach cookie, a `sock::SSL_*` value).
+    pub const SSL_ENTRY: &str = "sonde_ssl_entry";
+    pub const SSL_RETURN: &str = "sonde_ssl_return";
     /// Hand-written programs that produce exactly the records Sonde
     /// produces for the benchmark's shapes, specialised, with no
     /// configuration maps: the floor `sonde-bench` compares Sonde with.
@@ -495,6 +515,146 @@ pub mod header_offsets {
     pub const COMM: u32 = 32;
 }
 
+/// Socket tracing for the baseline tables `sonde.http_events` and
+/// `sonde.conn_stats`: connections a process opens with `connect` or
+/// `accept`, the bytes it moves on them, and (for connections whose first
+/// bytes look like a traced protocol) copies of those bytes, on their own
+/// ring (`maps::SOCK_EVENTS`).
+///
+/// A record is a [`SockRecord`] followed by `len` bytes of data. One call
+/// (a `read`, `sendto`, `SSL_write`, ...) that moved more than one record
+/// holds gives several records with increasing `offset`; bytes past the
+/// last copied one (`call_len - offset - len` of the last record, up to
+/// [`sock::MAX_CHUNKS`] records per call) are known only by length.
+pub mod sock {
+    use super::RecordHeader;
+
+    /// `RecordHeader::kind` of a connection opened (`connect` or `accept`).
+    pub const KIND_OPEN: u32 = 10;
+    /// Bytes a call moved, with a copy of (some of) them.
+    pub const KIND_DATA: u32 = 11;
+    /// A connection closed; `bytes_sent`/`bytes_recv` are its totals.
+    pub const KIND_CLOSE: u32 = 12;
+
+    /// `SockRecord::direction`: the process wrote (sent) the bytes.
+    pub const EGRESS: u8 = 0;
+    /// The process read (received) them.
+    pub const INGRESS: u8 = 1;
+
+    /// `SockConn::role` / `SockRecord::role`.
+    pub const ROLE_CLIENT: u8 = 1;
+    pub const ROLE_SERVER: u8 = 2;
+
+    /// `SockConn::protocol`: what the first bytes looked like.
+    pub const PROTO_UNKNOWN: u8 = 0;
+    pub const PROTO_HTTP: u8 = 1;
+    /// A TLS record: the plaintext, if any, comes from the OpenSSL uprobes.
+    pub const PROTO_TLS: u8 = 2;
+    /// Anything else: bytes are counted, never copied.
+    pub const PROTO_OTHER: u8 = 3;
+
+    /// Size of a small record (header and data), for short calls.
+    pub const SMALL_RECORD: u32 = 512;
+    /// Size of a large record.
+    pub const LARGE_RECORD: u32 = 4096;
+    /// Header length.
+    pub const HEADER_LEN: u32 = 96;
+    /// Data a small record holds.
+    pub const SMALL_DATA: u32 = SMALL_RECORD - HEADER_LEN;
+    /// Data a large record holds.
+    pub const LARGE_DATA: u32 = LARGE_RECORD - HEADER_LEN;
+    /// Records one call may produce (default; `SockConfig::max_chunks`).
+    pub const MAX_CHUNKS: u32 = 4;
+
+    /// Connections tracked at once, node-wide (LRU: the least recently
+    /// used is forgotten first, and counted).
+    pub const MAX_CONNS: u32 = 65536;
+
+    /// Header of every record on the socket ring.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct SockRecord {
+        /// `kind` is one of `KIND_*`; `probe_id` is 0.
+        pub header: RecordHeader,
+        /// The connection, unique on the node while the agent runs (the
+        /// `CLOCK_MONOTONIC` time it was first seen, made unique per CPU).
+        pub conn_id: u64,
+        /// Totals of the stream this record belongs to, after this call:
+        /// the socket's bytes, or the TLS plaintext when `tls` is 1. A
+        /// reader that saw less than `bytes_* - call_len` before the call
+        /// knows how many bytes it missed.
+        pub bytes_sent: u64,
+        pub bytes_recv: u64,
+        pub fd: u32,
+        /// Bytes the call moved.
+        pub call_len: u32,
+        /// Offset in the call of the bytes that follow.
+        pub offset: u32,
+        /// Bytes that follow the header.
+        pub len: u32,
+        /// `EGRESS` or `INGRESS`.
+        pub direction: u8,
+        /// `ROLE_*`.
+        pub role: u8,
+        /// 1 when the bytes are the plaintext of a TLS call.
+        pub tls: u8,
+        /// `PROTO_*` of the connection as seen so far.
+        pub protocol: u8,
+        pub _pad: [u8; 4],
+    }
+
+    /// What the programs know about one tracked connection, keyed by
+    /// `tgid << 32 | fd`.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct SockConn {
+        pub id: u64,
+        pub bytes_sent: u64,
+        pub bytes_recv: u64,
+        /// Plaintext moved through TLS calls.
+        pub tls_sent: u64,
+        pub tls_recv: u64,
+        pub role: u8,
+        /// `PROTO_*` of the plain bytes.
+        pub protocol: u8,
+        /// `PROTO_*` of the TLS plaintext.
+        pub tls_protocol: u8,
+        pub _pad: [u8; 5],
+    }
+
+    /// Configuration written by the agent (entry 0 of `maps::SOCK_CONFIG`).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct SockConfig {
+        /// The agent's own tgid: its sockets are never traced.
+        pub agent_tgid: u32,
+        /// Records one call may produce (at most [`MAX_CHUNKS`]); 0: none.
+        pub max_chunks: u32,
+        /// Ring fill level that wakes the reader.
+        pub wakeup_watermark: u64,
+    }
+
+    /// Indices of the per-CPU counters in `maps::SOCK_COUNTERS`.
+    pub mod counter {
+        /// Records the ring could not take.
+        pub const RING_FULL: u32 = 0;
+        /// Bytes of traced-protocol calls that were not copied: the call
+        /// was longer than `max_chunks` records hold, or the ring was full.
+        pub const UNCOPIED_BYTES: u32 = 1;
+        /// TLS calls whose socket could not be found.
+        pub const TLS_NO_SOCKET: u32 = 2;
+        /// Connections opened.
+        pub const OPENED: u32 = 3;
+        pub const COUNT: u32 = 8;
+    }
+
+    /// `SslCall::kind`.
+    pub const SSL_READ: u64 = 0;
+    pub const SSL_WRITE: u64 = 1;
+    pub const SSL_READ_EX: u64 = 2;
+    pub const SSL_WRITE_EX: u64 = 3;
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY (for every impl below): the types are `#[repr(C)]`, `Copy`, made
@@ -512,6 +672,10 @@ mod user {
     unsafe impl aya::Pod for super::RateWindow {}
     #[allow(unsafe_code)]
     unsafe impl aya::Pod for super::NetCounters {}
+    #[allow(unsafe_code)]
+    unsafe impl aya::Pod for super::sock::SockConn {}
+    #[allow(unsafe_code)]
+    unsafe impl aya::Pod for super::sock::SockConfig {}
 }
 
 #[cfg(test)]
@@ -525,6 +689,8 @@ mod tests {
         // The eBPF verifier rejects reads of uninitialised padding and the
         // decoder relies on these offsets: pin them.
         assert_eq!(size_of::<RecordHeader>() as u32, RECORD_HEADER_LEN);
+        assert_eq!(size_of::<sock::SockRecord>() as u32, sock::HEADER_LEN);
+        assert_eq!(size_of::<sock::SockConn>(), 48);
         assert_eq!(
             offset_of!(RecordHeader, pid_tgid) as u32,
             header_offsets::TID

@@ -25,6 +25,7 @@
 use core::ffi::c_void;
 
 mod reference;
+mod sockets;
 
 use aya_ebpf::{
     EbpfContext,

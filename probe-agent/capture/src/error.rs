@@ -73,6 +73,13 @@ pub enum Error {
     #[error("all {max} probe slots are in use")]
     ProbeSlotsExhausted { max: u32 },
 
+    #[error("cannot trace TLS through {path}")]
+    Elf {
+        path: PathBuf,
+        #[source]
+        source: Box<crate::elf::ElfError>,
+    },
+
     #[error("ring buffer size {bytes} must be a power of two and at least the page size")]
     BadRingSize { bytes: u32 },
 }

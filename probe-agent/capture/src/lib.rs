@@ -29,6 +29,7 @@ pub mod preflight;
 pub mod ring;
 pub mod rows;
 pub mod sink;
+pub mod sockets;
 pub mod tracefs;
 pub mod uprobe_events;
 

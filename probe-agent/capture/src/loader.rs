@@ -48,6 +48,9 @@ pub struct LoadOptions {
     /// Fill level (bytes) at which a submit wakes the reader (and again at
     /// each further quarter of it).
     pub wakeup_watermark: u64,
+    /// Size of the socket programs' ring (`sonde.http_events`): a power of
+    /// two, at least one page; one page when they are not used.
+    pub socket_ring_bytes: u32,
 }
 
 impl Default for LoadOptions {
@@ -55,6 +58,7 @@ impl Default for LoadOptions {
         Self {
             ring_bytes: 8 << 20,
             wakeup_watermark: 2 << 20,
+            socket_ring_bytes: 8 << 20,
         }
     }
 }
@@ -161,13 +165,14 @@ impl ProbeSet {
     /// Loads the object's maps; programs are loaded when a hook first needs them.
     pub fn load(tracefs: Tracefs, options: LoadOptions) -> Result<Self> {
         let page = page_size();
-        if !options.ring_bytes.is_power_of_two() || options.ring_bytes < page {
-            return Err(Error::BadRingSize {
-                bytes: options.ring_bytes,
-            });
+        for bytes in [options.ring_bytes, options.socket_ring_bytes] {
+            if !bytes.is_power_of_two() || bytes < page {
+                return Err(Error::BadRingSize { bytes });
+            }
         }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::EVENTS, options.ring_bytes)
+            .map_max_entries(maps::SOCK_EVENTS, options.socket_ring_bytes)
             .load(OBJECT)?;
         let mut hooks: Array<MapData, HookProbes> = take_map(&mut ebpf, maps::HOOKS)?;
         for hook in 0..MAX_HOOKS {
@@ -241,7 +246,11 @@ impl ProbeSet {
     pub fn program_ids(&self) -> Vec<u32> {
         self.ebpf
             .programs()
-            .filter(|(name, _)| ![programs::NET_INGRESS, programs::NET_EGRESS].contains(name))
+            .filter(|(name, _)| {
+                ![programs::NET_INGRESS, programs::NET_EGRESS].contains(name)
+                    && !name.starts_with(programs::SOCK_PREFIX)
+                    && ![programs::SSL_ENTRY, programs::SSL_RETURN].contains(name)
+            })
             .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
             .collect()
     }
@@ -310,6 +319,38 @@ impl ProbeSet {
             )
             .map_err(|source| program_error(program, "attach", source))?;
         Ok(())
+    }
+
+    /// Attaches the uprobe or uretprobe program `name` at `offset` in
+    /// `binary`, for every process, with `cookie`. Through the uprobe PMU
+    /// the link lives as long as the set; through tracefs' `uprobe_events`
+    /// (without CAP_SYS_ADMIN) it lives as long as the returned link.
+    pub(crate) fn attach_uprobe_program(
+        &mut self,
+        name: &'static str,
+        binary: &std::path::Path,
+        offset: u64,
+        cookie: u64,
+    ) -> Result<Option<UprobeEventLink>> {
+        self.loaded_program::<UProbe>(name)?;
+        let program: &mut UProbe = program_mut(&mut self.ebpf, name)?;
+        if let Some(events) = &mut self.uprobe_events {
+            let fd = program
+                .fd()
+                .map_err(|source| program_error(name, "attach", source))?;
+            let ret = name == programs::SSL_RETURN;
+            return events
+                .attach(fd.as_fd(), binary, offset, ret, cookie)
+                .map(Some);
+        }
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(offset),
+            cookie: Some(cookie),
+        };
+        program
+            .attach(point, binary, UProbeScope::AllProcesses)
+            .map_err(|source| program_error(name, "attach", source))?;
+        Ok(None)
     }
 
     /// Attaches a compiled probe. On error nothing of it stays attached.

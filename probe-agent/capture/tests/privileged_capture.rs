@@ -108,6 +108,7 @@ fn a_full_ring_counts_exactly_what_it_drops() {
     let mut probes = load(LoadOptions {
         ring_bytes: 4096,
         wakeup_watermark: u64::MAX,
+        ..LoadOptions::default()
     });
     let mut child = paused_loadgen(N);
     let pid = child.id();

@@ -214,6 +214,7 @@ fn a_flood_beyond_the_ring_is_exactly_accounted() {
     let mut engine = engine(LoadOptions {
         ring_bytes: 16 << 10,
         wakeup_watermark: u64::MAX,
+        ..LoadOptions::default()
     });
     let mut child = paused(LOADGEN, &["getppid", "300000", "--wait-stdin"]);
     let probe = engine
