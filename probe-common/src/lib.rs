@@ -600,7 +600,10 @@ pub mod sock {
         pub tls: u8,
         /// `PROTO_*` of the connection as seen so far.
         pub protocol: u8,
-        pub _pad: [u8; 4],
+        /// 1 on the last record of a call: bytes of the call past this
+        /// record's are not copied (the reader can count them at once).
+        pub last: u8,
+        pub _pad: [u8; 3],
     }
 
     /// What the programs know about one tracked connection, keyed by

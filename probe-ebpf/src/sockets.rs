@@ -327,7 +327,8 @@ fn emit_event(pid_tgid: u64, fd: u32, conn: &SockConn, kind: u32, now: u64) {
         (*record).role = conn.role;
         (*record).tls = 0;
         (*record).protocol = conn.protocol;
-        (*record)._pad = [0; 4];
+        (*record).last = 1;
+        (*record)._pad = [0; 3];
     }
     entry.submit(wake_flags(SMALL_RECORD));
 }
@@ -569,10 +570,13 @@ fn on_data(pid_tgid: u64, fd: u64, ptr: u64, len: u64, copyable: u64, direction:
             break;
         }
         let remaining = copyable - offset;
+        // The last record of the call: it holds the rest, or no record
+        // may follow.
+        let last = chunk + 1 >= max_chunks || chunk + 1 >= MAX_CHUNKS;
         let sent = if remaining <= u64::from(SMALL_DATA) {
-            emit_chunk::<{ SMALL_RECORD as usize }>(SMALL_DATA, &call, offset, remaining)
+            emit_chunk::<{ SMALL_RECORD as usize }>(SMALL_DATA, &call, offset, remaining, true)
         } else {
-            emit_chunk::<{ LARGE_RECORD as usize }>(LARGE_DATA, &call, offset, remaining)
+            emit_chunk::<{ LARGE_RECORD as usize }>(LARGE_DATA, &call, offset, remaining, last)
         };
         match sent {
             Some(n) => offset += n,
@@ -596,6 +600,7 @@ fn emit_chunk<const SIZE: usize>(
     call: &Call,
     offset: u64,
     remaining: u64,
+    last: bool,
 ) -> Option<u64> {
     let mut entry = SOCK_EVENTS.reserve::<[u8; SIZE]>(0)?;
     let record = entry.as_mut_ptr().cast::<SockRecord>();
@@ -617,7 +622,7 @@ fn emit_chunk<const SIZE: usize>(
         (*record).role = call.role;
         (*record).tls = u8::from(call.tls);
         (*record).protocol = PROTO_HTTP;
-        (*record)._pad = [0; 4];
+        (*record)._pad = [0; 3];
         let data = record.cast::<u8>().add(HEADER_LEN as usize);
         bpf_probe_read_user(
             data.cast(),
@@ -626,7 +631,10 @@ fn emit_chunk<const SIZE: usize>(
         ) == 0
     };
     // SAFETY: as above.
-    unsafe { (*record).len = if copied { n } else { 0 } };
+    unsafe {
+        (*record).len = if copied { n } else { 0 };
+        (*record).last = u8::from(last || u64::from(n) >= remaining);
+    }
     entry.submit(wake_flags(SIZE as u32));
     // An unreadable buffer still moves the position: the reader sees the
     // bytes as missing.

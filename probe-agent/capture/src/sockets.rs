@@ -98,7 +98,8 @@ pub fn decode(bytes: &[u8]) -> Option<SockEvent<'_>> {
         role: bytes_at(89)?,
         tls: bytes_at(90)?,
         protocol: bytes_at(91)?,
-        _pad: [0; 4],
+        last: bytes_at(92)?,
+        _pad: [0; 3],
     };
     let start = sock::HEADER_LEN as usize;
     let data = bytes.get(start..start + record.len as usize)?;
@@ -289,7 +290,7 @@ mod tests {
             sock::ROLE_CLIENT,
             1,
             sock::PROTO_HTTP,
-            0,
+            1,
             0,
             0,
             0,
@@ -309,7 +310,7 @@ mod tests {
             (event.record.fd, event.record.call_len, event.record.offset),
             (3, 4, 0)
         );
-        assert_eq!(event.record.tls, 1);
+        assert_eq!((event.record.tls, event.record.last), (1, 1));
         assert_eq!(event.data, b"GET ");
         assert!(decode(&bytes[..90]).is_none(), "short header");
     }
