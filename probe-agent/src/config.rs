@@ -137,7 +137,8 @@ pub struct Config {
     pub report_interval: Duration,
 
     /// Baseline tables (schema `sonde`) collected with no Tracepoint: `all`,
-    /// `none`, or a comma-separated list (process_stats, network_stats).
+    /// `none`, or a comma-separated list (process_stats, network_stats,
+    /// http_events, conn_stats).
     #[arg(long, env = "SONDE_BASELINE_TABLES", default_value = "all")]
     pub baseline_tables: BaselineTables,
 
@@ -153,6 +154,25 @@ pub struct Config {
     /// How often `sonde.network_stats` reads every cgroup's traffic counters.
     #[arg(long, env = "SONDE_NETWORK_STATS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub network_stats_interval: Duration,
+
+    /// How often `sonde.conn_stats` samples every traced connection.
+    #[arg(long, env = "SONDE_CONN_STATS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub conn_stats_interval: Duration,
+
+    /// Bytes of each HTTP request and response body `sonde.http_events`
+    /// keeps (req_body, resp_body); 0 keeps none.
+    #[arg(long, env = "SONDE_HTTP_BODY_BYTES", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=4096))]
+    pub http_body_bytes: u32,
+
+    /// Keep HTTP headers in `sonde.http_events` (req_headers,
+    /// resp_headers); off by default, as they may carry credentials.
+    #[arg(long, env = "SONDE_HTTP_HEADERS")]
+    pub http_headers: bool,
+
+    /// Size of the socket programs' ring buffer (a power of two, at least
+    /// one page): HTTP bytes copied from the kernel wait there.
+    #[arg(long, env = "SONDE_SOCKET_RING_BYTES", default_value_t = 8 << 20)]
+    pub socket_ring_bytes: u32,
 
     /// How long a /metrics scrape waits for the drive loop's counters;
     /// past it the scrape serves the last ones it got and counts the miss

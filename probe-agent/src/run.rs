@@ -12,8 +12,10 @@ use probe_capture::{
     net::NetStats,
     plan::{self, HostPaths},
     preflight,
+    sockets::{SocketOptions, SocketTrace},
     tracefs::Tracefs,
 };
+use probe_protocols::http::HttpConfig;
 use probe_serve::{
     anomaly_metrics::DetectionCollector,
     export::{ExportCollector, Exports},
@@ -25,7 +27,7 @@ use sonde_daemon::{Shutdown, chain};
 use tracing::{error, info};
 
 use crate::{
-    baseline::{self, BaselineConfig, BaselineMetrics, BaselineTable},
+    baseline::{self, BaselineConfig, BaselineMetrics, BaselinePrograms, BaselineTable},
     cluster::{
         ClusterAgent, Intervals as ClusterIntervals,
         cgroups::CgroupResolver,
@@ -161,6 +163,15 @@ async fn serve(
         LoadOptions {
             ring_bytes: config.ring_bytes,
             wakeup_watermark: config.wakeup_bytes,
+            // One page when no table reads it.
+            socket_ring_bytes: if BaselineTable::ALL
+                .iter()
+                .any(|t| t.from_sockets() && config.baseline_tables.contains(*t))
+            {
+                config.socket_ring_bytes
+            } else {
+                4096
+            },
         },
         &node_name,
         Box::new(HostPaths),
@@ -171,6 +182,13 @@ async fn serve(
         process_stats_interval: config.process_stats_interval,
         process_stats_max: usize::try_from(config.process_stats_max).unwrap_or(usize::MAX),
         network_stats_interval: config.network_stats_interval,
+        conn_stats_interval: config.conn_stats_interval,
+        http: HttpConfig {
+            headers: config.http_headers,
+            body_bytes: config.http_body_bytes as usize,
+            ..HttpConfig::default()
+        },
+        socket_drain_interval: config.drain_interval,
         cgroup_root: CgroupResolver::detect()
             .ok()
             .map(|resolver| resolver.root().to_owned()),
@@ -184,6 +202,20 @@ async fn serve(
             None => Err("this node has no cgroup v2 hierarchy".to_owned()),
         };
     }
+    let mut sockets = Err("switched off".to_owned());
+    if BaselineTable::ALL
+        .iter()
+        .any(|t| t.from_sockets() && baseline_config.tables.contains(*t))
+    {
+        sockets = SocketTrace::attach(
+            engine.probe_set(),
+            std::process::id(),
+            SocketOptions::default(),
+        )
+        .map(|trace| (trace, engine.tls_requests()))
+        .map_err(|e| chain(&e));
+    }
+    let programs = BaselinePrograms { network, sockets };
     let baseline_tasks;
     let upkeep = tokio::spawn(storage.clone().run_upkeep(servers_stop.clone()));
     let scheme = if config.flight_tls_cert.is_some() {
@@ -217,7 +249,7 @@ async fn serve(
                 &node_name,
                 &baseline_config,
                 None,
-                network,
+                programs,
                 &baseline_metrics,
                 servers_stop.clone(),
             );
@@ -263,7 +295,7 @@ async fn serve(
                 &node_name,
                 &baseline_config,
                 Some(Arc::new(view.clone())),
-                network,
+                programs,
                 &baseline_metrics,
                 servers_stop.clone(),
             );

@@ -586,7 +586,8 @@ pub mod sock {
         pub bytes_sent: u64,
         pub bytes_recv: u64,
         pub fd: u32,
-        /// Bytes the call moved.
+        /// Bytes the call moved. In an open record: the descriptor of the
+        /// listening socket a connection was accepted from, or `u32::MAX`.
         pub call_len: u32,
         /// Offset in the call of the bytes that follow.
         pub offset: u32,

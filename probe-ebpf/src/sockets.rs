@@ -109,6 +109,9 @@ const RET: usize = 16;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const EINPROGRESS: i64 = 115;
+const SOCKADDR_IN: u32 = 16;
+const NO_LISTENER: u32 = u32::MAX;
+const SOCKADDR_IN6: u32 = 28;
 /// `msghdr::msg_iov` on 64-bit.
 const MSG_IOV: u64 = 16;
 
@@ -176,7 +179,7 @@ pub fn sonde_sock_connect_enter(ctx: TracePointContext) -> u32 {
         _ => return 0,
     }
     let call = SockCall {
-        ptr: 0,
+        ptr: ctx_u64(&ctx, ARG1),
         fd: fd as u32,
         kind: CALL_CONNECT,
     };
@@ -192,7 +195,13 @@ pub fn sonde_sock_connect_exit(ctx: TracePointContext) -> u32 {
     };
     let ret = ctx_u64(&ctx, RET) as i64;
     if ret == 0 || ret == -EINPROGRESS {
-        open(pid_tgid, u64::from(call.fd), ROLE_CLIENT);
+        open(
+            pid_tgid,
+            u64::from(call.fd),
+            ROLE_CLIENT,
+            call.ptr,
+            NO_LISTENER,
+        );
     }
     0
 }
@@ -215,9 +224,10 @@ fn accept_enter(ctx: &TracePointContext) -> u32 {
     if conn_key(pid_tgid, 0).is_none() {
         return 0;
     }
+    // The listening socket, whose address is the new one's local end.
     let call = SockCall {
         ptr: ctx_u64(ctx, ARG1),
-        fd: 0,
+        fd: ctx_u64(ctx, ARG0) as u32,
         kind: CALL_ACCEPT,
     };
     let _ = SOCK_CALLS.insert(pid_tgid as u32, call, 0);
@@ -252,13 +262,15 @@ fn accept_exit(ctx: &TracePointContext) -> u32 {
             Some(_) => return 0,
         }
     }
-    open(pid_tgid, fd as u64, ROLE_SERVER);
+    open(pid_tgid, fd as u64, ROLE_SERVER, call.ptr, call.fd);
     0
 }
 
-/// Starts tracking a connection and says so on the ring.
+/// Starts tracking a connection and says so on the ring, with the peer's
+/// address (a `sockaddr` in the process at `peer`, if not 0) and the
+/// listening socket it was accepted from (`NO_LISTENER` for a connect).
 #[inline(always)]
-fn open(pid_tgid: u64, fd: u64, role: u8) {
+fn open(pid_tgid: u64, fd: u64, role: u8, peer: u64, listener: u32) {
     let Some(key) = conn_key(pid_tgid, fd) else {
         return;
     };
@@ -278,7 +290,15 @@ fn open(pid_tgid: u64, fd: u64, role: u8) {
         return;
     };
     // SAFETY: the entry just inserted.
-    emit_event(pid_tgid, fd as u32, unsafe { &*conn }, KIND_OPEN, now);
+    emit_event(
+        pid_tgid,
+        fd as u32,
+        unsafe { &*conn },
+        KIND_OPEN,
+        now,
+        peer,
+        listener,
+    );
 }
 
 // ---- close ----------------------------------------------------------------
@@ -295,7 +315,15 @@ pub fn sonde_sock_close_enter(ctx: TracePointContext) -> u32 {
     };
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: a live entry of the map.
-    emit_event(pid_tgid, fd as u32, unsafe { &*conn }, KIND_CLOSE, now);
+    emit_event(
+        pid_tgid,
+        fd as u32,
+        unsafe { &*conn },
+        KIND_CLOSE,
+        now,
+        0,
+        NO_LISTENER,
+    );
     let _ = SOCK_CONNS.remove(key);
     0
 }
@@ -305,9 +333,20 @@ pub fn sonde_sock_close_exit(_ctx: TracePointContext) -> u32 {
     0
 }
 
-/// An open or close record: the header and the connection's totals.
+/// An open or close record: the header and the connection's totals, and
+/// for an open the peer's `sockaddr` (`sockaddr_in6`'s size, or
+/// `sockaddr_in`'s when only that much is readable) as data and the
+/// listening socket in `call_len`.
 #[inline(always)]
-fn emit_event(pid_tgid: u64, fd: u32, conn: &SockConn, kind: u32, now: u64) {
+fn emit_event(
+    pid_tgid: u64,
+    fd: u32,
+    conn: &SockConn,
+    kind: u32,
+    now: u64,
+    peer: u64,
+    listener: u32,
+) {
     let Some(mut entry) = SOCK_EVENTS.reserve::<[u8; SMALL_RECORD as usize]>(0) else {
         count(counter::RING_FULL, 1);
         return;
@@ -320,9 +359,18 @@ fn emit_event(pid_tgid: u64, fd: u32, conn: &SockConn, kind: u32, now: u64) {
         (*record).bytes_sent = conn.bytes_sent;
         (*record).bytes_recv = conn.bytes_recv;
         (*record).fd = fd;
-        (*record).call_len = 0;
+        (*record).call_len = listener;
         (*record).offset = 0;
         (*record).len = 0;
+        if peer != 0 {
+            let data = record.cast::<u8>().add(HEADER_LEN as usize);
+            for size in [SOCKADDR_IN6, SOCKADDR_IN] {
+                if bpf_probe_read_user(data.cast(), size, peer as *const core::ffi::c_void) == 0 {
+                    (*record).len = size;
+                    break;
+                }
+            }
+        }
         (*record).direction = 0;
         (*record).role = conn.role;
         (*record).tls = 0;

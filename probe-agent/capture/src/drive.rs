@@ -145,6 +145,7 @@ pub fn run<D: Driven>(mut driven: D, waker: &Waker, options: DriveOptions) -> D 
         }
         waker.clear();
         driven.engine().drain();
+        driven.engine().serve_requests();
         driven.after_drain(Instant::now());
     }
     driven.engine().drain();

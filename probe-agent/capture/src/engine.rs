@@ -62,6 +62,8 @@ pub struct AttachedProbe {
 
 /// Loaded programs, the ring reader and the tables.
 pub struct Engine {
+    /// OpenSSL libraries traced for the socket tables, on request.
+    tls: Option<crate::sockets::TlsService>,
     // Declared first: dropped (detached) before the ring and tables go.
     probes: ProbeSet,
     ring: RingReader,
@@ -83,6 +85,7 @@ impl Engine {
             name: probe_common::maps::EVENTS.to_owned(),
         })?;
         Ok(Self {
+            tls: None,
             probes,
             ring,
             capture: Capture::new(node),
@@ -234,6 +237,21 @@ impl Engine {
     /// The loaded programs, for what the engine does not wrap (measurements).
     pub fn probe_set(&mut self) -> &mut ProbeSet {
         &mut self.probes
+    }
+
+    /// Makes the engine attach the OpenSSL libraries the returned requester
+    /// asks for, at each turn of the drive loop ([`Self::serve_requests`]).
+    pub fn tls_requests(&mut self) -> crate::sockets::TlsRequester {
+        let (requester, service) = crate::sockets::TlsService::channel();
+        self.tls = Some(service);
+        requester
+    }
+
+    /// Attaches what was asked for through [`Self::tls_requests`].
+    pub fn serve_requests(&mut self) {
+        if let Some(tls) = &mut self.tls {
+            tls.serve(&mut self.probes);
+        }
     }
 
     pub fn program_ids(&self) -> Vec<u32> {

@@ -4,8 +4,10 @@
 //! ring into [`SockEvent`]s and reads the table of tracked connections.
 
 use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
     path::{Path, PathBuf},
+    sync::mpsc,
 };
 
 use aya::{
@@ -65,6 +67,47 @@ impl SockEvent<'_> {
         let comm = &self.record.header.comm;
         let end = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
         &comm[..end]
+    }
+
+    /// The peer's address an open record carries (the `sockaddr` given to
+    /// `connect` or filled by `accept`), if it is an internet address.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        if self.record.header.kind != sock::KIND_OPEN {
+            return None;
+        }
+        parse_sockaddr(self.data)
+    }
+
+    /// The listening socket's descriptor an open record of an accepted
+    /// connection carries.
+    pub fn listener(&self) -> Option<u32> {
+        (self.record.header.kind == sock::KIND_OPEN && self.record.call_len != u32::MAX)
+            .then_some(self.record.call_len)
+    }
+}
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// A `sockaddr_in` or `sockaddr_in6` as the kernel lays them out.
+pub fn parse_sockaddr(bytes: &[u8]) -> Option<SocketAddr> {
+    let family = u16::from_ne_bytes(bytes.get(0..2)?.try_into().ok()?);
+    let port = u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?);
+    match family {
+        AF_INET => {
+            let ip: [u8; 4] = bytes.get(4..8)?.try_into().ok()?;
+            Some(SocketAddr::from((Ipv4Addr::from(ip), port)))
+        }
+        AF_INET6 => {
+            let ip: [u8; 16] = bytes.get(8..24)?.try_into().ok()?;
+            let ip = Ipv6Addr::from(ip);
+            // Dual-stack sockets name IPv4 peers as ::ffff:a.b.c.d.
+            Some(match ip.to_ipv4_mapped() {
+                Some(v4) => SocketAddr::from((v4, port)),
+                None => SocketAddr::from((ip, port)),
+            })
+        }
+        _ => None,
     }
 }
 
@@ -189,25 +232,16 @@ impl SocketTrace {
         if self.tls_libraries.iter().any(|l| l == library) {
             return Ok(());
         }
-        let elf_error = |source: ElfError| Error::Elf {
-            path: library.to_owned(),
-            source: Box::new(source),
-        };
-        let binary = ElfBinary::open(library).map_err(elf_error)?;
-        let mut offsets = Vec::with_capacity(SSL_FUNCTIONS.len());
-        for (function, cookie) in SSL_FUNCTIONS {
-            let offset = binary.symbol_offset(function).map_err(elf_error)?;
-            offsets.push((offset, cookie));
-        }
-        for (offset, cookie) in offsets {
-            for program in [programs::SSL_ENTRY, programs::SSL_RETURN] {
-                if let Some(link) = set.attach_uprobe_program(program, library, offset, cookie)? {
-                    self.tls_links.push(link);
-                }
-            }
-        }
+        self.tls_links.extend(attach_openssl(set, library)?);
         self.tls_libraries.push(library.to_owned());
         Ok(())
+    }
+
+    /// Stops tracking the connection with `key` (`tgid << 32 | fd`): its
+    /// process is gone.
+    pub fn forget(&mut self, key: u64) {
+        // Already gone is fine.
+        let _ = self.conns.remove(&key);
     }
 
     /// The OpenSSL libraries traced.
@@ -255,6 +289,84 @@ impl SocketTrace {
     /// The ring's descriptor, readable when a program woke the reader.
     pub fn ring_fd(&self) -> BorrowedFd<'_> {
         self.ring.as_fd()
+    }
+}
+
+/// Attaches the TLS programs to OpenSSL's read and write functions in
+/// `library`; returns the links to keep when uprobes are made through
+/// tracefs.
+pub fn attach_openssl(set: &mut ProbeSet, library: &Path) -> Result<Vec<UprobeEventLink>> {
+    let elf_error = |source: ElfError| Error::Elf {
+        path: library.to_owned(),
+        source: Box::new(source),
+    };
+    let binary = ElfBinary::open(library).map_err(elf_error)?;
+    let mut offsets = Vec::with_capacity(SSL_FUNCTIONS.len());
+    for (function, cookie) in SSL_FUNCTIONS {
+        offsets.push((binary.symbol_offset(function).map_err(elf_error)?, cookie));
+    }
+    let mut links = Vec::new();
+    for (offset, cookie) in offsets {
+        for program in [programs::SSL_ENTRY, programs::SSL_RETURN] {
+            links.extend(set.attach_uprobe_program(program, library, offset, cookie)?);
+        }
+    }
+    Ok(links)
+}
+
+/// Asks the thread that owns the programs (the drive loop) to trace an
+/// OpenSSL library: the socket tables' thread finds them, only the owner
+/// of the [`ProbeSet`] can attach.
+#[derive(Debug)]
+pub struct TlsRequester {
+    requests: mpsc::Sender<PathBuf>,
+    outcomes: mpsc::Receiver<(PathBuf, Result<()>)>,
+}
+
+impl TlsRequester {
+    /// Queues `library`; it is attached at the drive loop's next turn.
+    pub fn request(&self, library: PathBuf) {
+        // The drive loop gone means the agent is stopping.
+        let _ = self.requests.send(library);
+    }
+
+    /// What became of the libraries asked for, as each was tried.
+    pub fn outcomes(&self) -> impl Iterator<Item = (PathBuf, Result<()>)> + '_ {
+        self.outcomes.try_iter()
+    }
+}
+
+/// The drive loop's side of [`TlsRequester`].
+#[derive(Debug)]
+pub struct TlsService {
+    requests: mpsc::Receiver<PathBuf>,
+    outcomes: mpsc::Sender<(PathBuf, Result<()>)>,
+    links: Vec<UprobeEventLink>,
+}
+
+impl TlsService {
+    pub fn channel() -> (TlsRequester, Self) {
+        let (requests_tx, requests) = mpsc::channel();
+        let (outcomes, outcomes_rx) = mpsc::channel();
+        (
+            TlsRequester {
+                requests: requests_tx,
+                outcomes: outcomes_rx,
+            },
+            Self {
+                requests,
+                outcomes,
+                links: Vec::new(),
+            },
+        )
+    }
+
+    /// Attaches every library asked for since the last call.
+    pub fn serve(&mut self, set: &mut ProbeSet) {
+        while let Ok(library) = self.requests.try_recv() {
+            let outcome = attach_openssl(set, &library).map(|links| self.links.extend(links));
+            let _ = self.outcomes.send((library, outcome));
+        }
     }
 }
 
@@ -313,5 +425,36 @@ mod tests {
         assert_eq!((event.record.tls, event.record.last), (1, 1));
         assert_eq!(event.data, b"GET ");
         assert!(decode(&bytes[..90]).is_none(), "short header");
+    }
+
+    #[test]
+    fn parses_peer_addresses() {
+        let mut v4 = vec![0; 16];
+        v4[0..2].copy_from_slice(&AF_INET.to_ne_bytes());
+        v4[2..4].copy_from_slice(&8080_u16.to_be_bytes());
+        v4[4..8].copy_from_slice(&[127, 0, 0, 1]);
+        assert_eq!(
+            parse_sockaddr(&v4),
+            Some("127.0.0.1:8080".parse().expect("address"))
+        );
+        let mut v6 = vec![0; 28];
+        v6[0..2].copy_from_slice(&AF_INET6.to_ne_bytes());
+        v6[2..4].copy_from_slice(&443_u16.to_be_bytes());
+        v6[8..24].copy_from_slice(&"::1".parse::<Ipv6Addr>().expect("address").octets());
+        assert_eq!(
+            parse_sockaddr(&v6),
+            Some("[::1]:443".parse().expect("address"))
+        );
+        v6[8..24].copy_from_slice(
+            &"::ffff:10.0.0.2"
+                .parse::<Ipv6Addr>()
+                .expect("address")
+                .octets(),
+        );
+        assert_eq!(
+            parse_sockaddr(&v6),
+            Some("10.0.0.2:443".parse().expect("address"))
+        );
+        assert_eq!(parse_sockaddr(&[1, 0, 0]), None);
     }
 }

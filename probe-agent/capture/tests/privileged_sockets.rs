@@ -139,6 +139,7 @@ struct Conn {
     pid: u32,
     role: u8,
     opened: bool,
+    peer: Option<std::net::SocketAddr>,
     closed: Option<(u64, u64)>,
     /// Per direction: bytes seen (by the stream totals), bytes copied, the
     /// copied bytes in order, and stream positions that did not follow on.
@@ -160,7 +161,10 @@ impl Seen {
         conn.pid = event.pid();
         conn.role = r.role;
         match r.header.kind {
-            sock::KIND_OPEN => conn.opened = true,
+            sock::KIND_OPEN => {
+                conn.opened = true;
+                conn.peer = event.peer();
+            }
             sock::KIND_CLOSE => conn.closed = Some((r.bytes_sent, r.bytes_recv)),
             sock::KIND_DATA => {
                 let d = usize::from(r.direction);
@@ -233,6 +237,7 @@ fn http_calls_are_copied_in_order_and_other_streams_only_counted() {
     let conn = clients.values().next().unwrap();
     assert!(conn.opened);
     assert_eq!(conn.role, sock::ROLE_CLIENT);
+    assert_eq!(conn.peer, Some(([127, 0, 0, 1], server.1).into()));
     let (sent, received) = conn.closed.unwrap();
     assert_eq!(conn.seen, [sent, received], "every call seen");
     assert_eq!(conn.discontinuities, 0);
@@ -251,6 +256,8 @@ fn http_calls_are_copied_in_order_and_other_streams_only_counted() {
     assert_eq!(servers.len(), 1, "{servers:?}");
     let side = servers.values().next().unwrap();
     assert_eq!(side.role, sock::ROLE_SERVER);
+    let peer = side.peer.expect("accept names the peer");
+    assert!(peer.ip().is_loopback() && peer.port() != server.1, "{peer}");
     assert!(side.copied[1].starts_with(b"GET /0 HTTP/1.1"));
     assert_eq!(side.seen[1], sent, "the server read what the client sent");
 

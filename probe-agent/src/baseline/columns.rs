@@ -1,5 +1,6 @@
 //! Column builders of a baseline table: the standard columns every Sonde
-//! row carries, then `N` unsigned counters of the table's own. Kept from
+//! row carries, then `N` unsigned counters of the table's own (tables with
+//! other columns use `Columns<0>` and build theirs beside it). Kept from
 //! one sample to the next, so a sample allocates little beyond its batch.
 
 use std::sync::Arc;
@@ -78,9 +79,9 @@ impl<const N: usize> Columns<N> {
         }
     }
 
-    /// The rows appended since the last call, as a batch of `schema`
-    /// (the standard fields, then the table's own); the builders start over.
-    pub fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+    /// The standard columns and the table's own counters appended since
+    /// the last call, in schema order; the builders start over.
+    pub fn finish_arrays(&mut self) -> Vec<ArrayRef> {
         let mut arrays: Vec<ArrayRef> = vec![
             Arc::new(self.time.finish()),
             Arc::new(self.node.finish()),
@@ -97,6 +98,12 @@ impl<const N: usize> Columns<N> {
                 .iter_mut()
                 .map(|b| Arc::new(b.finish()) as ArrayRef),
         );
-        RecordBatch::try_new(schema.clone(), arrays)
+        arrays
+    }
+
+    /// The rows appended since the last call, as a batch of `schema`
+    /// (the standard fields, then the table's own); the builders start over.
+    pub fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+        RecordBatch::try_new(schema.clone(), self.finish_arrays())
     }
 }

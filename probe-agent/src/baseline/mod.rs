@@ -9,11 +9,15 @@
 //! columns come from the process's cgroup ([`pods`]), so they are null in
 //! standalone mode, as in Tracepoint tables.
 
+mod addresses;
 mod columns;
+pub mod conn_stats;
+pub mod http_events;
 pub mod network_stats;
 pub mod pods;
 pub mod proc;
 pub mod process_stats;
+pub mod socket_tables;
 
 use std::{
     path::{Path, PathBuf},
@@ -29,7 +33,11 @@ use crds::{
     TableName,
     v1alpha1::{BaselineTableState, BaselineTableStatus},
 };
-use probe_capture::net::NetStats;
+use probe_capture::{
+    net::NetStats,
+    sockets::{SocketTrace, TlsRequester},
+};
+use probe_protocols::http::HttpConfig;
 use probe_store::TableStore;
 use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -43,6 +51,7 @@ use self::{
     network_stats::NetworkSampler,
     pods::{PodDirectory, PodSource},
     process_stats::{HostUnits, ProcessSampler},
+    socket_tables::{SocketTables, SocketTablesConfig},
 };
 
 /// The schema every baseline table lives in.
@@ -53,16 +62,30 @@ pub const SCHEMA: &str = "sonde";
 pub enum BaselineTable {
     ProcessStats,
     NetworkStats,
+    HttpEvents,
+    ConnStats,
 }
 
 impl BaselineTable {
-    pub const ALL: [Self; 2] = [Self::ProcessStats, Self::NetworkStats];
+    pub const ALL: [Self; 4] = [
+        Self::ProcessStats,
+        Self::NetworkStats,
+        Self::HttpEvents,
+        Self::ConnStats,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::ProcessStats => "process_stats",
             Self::NetworkStats => "network_stats",
+            Self::HttpEvents => "http_events",
+            Self::ConnStats => "conn_stats",
         }
+    }
+
+    /// Whether the table comes from the socket programs.
+    pub fn from_sockets(self) -> bool {
+        matches!(self, Self::HttpEvents | Self::ConnStats)
     }
 
     pub fn table_name(self) -> TableName {
@@ -122,6 +145,11 @@ pub struct BaselineConfig {
     pub process_stats_interval: Duration,
     pub process_stats_max: usize,
     pub network_stats_interval: Duration,
+    pub conn_stats_interval: Duration,
+    /// What `sonde.http_events` keeps of each message.
+    pub http: HttpConfig,
+    /// How often the socket programs' ring is drained.
+    pub socket_drain_interval: Duration,
     /// The cgroup v2 hierarchy's root, for cgroup ids; `None`: ids are 0.
     pub cgroup_root: Option<PathBuf>,
 }
@@ -140,6 +168,8 @@ pub struct BaselineMetrics {
     dropped: Family<DropLabels, Counter>,
     sample_seconds: Family<TableLabel, Counter<f64>>,
     enabled: Family<TableLabel, Gauge>,
+    uncopied_bytes: Counter,
+    tls_libraries: Gauge,
 }
 
 impl BaselineMetrics {
@@ -160,8 +190,24 @@ impl BaselineMetrics {
             "dropped",
             "Items a baseline table left out, by reason: limit (over the per-sample cap), \
              vanished (the process exited while read), unreadable, store (rows the table store \
-             refused), map_full (packets the kernel could not count: too many cgroups)",
+             refused), map_full (packets the kernel could not count: too many cgroups); for \
+             http_events: ring_full (socket records the kernel could not write), \
+             unparseable_head, head_too_long, lost_sync (bytes the parser needed were not \
+             copied), response_without_request, pending_overflow, protocol_switch, abandoned, \
+             tls_no_socket (TLS calls whose socket was not known), tls_attach_failed, \
+             tls_library_limit, undecodable; for conn_stats: connection_limit",
             self.dropped.clone(),
+        );
+        registry.register(
+            "uncopied_bytes",
+            "Bytes of HTTP calls the kernel did not copy (past the records one call may fill, \
+             or lost with a full ring); the parser counts them as body bytes or loses sync",
+            self.uncopied_bytes.clone(),
+        );
+        registry.register(
+            "tls_libraries",
+            "OpenSSL libraries (distinct files) whose SSL_read/SSL_write are traced",
+            self.tls_libraries.clone(),
         );
         registry.register(
             "sample_seconds",
@@ -175,6 +221,20 @@ impl BaselineMetrics {
         );
     }
 
+    fn rows(&self, table: BaselineTable, count: u64) {
+        self.rows
+            .get_or_create(&[("table", table.name())])
+            .inc_by(count);
+    }
+
+    fn sampled(&self, table: BaselineTable, took: Duration) {
+        let label = [("table", table.name())];
+        self.samples.get_or_create(&label).inc();
+        self.sample_seconds
+            .get_or_create(&label)
+            .inc_by(took.as_secs_f64());
+    }
+
     fn dropped(&self, table: BaselineTable, reason: &'static str, count: u64) {
         if count > 0 {
             self.dropped
@@ -184,10 +244,20 @@ impl BaselineMetrics {
     }
 }
 
+/// The kernel programs of the baseline tables, attached (before the drive
+/// loop takes the engine), or why they are not.
+pub struct BaselinePrograms {
+    /// The traffic counters of `network_stats`.
+    pub network: Result<NetStats, String>,
+    /// The socket programs of `http_events` and `conn_stats`, and the drive
+    /// loop's OpenSSL requester.
+    pub sockets: Result<(SocketTrace, TlsRequester), String>,
+}
+
 /// Creates the switched-on baseline tables in `store` and starts their
 /// samplers; they stop at `stop`. `pods` names the pods on the node
-/// (cluster mode); without it the identity columns stay null. `network`
-/// is the traffic counters' programs, attached, or why they are not.
+/// (cluster mode); without it the identity columns stay null. `programs`
+/// are the kernel programs the tables read, attached, or why they are not.
 /// Returns the samplers' tasks and each table's state, for the node's
 /// status.
 pub fn start(
@@ -195,13 +265,15 @@ pub fn start(
     node: &str,
     config: &BaselineConfig,
     pods: Option<Arc<dyn PodSource>>,
-    network: Result<NetStats, String>,
+    programs: BaselinePrograms,
     metrics: &BaselineMetrics,
     stop: ShutdownSignal,
 ) -> (Vec<JoinHandle<()>>, Vec<BaselineTableStatus>) {
+    let BaselinePrograms { network, sockets } = programs;
     let mut tasks = Vec::new();
     let mut states = Vec::new();
     let mut network = Some(network);
+    let mut socket_tables = (false, false);
     for table in BaselineTable::ALL {
         let on = config.tables.contains(table);
         metrics
@@ -291,12 +363,63 @@ pub fn start(
                     stop.clone(),
                 )));
             }
+            BaselineTable::HttpEvents | BaselineTable::ConnStats => {
+                if let Err(reason) = &sockets {
+                    states.push(unavailable(metrics, table, reason));
+                    continue;
+                }
+                let schema = if table == BaselineTable::HttpEvents {
+                    http_events::schema()
+                } else {
+                    conn_stats::schema()
+                };
+                if let Err(e) = store.create_table(table.table_name(), schema) {
+                    states.push(unavailable(metrics, table, &chain(&e)));
+                    continue;
+                }
+                if table == BaselineTable::HttpEvents {
+                    socket_tables.0 = true;
+                } else {
+                    socket_tables.1 = true;
+                }
+            }
         }
         states.push(BaselineTableStatus {
             table: table.name().to_owned(),
             state: BaselineTableState::Collecting,
             message: None,
         });
+    }
+    if let (Ok((trace, tls)), (http, conns)) = (sockets, socket_tables)
+        && (http || conns)
+    {
+        info!(
+            http_events = http,
+            conn_stats = conns,
+            interval = ?config.conn_stats_interval,
+            "baseline tables collecting: TCP connections and HTTP/1.x exchanges from the socket \
+             syscalls, and TLS plaintext through OpenSSL"
+        );
+        let tables = SocketTables::new(
+            trace,
+            Some(tls),
+            store,
+            node,
+            SocketTablesConfig {
+                http_events: http,
+                conn_stats: conns,
+                http: config.http,
+                conn_stats_interval: config.conn_stats_interval,
+                drain_interval: config.socket_drain_interval,
+                max_connections: probe_common::sock::MAX_CONNS as usize,
+                max_tls_libraries: 256,
+                cgroup_root: config.cgroup_root.clone(),
+            },
+            pods,
+            metrics.clone(),
+        );
+        // A thread of the blocking pool for as long as the agent runs.
+        tasks.push(tokio::task::spawn_blocking(move || tables.run(&stop)));
     }
     (tasks, states)
 }

@@ -137,7 +137,7 @@ impl NetworkSampler {
 
 /// Every cgroup folder under `root`, by id (inode), as the path
 /// `/proc/<pid>/cgroup` would show it.
-fn cgroup_paths(root: &Path) -> HashMap<u64, String> {
+pub(super) fn cgroup_paths(root: &Path) -> HashMap<u64, String> {
     let mut paths = HashMap::new();
     if let Ok(meta) = std::fs::metadata(root) {
         paths.insert(meta.ino(), "/".to_owned());
