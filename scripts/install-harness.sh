@@ -116,6 +116,23 @@ else
     DEBIAN_FRONTEND=noninteractive run_logged runtime-install apt-get install -y -q "${missing[@]}"
 fi
 
+# --- real servers and clients the baseline-table tests trace ----------------------
+# Debian's python3 (its ssl module links the system's libssl.so.3), openssl
+# for a self-signed certificate, dnsmasq and dig for DNS.
+missing=()
+[ -x /usr/bin/python3 ] || missing+=(python3)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
+command -v dig >/dev/null 2>&1 || missing+=(bind9-dnsutils)
+if [ ${#missing[@]} -eq 0 ]; then
+    log "python3, openssl, dnsmasq, dig: installed"
+else
+    need_cmd apt-get "the traced servers and clients come from Debian's packages: ${missing[*]}"
+    log "installing Debian's ${missing[*]}"
+    run_logged apt-update apt-get update
+    DEBIAN_FRONTEND=noninteractive run_logged tools-install apt-get install -y -q "${missing[@]}"
+fi
+
 # --- Helm -----------------------------------------------------------------------
 helm_bin="$SONDE_CACHE/helm/$HELM_VERSION/bin/helm"
 if [ -x "$helm_bin" ]; then

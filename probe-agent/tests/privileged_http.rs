@@ -551,3 +551,195 @@ async fn https_through_openssl_is_one_row_per_side_marked_encrypted() {
     let status = tokio::task::block_in_place(|| agent.stop());
     assert!(status.success(), "agent exit status {status}");
 }
+
+/// dnsmasq on a loopback port of its own, answering from its command line
+/// only: `www.example.test` A 127.0.0.8, `alias.example.test` a CNAME of
+/// it, any other name under `example.test` NXDOMAIN.
+struct Dnsmasq {
+    child: Child,
+    port: u16,
+}
+
+impl Dnsmasq {
+    fn start() -> Self {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--pid-file=",
+            ])
+            .arg(format!("--port={port}"))
+            .args([
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--no-resolv",
+            ])
+            .args(["--no-hosts", "--local=/example.test/"])
+            .args(["--host-record=www.example.test,127.0.0.8"])
+            .args(["--cname=alias.example.test,www.example.test"])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dnsmasq (scripts/install-harness.sh installs dnsmasq-base)");
+        Self { child, port }
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A row of `sonde.dns_events`: name, type, rcode, answers, answered and
+/// the server's port.
+type DnsRow = (String, String, String, String, bool, u16);
+
+/// What dig saw of one query: its status and answers as "TYPE data".
+fn dig(port: u16, name: &str, kind: &str) -> (u32, String, Vec<String>) {
+    let child = Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string(), "+tries=1", "+time=5"])
+        .args(["+noall", "+comments", "+answer", "-t", kind, name])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run dig (scripts/install-harness.sh installs bind9-dnsutils)");
+    let pid = child.id();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "dig {name} {kind} failed");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let status = text
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or_else(|| panic!("no status in dig's output: {text}"))
+        .to_owned();
+    let answers = text
+        .lines()
+        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            format!("{} {}", f[3], f[4..].join(" "))
+        })
+        .collect();
+    (pid, status, answers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dns_query_is_one_row_with_its_answers() {
+    let manifests = tempfile::tempdir().unwrap();
+    let agent = AgentProcess::start(
+        manifests.path(),
+        &[
+            "--baseline-tables",
+            "dns_events",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--report-interval",
+            "1m",
+        ],
+    );
+    let (url, metrics) = tokio::task::block_in_place(|| {
+        (
+            agent.flight_url(Duration::from_secs(60)),
+            agent.metrics_addr(Duration::from_secs(10)),
+        )
+    });
+    let dns = Dnsmasq::start();
+    let queries = [
+        ("www.example.test", "A"),
+        ("www.example.test", "AAAA"),
+        ("alias.example.test", "A"),
+        ("nx.example.test", "A"),
+    ];
+    // dnsmasq answers once it has bound its port.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::task::block_in_place(|| {
+        Command::new("dig")
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &dns.port.to_string(),
+                "+tries=1",
+                "+time=1",
+            ])
+            .arg("www.example.test")
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+    }) {
+        assert!(Instant::now() < deadline, "dnsmasq did not answer");
+    }
+    let mut seen = Vec::new();
+    for round in 0..3 {
+        for (name, kind) in queries {
+            let (pid, status, answers) = tokio::task::block_in_place(|| dig(dns.port, name, kind));
+            if round == 0 {
+                eprintln!("dig {name} {kind}: {status} {answers:?}");
+            }
+            seen.push((pid, name, kind, status, answers));
+        }
+    }
+    assert!(seen.iter().any(|s| s.3 == "NXDOMAIN"));
+    assert!(
+        seen.iter()
+            .any(|s| s.4.iter().any(|a| a.starts_with("CNAME")))
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let by_pid = loop {
+        let batches = rows(&url, "sonde.dns_events").await;
+        let mut by_pid: BTreeMap<u32, Vec<DnsRow>> = BTreeMap::new();
+        for b in &batches {
+            let pid: &UInt32Array = b.column_by_name("pid").unwrap().as_primitive();
+            let s = |name: &str| -> &StringArray { b.column_by_name(name).unwrap().as_string() };
+            let answered: &BooleanArray = b.column_by_name("answered").unwrap().as_boolean();
+            let port: &UInt16Array = b.column_by_name("remote_port").unwrap().as_primitive();
+            for i in 0..b.num_rows() {
+                by_pid.entry(pid.value(i)).or_default().push((
+                    s("query_name").value(i).to_owned(),
+                    s("query_type").value(i).to_owned(),
+                    s("rcode").value(i).to_owned(),
+                    s("answers").value(i).to_owned(),
+                    answered.value(i),
+                    port.value(i),
+                ));
+            }
+        }
+        if seen.iter().all(|s| by_pid.contains_key(&s.0)) {
+            break by_pid;
+        }
+        assert!(Instant::now() < deadline, "dns_events rows: {by_pid:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for (pid, name, kind, status, answers) in &seen {
+        let rows = &by_pid[pid];
+        assert_eq!(rows.len(), 1, "one row per query of dig {pid}: {rows:?}");
+        let (row_name, row_kind, rcode, row_answers, answered, port) = &rows[0];
+        assert_eq!((row_name.as_str(), row_kind.as_str()), (*name, *kind));
+        assert_eq!(rcode, status);
+        assert!(answered);
+        assert_eq!(*port, dns.port);
+        let row_answers: Vec<&str> = row_answers.lines().collect();
+        assert_eq!(row_answers, *answers, "{name} {kind}");
+    }
+    let body = tokio::task::spawn_blocking(move || scrape(&metrics))
+        .await
+        .unwrap();
+    let lost: Vec<&str> = body
+        .lines()
+        .filter(|l| {
+            l.starts_with("sonde_baseline_dropped_total{table=\"dns_events\"") && !l.ends_with(" 0")
+        })
+        .collect();
+    assert_eq!(lost, Vec::<&str>::new(), "nothing was lost");
+    eprintln!("dns_events: {} queries, one row each", seen.len());
+    drop(dns);
+    let status = tokio::task::block_in_place(|| agent.stop());
+    assert!(status.success(), "agent exit status {status}");
+}

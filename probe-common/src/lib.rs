@@ -142,7 +142,7 @@ pub mod programs {
     /// The syscalls the socket programs hook, entry and exit each.
     pub const SOCK_SYSCALLS: &[&str] = &[
         "connect", "accept", "accept4", "close", "read", "write", "recvfrom", "sendto", "readv",
-        "writev", "recvmsg", "sendmsg",
+        "writev", "recvmsg", "sendmsg", "recvmmsg", "sendmmsg",
     ];
     /// Uprobe on OpenSSL's `SSL_read`/`SSL_write` and their `_ex` forms
     /// (the function in the attach cookie, a `sock::SSL_*` value).
@@ -552,6 +552,9 @@ pub mod sock {
     pub const PROTO_TLS: u8 = 2;
     /// Anything else: bytes are counted, never copied.
     pub const PROTO_OTHER: u8 = 3;
+    /// DNS messages over UDP: a client's first datagram is a standard
+    /// query (one question, no answers).
+    pub const PROTO_DNS: u8 = 4;
 
     /// Size of a small record (header and data), for short calls.
     pub const SMALL_RECORD: u32 = 512;

@@ -32,9 +32,9 @@ use probe_common::{
     COMM_LEN, MAX_ENTRIES_IN_FLIGHT, crosses_watermark,
     sock::{
         EGRESS, HEADER_LEN, INGRESS, KIND_CLOSE, KIND_DATA, KIND_OPEN, LARGE_DATA, LARGE_RECORD,
-        MAX_CHUNKS, MAX_CONNS, PROTO_HTTP, PROTO_OTHER, PROTO_TLS, PROTO_UNKNOWN, ROLE_CLIENT,
-        ROLE_SERVER, SMALL_DATA, SMALL_RECORD, SSL_READ, SSL_READ_EX, SSL_WRITE, SSL_WRITE_EX,
-        SockConfig, SockConn, SockRecord, counter,
+        MAX_CHUNKS, MAX_CONNS, PROTO_DNS, PROTO_HTTP, PROTO_OTHER, PROTO_TLS, PROTO_UNKNOWN,
+        ROLE_CLIENT, ROLE_SERVER, SMALL_DATA, SMALL_RECORD, SSL_READ, SSL_READ_EX, SSL_WRITE,
+        SSL_WRITE_EX, SockConfig, SockConn, SockRecord, counter,
     },
 };
 
@@ -75,6 +75,14 @@ const CALL_BUFFER: u32 = 3;
 const CALL_IOVEC: u32 = 4;
 /// A `msghdr` (`recvmsg`, `sendmsg`).
 const CALL_MSGHDR: u32 = 5;
+/// An `mmsghdr` array (`recvmmsg`, `sendmmsg`).
+const CALL_MMSG: u32 = 6;
+/// Messages of one `sendmmsg`/`recvmmsg` looked at (a resolver sends the
+/// A and AAAA queries together).
+const MMSG_MAX: u64 = 2;
+/// `sizeof(struct mmsghdr)` and the offset of its `msg_len` on 64-bit.
+const MMSGHDR_SIZE: u64 = 64;
+const MMSG_LEN: u64 = 56;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -475,6 +483,18 @@ data_syscall!(
     CALL_MSGHDR,
     EGRESS
 );
+data_syscall!(
+    sonde_sock_recvmmsg_enter,
+    sonde_sock_recvmmsg_exit,
+    CALL_MMSG,
+    INGRESS
+);
+data_syscall!(
+    sonde_sock_sendmmsg_enter,
+    sonde_sock_sendmmsg_exit,
+    CALL_MMSG,
+    EGRESS
+);
 
 #[inline(always)]
 fn data_enter(ctx: &TracePointContext, kind: u32) {
@@ -512,6 +532,35 @@ fn data_exit(ctx: &TracePointContext, direction: u8) {
     let _ = SOCK_CALLS.remove(tid);
     let ret = ctx_u64(ctx, RET) as i64;
     if ret <= 0 {
+        return;
+    }
+    if call.kind == CALL_MMSG {
+        // `ret` messages, each a call of its own.
+        let mut i = 0;
+        while i < MMSG_MAX {
+            if i >= ret as u64 {
+                break;
+            }
+            let header = call.ptr + i * MMSGHDR_SIZE;
+            let len = u64::from(read_user::<u32>(header + MMSG_LEN).unwrap_or(0));
+            if len > 0 {
+                let (ptr, first_len) = match read_user::<u64>(header + MSG_IOV) {
+                    Some(iov) => first_iovec(iov),
+                    None => (0, 0),
+                };
+                let first_len = if first_len > len { len } else { first_len };
+                on_data(
+                    pid_tgid,
+                    u64::from(call.fd),
+                    ptr,
+                    len,
+                    first_len,
+                    direction,
+                    false,
+                );
+            }
+            i += 1;
+        }
         return;
     }
     // Where the bytes are: the first buffer holds the first bytes.
@@ -555,6 +604,7 @@ struct Call {
     fd: u32,
     conn_id: u64,
     role: u8,
+    protocol: u8,
     tls: bool,
     direction: u8,
     now: u64,
@@ -587,9 +637,10 @@ fn on_data(pid_tgid: u64, fd: u64, ptr: u64, len: u64, copyable: u64, direction:
     };
     *total += len;
     if *protocol == PROTO_UNKNOWN {
-        *protocol = detect(ptr, copyable);
+        *protocol = detect(ptr, copyable, direction, conn.role);
     }
-    if *protocol != PROTO_HTTP {
+    let protocol = *protocol;
+    if protocol != PROTO_HTTP && protocol != PROTO_DNS {
         return;
     }
     let (bytes_sent, bytes_recv) = if tls {
@@ -602,6 +653,7 @@ fn on_data(pid_tgid: u64, fd: u64, ptr: u64, len: u64, copyable: u64, direction:
         fd: fd as u32,
         conn_id: conn.id,
         role: conn.role,
+        protocol,
         tls,
         direction,
         now: unsafe { bpf_ktime_get_ns() },
@@ -669,7 +721,7 @@ fn emit_chunk<const SIZE: usize>(
         (*record).direction = call.direction;
         (*record).role = call.role;
         (*record).tls = u8::from(call.tls);
-        (*record).protocol = PROTO_HTTP;
+        (*record).protocol = call.protocol;
         (*record)._pad = [0; 3];
         let data = record.cast::<u8>().add(HEADER_LEN as usize);
         bpf_probe_read_user(
@@ -689,9 +741,12 @@ fn emit_chunk<const SIZE: usize>(
     Some(u64::from(n))
 }
 
-/// What the first bytes of a connection look like.
+/// What the first bytes of a connection look like. A DNS query is only
+/// recognised as a client's first message: a 12-byte header of a standard
+/// query with one question, no answers or authority, and at most one
+/// additional record (EDNS).
 #[inline(always)]
-fn detect(ptr: u64, len: u64) -> u8 {
+fn detect(ptr: u64, len: u64, direction: u8, role: u8) -> u8 {
     if len < 4 || ptr == 0 {
         return PROTO_UNKNOWN;
     }
@@ -703,9 +758,22 @@ fn detect(ptr: u64, len: u64) -> u8 {
     }
     match &head {
         b"GET " | b"POST" | b"PUT " | b"HEAD" | b"DELE" | b"PATC" | b"OPTI" | b"TRAC" | b"CONN"
-        | b"HTTP" => PROTO_HTTP,
-        _ => PROTO_OTHER,
+        | b"HTTP" => return PROTO_HTTP,
+        _ => {}
     }
+    if direction == EGRESS
+        && role == ROLE_CLIENT
+        && len >= 17
+        && let Some(h) = read_user::<[u8; 12]>(ptr)
+        && h[2] & 0xf8 == 0
+        && h[3] & 0x40 == 0
+        && h[4..10] == [0, 1, 0, 0, 0, 0]
+        && h[10] == 0
+        && h[11] <= 1
+    {
+        return PROTO_DNS;
+    }
+    PROTO_OTHER
 }
 
 #[inline(always)]

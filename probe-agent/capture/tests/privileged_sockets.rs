@@ -330,3 +330,60 @@ fn tls_plaintext_is_attributed_to_its_connection() {
     assert_eq!(trace.counters().tls_no_socket, 0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_resolvers_dns_datagrams_are_copied_whole() {
+    let mut set = load();
+    let mut trace = SocketTrace::attach(&mut set, std::process::id(), SocketOptions::default())
+        .expect("attach the socket programs");
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut dnsmasq = Command::new("dnsmasq")
+        .args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--pid-file=",
+        ])
+        .arg(format!("--port={port}"))
+        .args([
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--no-resolv",
+        ])
+        .args(["--no-hosts", "--host-record=www.example.test,127.0.0.8"])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start dnsmasq (scripts/install-harness.sh installs dnsmasq-base)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let dig = loop {
+        let child = Command::new("dig")
+            .args(["@127.0.0.1", "-p", &port.to_string(), "+tries=1", "+time=1"])
+            .arg("www.example.test")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("run dig");
+        let pid = child.id();
+        if child.wait_with_output().unwrap().status.success() {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "dnsmasq did not answer");
+    };
+    let mut seen = Seen::default();
+    drain_until(&mut trace, &mut seen, |s| {
+        s.of(dig).values().any(|c| !c.copied[1].is_empty())
+    });
+    let _ = dnsmasq.kill();
+    let _ = dnsmasq.wait();
+    let conns = seen.of(dig);
+    let conn = conns.values().find(|c| !c.copied[1].is_empty()).unwrap();
+    assert_eq!(conn.role, sock::ROLE_CLIENT);
+    assert_eq!(conn.peer, Some(([127, 0, 0, 1], port).into()));
+    // The query: one question for www.example.test; the response: QR set.
+    assert!(conn.copied[0].windows(7).any(|w| w == b"example"));
+    assert_eq!(conn.copied[1][2] & 0x80, 0x80, "a response");
+    assert_eq!(u64::try_from(conn.copied[0].len()).unwrap(), conn.seen[0]);
+    assert_eq!(u64::try_from(conn.copied[1].len()).unwrap(), conn.seen[1]);
+}

@@ -675,10 +675,10 @@ impl<K: Clone + Eq + Hash> DnsTracker<K> {
         })
     }
 
-    /// Emits, unanswered, the queries sent before `now_ns - timeout_ns`
-    /// (oldest first, as queued), and forgets them: a response coming later
-    /// counts as a response without a query.
-    pub fn expire(&mut self, now_ns: u64, timeout_ns: u64, out: &mut Vec<DnsExchange>) {
+    /// Emits, unanswered and with their flow, the queries sent before
+    /// `now_ns - timeout_ns` (oldest first, as queued), and forgets them: a
+    /// response coming later counts as a response without a query.
+    pub fn expire(&mut self, now_ns: u64, timeout_ns: u64, out: &mut Vec<(K, DnsExchange)>) {
         let cutoff = now_ns.saturating_sub(timeout_ns);
         while let Some((seq, key)) = self.order.front() {
             match self.pending.get(key) {
@@ -691,13 +691,16 @@ impl<K: Clone + Eq + Hash> DnsTracker<K> {
                         && let Some(q) = self.pending.remove(&key)
                     {
                         self.counters.unanswered += 1;
-                        out.push(DnsExchange {
-                            id,
-                            query_name: q.name,
-                            query_type: type_name(q.qtype),
-                            req_time_ns: q.time_ns,
-                            ..DnsExchange::default()
-                        });
+                        out.push((
+                            key.flow,
+                            DnsExchange {
+                                id,
+                                query_name: q.name,
+                                query_type: type_name(q.qtype),
+                                req_time_ns: q.time_ns,
+                                ..DnsExchange::default()
+                            },
+                        ));
                     }
                 }
                 // Paired (or queued again) since.

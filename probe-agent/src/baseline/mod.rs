@@ -12,6 +12,7 @@
 mod addresses;
 mod columns;
 pub mod conn_stats;
+pub mod dns_events;
 pub mod http_events;
 pub mod network_stats;
 pub mod pods;
@@ -63,14 +64,16 @@ pub enum BaselineTable {
     ProcessStats,
     NetworkStats,
     HttpEvents,
+    DnsEvents,
     ConnStats,
 }
 
 impl BaselineTable {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::ProcessStats,
         Self::NetworkStats,
         Self::HttpEvents,
+        Self::DnsEvents,
         Self::ConnStats,
     ];
 
@@ -79,13 +82,14 @@ impl BaselineTable {
             Self::ProcessStats => "process_stats",
             Self::NetworkStats => "network_stats",
             Self::HttpEvents => "http_events",
+            Self::DnsEvents => "dns_events",
             Self::ConnStats => "conn_stats",
         }
     }
 
     /// Whether the table comes from the socket programs.
     pub fn from_sockets(self) -> bool {
-        matches!(self, Self::HttpEvents | Self::ConnStats)
+        matches!(self, Self::HttpEvents | Self::DnsEvents | Self::ConnStats)
     }
 
     pub fn table_name(self) -> TableName {
@@ -273,7 +277,7 @@ pub fn start(
     let mut tasks = Vec::new();
     let mut states = Vec::new();
     let mut network = Some(network);
-    let mut socket_tables = (false, false);
+    let mut socket_tables = Vec::new();
     for table in BaselineTable::ALL {
         let on = config.tables.contains(table);
         metrics
@@ -363,25 +367,21 @@ pub fn start(
                     stop.clone(),
                 )));
             }
-            BaselineTable::HttpEvents | BaselineTable::ConnStats => {
+            BaselineTable::HttpEvents | BaselineTable::DnsEvents | BaselineTable::ConnStats => {
                 if let Err(reason) = &sockets {
                     states.push(unavailable(metrics, table, reason));
                     continue;
                 }
-                let schema = if table == BaselineTable::HttpEvents {
-                    http_events::schema()
-                } else {
-                    conn_stats::schema()
+                let schema = match table {
+                    BaselineTable::HttpEvents => http_events::schema(),
+                    BaselineTable::DnsEvents => dns_events::schema(),
+                    _ => conn_stats::schema(),
                 };
                 if let Err(e) = store.create_table(table.table_name(), schema) {
                     states.push(unavailable(metrics, table, &chain(&e)));
                     continue;
                 }
-                if table == BaselineTable::HttpEvents {
-                    socket_tables.0 = true;
-                } else {
-                    socket_tables.1 = true;
-                }
+                socket_tables.push(table);
             }
         }
         states.push(BaselineTableStatus {
@@ -390,15 +390,15 @@ pub fn start(
             message: None,
         });
     }
-    if let (Ok((trace, tls)), (http, conns)) = (sockets, socket_tables)
-        && (http || conns)
+    if let Ok((trace, tls)) = sockets
+        && !socket_tables.is_empty()
     {
+        let on = |table| socket_tables.contains(&table);
         info!(
-            http_events = http,
-            conn_stats = conns,
+            tables = ?socket_tables.iter().map(|t| t.name()).collect::<Vec<_>>(),
             interval = ?config.conn_stats_interval,
-            "baseline tables collecting: TCP connections and HTTP/1.x exchanges from the socket \
-             syscalls, and TLS plaintext through OpenSSL"
+            "baseline tables collecting: TCP connections, HTTP/1.x exchanges and DNS queries from \
+             the socket syscalls, and TLS plaintext through OpenSSL"
         );
         let tables = SocketTables::new(
             trace,
@@ -406,8 +406,9 @@ pub fn start(
             store,
             node,
             SocketTablesConfig {
-                http_events: http,
-                conn_stats: conns,
+                http_events: on(BaselineTable::HttpEvents),
+                dns_events: on(BaselineTable::DnsEvents),
+                conn_stats: on(BaselineTable::ConnStats),
                 http: config.http,
                 conn_stats_interval: config.conn_stats_interval,
                 drain_interval: config.socket_drain_interval,

@@ -438,7 +438,8 @@ fn expired_queries_become_unanswered_rows() {
     let mut out = Vec::new();
     t.expire(10_000, 5_000, &mut out);
     assert_eq!(out.len(), 1);
-    let row = &out[0];
+    let (flow, row) = &out[0];
+    assert_eq!(*flow, "f");
     assert_eq!((row.query_name.as_str(), row.id), ("lost.example", 1));
     assert!(!row.answered);
     assert_eq!(
