@@ -15,7 +15,7 @@ AGENT := $(CARGO_TARGET_DIR)/release/probe-agent
 SONDE_IMAGES ?= $(CARGO_TARGET_DIR)/images
 export SONDE_IMAGES
 
-.PHONY: install install-test run build images test lint unit-test privileged-test bench bench-capture bench-storage bench-detection bench-operator
+.PHONY: install install-test run build images test lint unit-test privileged-test bench bench-capture bench-sockets bench-storage bench-detection bench-operator
 
 install:
 	@scripts/install.sh
@@ -62,7 +62,7 @@ privileged-test:
 # A new benchmark is one more `bench: bench-NAME` line and its target.
 BENCH_DIR := $(CARGO_TARGET_DIR)/bench
 
-bench: bench-capture bench-storage bench-detection
+bench: bench-capture bench-sockets bench-storage bench-detection
 	@scripts/bench-report.sh $(BENCH_DIR) $^
 
 # Capture: overhead against hand-written programs, completeness, ingest and
@@ -70,6 +70,13 @@ bench: bench-capture bench-storage bench-detection
 bench-capture: install
 	cargo build --release --locked -p probe-capture --bin sonde-bench --bin sonde-loadgen --bin sonde-demo-app
 	$(CARGO_TARGET_DIR)/release/sonde-bench --out $(BENCH_DIR) --name capture > /dev/null
+
+# Socket tracing: what the socket programs cost the processes they trace
+# (loopback TCP write + read untraced, on an untracked, a tracked binary and
+# a tracked HTTP connection; file and pipe reads untraced and attached).
+bench-sockets: install
+	cargo build --release --locked -p probe-capture --bin sonde-sockets-bench
+	$(CARGO_TARGET_DIR)/release/sonde-sockets-bench --out $(BENCH_DIR) --name sockets > /dev/null
 
 # Storage: rows held per MiB, plain and compacted, side by side; append and
 # GROUP BY costs. Builds on the store crate alone.

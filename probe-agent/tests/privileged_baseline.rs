@@ -14,7 +14,9 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use arrow_array::{RecordBatch, TimestampNanosecondArray, UInt32Array, UInt64Array, cast::AsArray};
+use arrow_array::{
+    Array, RecordBatch, TimestampNanosecondArray, UInt32Array, UInt64Array, cast::AsArray,
+};
 use common::{AgentProcess, rows, scrape};
 use futures::TryStreamExt as _;
 use nix::{
@@ -307,7 +309,12 @@ struct TestCgroup(std::path::PathBuf);
 
 impl TestCgroup {
     fn create() -> Self {
-        let dir = unified_root().join(format!("sonde-net-test-{}", std::process::id()));
+        Self::named("net")
+    }
+
+    /// A cgroup of this test process's own, `what` telling tests apart.
+    fn named(what: &str) -> Self {
+        let dir = unified_root().join(format!("sonde-{what}-test-{}", std::process::id()));
         let _ = std::fs::remove_dir(&dir);
         std::fs::create_dir(&dir).unwrap();
         Self(dir)
@@ -453,6 +460,133 @@ print(got)
     );
     assert!((0.0..=1.0).contains(&off(tx, SENT)), "tx {tx}");
     assert!((0.0..=1.0).contains(&off(rx, RECEIVED)), "rx {rx}");
+    // In the host's network namespace: no interfaces of its own.
+    let batches = rows(&url, "sonde.network_stats").await;
+    assert_eq!(
+        interface_counters(&batches, cgroup.id()),
+        Some(None),
+        "drops and errors are null in the host's network"
+    );
+    drop(cgroup);
+    let status = tokio::task::block_in_place(|| agent.stop());
+    assert!(status.success(), "agent exit status {status}");
+}
+
+/// The newest row of `cgroup`'s drops and errors: `None` without a row,
+/// `Some(None)` when they are null.
+fn interface_counters(batches: &[RecordBatch], cgroup: u64) -> Option<Option<[u64; 4]>> {
+    let mut newest: Option<(i64, Option<[u64; 4]>)> = None;
+    for batch in batches {
+        let ids: &UInt64Array = batch.column_by_name("cgroup_id").unwrap().as_primitive();
+        let times: &TimestampNanosecondArray =
+            batch.column_by_name("time_").unwrap().as_primitive();
+        let columns: Vec<&UInt64Array> = ["rx_drops", "rx_errors", "tx_drops", "tx_errors"]
+            .iter()
+            .map(|c| batch.column_by_name(c).unwrap().as_primitive())
+            .collect();
+        for row in 0..batch.num_rows() {
+            if ids.value(row) == cgroup && newest.is_none_or(|n| times.value(row) > n.0) {
+                let values = (!columns[0].is_null(row))
+                    .then(|| std::array::from_fn(|i| columns[i].value(row)));
+                newest = Some((times.value(row), values));
+            }
+        }
+    }
+    newest.map(|(_, values)| values)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_stats_drops_and_errors_come_from_a_cgroups_own_network() {
+    let manifests = tempfile::tempdir().unwrap();
+    let agent = AgentProcess::start(
+        manifests.path(),
+        &[
+            "--baseline-tables",
+            "network_stats",
+            "--network-stats-interval",
+            "500ms",
+            "--report-interval",
+            "1m",
+        ],
+    );
+    tokio::task::block_in_place(|| {
+        agent.expect(
+            "baseline table collecting: every cgroup's packets",
+            Duration::from_secs(60),
+        )
+    });
+    let url = tokio::task::block_in_place(|| agent.flight_url(Duration::from_secs(60)));
+    // A shell in a network namespace of its own, in the cgroup before it
+    // sends anything: loopback traffic gives the cgroup its rows, and a
+    // veth pair gives the namespace interfaces that are not `lo`.
+    let cgroup = TestCgroup::named("netns");
+    let mut child = Command::new("unshare")
+        .args(["--net", "sh", "-c"])
+        .arg(
+            "read go; ip link set lo up && ip link add v0 type veth peer name v1 && \
+             ip link set v0 up && ip link set v1 up && python3 -c 'import socket; \
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+             [s.sendto(bytes(100), (\"127.0.0.1\", 9)) for _ in range(100)]' \
+             && echo ready && sleep 60",
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start unshare");
+    cgroup.add(child.id());
+    {
+        use std::io::Write as _;
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    }
+    let mut line = String::new();
+    tokio::task::block_in_place(|| {
+        use std::io::BufRead as _;
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)
+    })
+    .unwrap();
+    assert_eq!(line.trim(), "ready", "the namespace was set up");
+    let done_at = now_ns();
+    // What the kernel says of the namespace's interfaces, read here.
+    let net_dev = std::fs::read_to_string(format!("/proc/{}/net/dev", child.id())).unwrap();
+    let mut want = [0_u64; 4];
+    let mut interfaces = 0;
+    for line in net_dev.lines().skip(2) {
+        let (name, values) = line.split_once(':').unwrap();
+        if name.trim() == "lo" {
+            continue;
+        }
+        interfaces += 1;
+        let values: Vec<u64> = values
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect();
+        for (sum, at) in want.iter_mut().zip([3, 2, 11, 10]) {
+            *sum += values[at];
+        }
+    }
+    assert_eq!(interfaces, 2, "v0 and v1: {net_dev}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        let batches = rows(&url, "sonde.network_stats").await;
+        if let Some((time, _, _)) = newest_traffic(&batches, cgroup.id())
+            && time > done_at
+        {
+            break interface_counters(&batches, cgroup.id()).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no row of the namespace's cgroup"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        got,
+        Some(want),
+        "drops and errors of the namespace's own interfaces"
+    );
+    eprintln!("network_stats: own network namespace, drops and errors {want:?}");
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+    let _ = child.wait();
     drop(cgroup);
     let status = tokio::task::block_in_place(|| agent.stop());
     assert!(status.success(), "agent exit status {status}");
