@@ -248,7 +248,11 @@ impl CrateModules {
                         None => {
                             let flat = dir.join(format!("{name}.rs"));
                             let nested = child_dir.join("mod.rs");
-                            let child_file = if flat.exists() { flat } else { nested };
+                            let child_file = match path_attribute(&tokens, i) {
+                                Some(written) => dir.join(written),
+                                None if flat.exists() => flat,
+                                None => nested,
+                            };
                             self.load_file(&child_file, &child_dir, child);
                         }
                     }
@@ -425,6 +429,32 @@ fn skip_item(tokens: &[TokenTree], mut i: usize) -> usize {
 
 /// `mod NAME;` or `mod NAME { ... }` at `tokens[i]`: the name, and the body
 /// of an inline module.
+/// The file a `#[path = "..."]` attribute right before the `mod` at `i`
+/// names (relative to the declaring file's folder).
+fn path_attribute(tokens: &[TokenTree], i: usize) -> Option<String> {
+    let [TokenTree::Punct(hash), TokenTree::Group(attribute)] = tokens.get(i.checked_sub(2)?..i)?
+    else {
+        return None;
+    };
+    if hash.as_char() != '#' || attribute.delimiter() != Delimiter::Bracket {
+        return None;
+    }
+    let inner: Vec<TokenTree> = attribute.stream().into_iter().collect();
+    let [
+        TokenTree::Ident(key),
+        TokenTree::Punct(eq),
+        TokenTree::Literal(value),
+    ] = &inner[..]
+    else {
+        return None;
+    };
+    if key != "path" || eq.as_char() != '=' {
+        return None;
+    }
+    let value = value.to_string();
+    Some(value.strip_prefix('"')?.strip_suffix('"')?.to_owned())
+}
+
 fn module_declaration(tokens: &[TokenTree], i: usize) -> Option<(String, Option<TokenStream>)> {
     let [TokenTree::Ident(keyword), TokenTree::Ident(name), end] = tokens.get(i..i + 3)? else {
         return None;

@@ -215,7 +215,13 @@ async fn serve(
         .map(|trace| (trace, engine.tls_requests()))
         .map_err(|e| chain(&e));
     }
-    let programs = BaselinePrograms { network, sockets };
+    let tls =
+        preflight::uprobes_available(engine.probe_set().tracefs().root()).map_err(str::to_owned);
+    let programs = BaselinePrograms {
+        network,
+        sockets,
+        tls,
+    };
     let baseline_tasks;
     let upkeep = tokio::spawn(storage.clone().run_upkeep(servers_stop.clone()));
     let scheme = if config.flight_tls_cert.is_some() {

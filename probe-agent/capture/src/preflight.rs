@@ -23,6 +23,23 @@ pub fn uprobe_pmu_allowed() -> bool {
     effective_capabilities() & (1 << CAP_SYS_ADMIN) != 0
 }
 
+/// Whether uprobes can be made here: through the uprobe PMU (with
+/// CAP_SYS_ADMIN) or tracefs' `uprobe_events` under `tracefs`; why not.
+pub fn uprobes_available(tracefs: &std::path::Path) -> std::result::Result<(), &'static str> {
+    let pmu = std::path::Path::new("/sys/bus/event_source/devices/uprobe/type").exists();
+    if pmu && uprobe_pmu_allowed() {
+        return Ok(());
+    }
+    if tracefs.join("uprobe_events").exists() {
+        return Ok(());
+    }
+    Err(if pmu {
+        "no CAP_SYS_ADMIN for the uprobe PMU and no uprobe_events in tracefs"
+    } else {
+        "the kernel offers no uprobes (no uprobe PMU, no uprobe_events in tracefs)"
+    })
+}
+
 fn missing_capability(caps: u64) -> Option<&'static str> {
     let has = |cap: u32| caps & (1 << cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {

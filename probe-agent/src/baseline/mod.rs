@@ -174,6 +174,7 @@ pub struct BaselineMetrics {
     enabled: Family<TableLabel, Gauge>,
     uncopied_bytes: Counter,
     tls_libraries: Gauge,
+    tls_available: Gauge,
 }
 
 impl BaselineMetrics {
@@ -212,6 +213,11 @@ impl BaselineMetrics {
             "tls_libraries",
             "OpenSSL libraries (distinct files) whose SSL_read/SSL_write are traced",
             self.tls_libraries.clone(),
+        );
+        registry.register(
+            "tls_available",
+            "Whether TLS plaintext can be traced on this node (1: uprobes can be made) or not (0)",
+            self.tls_available.clone(),
         );
         registry.register(
             "sample_seconds",
@@ -253,9 +259,11 @@ impl BaselineMetrics {
 pub struct BaselinePrograms {
     /// The traffic counters of `network_stats`.
     pub network: Result<NetStats, String>,
-    /// The socket programs of `http_events` and `conn_stats`, and the drive
-    /// loop's OpenSSL requester.
+    /// The socket programs of `http_events`, `dns_events` and
+    /// `conn_stats`, and the drive loop's OpenSSL requester.
     pub sockets: Result<(SocketTrace, TlsRequester), String>,
+    /// Whether OpenSSL's plaintext can be traced here (uprobes), or why not.
+    pub tls: Result<(), String>,
 }
 
 /// Creates the switched-on baseline tables in `store` and starts their
@@ -273,7 +281,11 @@ pub fn start(
     metrics: &BaselineMetrics,
     stop: ShutdownSignal,
 ) -> (Vec<JoinHandle<()>>, Vec<BaselineTableStatus>) {
-    let BaselinePrograms { network, sockets } = programs;
+    let BaselinePrograms {
+        network,
+        sockets,
+        tls,
+    } = programs;
     let mut tasks = Vec::new();
     let mut states = Vec::new();
     let mut network = Some(network);
@@ -384,13 +396,26 @@ pub fn start(
                 socket_tables.push(table);
             }
         }
+        // Collected, but without TLS plaintext where uprobes are missing:
+        // said once in the log, in the node's status and the metrics.
+        let message = match (&tls, table) {
+            (Err(reason), BaselineTable::HttpEvents) => {
+                warn!(
+                    table = %table.table_name(),
+                    "HTTPS is not traced on this node, plaintext HTTP is: {reason}"
+                );
+                Some(format!("TLS plaintext not traced: {reason}"))
+            }
+            _ => None,
+        };
+        metrics.tls_available.set(i64::from(tls.is_ok()));
         states.push(BaselineTableStatus {
             table: table.name().to_owned(),
             state: BaselineTableState::Collecting,
-            message: None,
+            message,
         });
     }
-    if let Ok((trace, tls)) = sockets
+    if let Ok((trace, tls_requests)) = sockets
         && !socket_tables.is_empty()
     {
         let on = |table| socket_tables.contains(&table);
@@ -402,7 +427,7 @@ pub fn start(
         );
         let tables = SocketTables::new(
             trace,
-            Some(tls),
+            tls.is_ok().then_some(tls_requests),
             store,
             node,
             SocketTablesConfig {
