@@ -169,6 +169,25 @@ async fn rendered_chart_keeps_its_promises() -> anyhow::Result<()> {
         !args(agent).iter().any(|a| a.starts_with("--flight-tls")),
         "TLS is configured although no Secret is named"
     );
+    // Helm prints large integers of values.yaml as floats (8388608 as
+    // 8.388608e+06) unless the template says `int`; no flag takes that.
+    for workload in [
+        "DaemonSet/sonde-agent",
+        "Deployment/sonde-operator",
+        "Deployment/sonde-query",
+    ] {
+        let floats: Vec<&str> = args(container(&defaults, workload)?)
+            .into_iter()
+            .filter(|a| {
+                a.split_once('=')
+                    .is_some_and(|(_, v)| v.contains("e+") && v.parse::<f64>().is_ok())
+            })
+            .collect();
+        ensure!(
+            floats.is_empty(),
+            "{workload} gets numbers in exponent form: {floats:?}"
+        );
+    }
 
     let mut args_all = vec!["template", "sonde", chart, "-n", "sonde-system"];
     args_all.extend_from_slice(ALL_OPTIONS);

@@ -383,7 +383,7 @@ query:
         "daemonset/sonde-agent",
         "deployment/sonde-query",
     ] {
-        cluster
+        let rolled_out = cluster
             .kubectl(&[
                 "-n",
                 "sonde-system",
@@ -392,8 +392,32 @@ query:
                 workload,
                 "--timeout=120s",
             ])
-            .await
-            .with_context(|| format!("kubectl rollout status {workload}"))?;
+            .await;
+        if let Err(e) = rolled_out {
+            // What the pods say, for whoever reads the failure.
+            let mut seen = String::new();
+            for args in [
+                &["-n", "sonde-system", "get", "pods", "-o", "wide"][..],
+                &["-n", "sonde-system", "describe", "pods"][..],
+                &[
+                    "-n",
+                    "sonde-system",
+                    "logs",
+                    "--all-containers",
+                    "--prefix",
+                    "--tail=40",
+                    "-l",
+                    "app.kubernetes.io/part-of=sonde",
+                ][..],
+            ] {
+                let out = cluster
+                    .kubectl(args)
+                    .await
+                    .unwrap_or_else(|e| format!("{e:#}"));
+                seen.push_str(&format!("$ kubectl {}\n{out}\n", args.join(" ")));
+            }
+            return Err(e.context(format!("kubectl rollout status {workload}\n{seen}")));
+        }
     }
     let system: Api<Pod> = Api::namespaced(cluster.client(), "sonde-system");
     let agent = wait_ready(

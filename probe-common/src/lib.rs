@@ -144,6 +144,9 @@ pub mod programs {
         "connect", "accept", "accept4", "close", "read", "write", "recvfrom", "sendto", "readv",
         "writev", "recvmsg", "sendmsg", "recvmmsg", "sendmmsg",
     ];
+    /// Returns at once: `sonde-sockets-bench` attaches it where the socket
+    /// programs go, to tell the tracepoints' own cost from the programs'.
+    pub const SOCK_FLOOR: &str = "sonde_sock_floor";
     /// Uprobe on OpenSSL's `SSL_read`/`SSL_write` and their `_ex` forms
     /// (the function in the attach cookie, a `sock::SSL_*` value).
     pub const SSL_ENTRY: &str = "sonde_ssl_entry";

@@ -785,6 +785,14 @@ fn take_call(pid_tgid: u64, kind: u32) -> Option<SockCall> {
     (call.kind == kind).then_some(call)
 }
 
+/// Does nothing: the floor of a program on a syscall tracepoint, which
+/// `sonde-sockets-bench` attaches where the socket programs go to tell what
+/// the tracepoints cost from what the programs do. The agent never loads it.
+#[tracepoint]
+pub fn sonde_sock_floor(_ctx: TracePointContext) -> u32 {
+    0
+}
+
 // ---- OpenSSL --------------------------------------------------------------
 
 /// Entry of `SSL_read`, `SSL_write`, `SSL_read_ex` or `SSL_write_ex`; the

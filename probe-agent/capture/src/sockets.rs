@@ -292,6 +292,22 @@ impl SocketTrace {
     }
 }
 
+/// Attaches the do-nothing program to every tracepoint the socket programs
+/// use, for measurements (`sonde-sockets-bench`); dropping the set
+/// detaches it.
+pub fn attach_floor(set: &mut ProbeSet) -> Result<()> {
+    for syscall in programs::SOCK_SYSCALLS {
+        for event in ["sys_enter_", "sys_exit_"] {
+            set.attach_measurement_tracepoint(
+                programs::SOCK_FLOOR,
+                "syscalls",
+                &format!("{event}{syscall}"),
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// Attaches the TLS programs to OpenSSL's read and write functions in
 /// `library`; returns the links to keep when uprobes are made through
 /// tracefs.

@@ -26,6 +26,12 @@
 //! file (page cache), and a `write()` + `read()` through a pipe, untraced
 //! and attached.
 //!
+//! The floor: the same work with a program that returns at once on each of
+//! the same tracepoints (`sonde_sock_floor`), loaded and attached between
+//! the untraced and the attached cases. What any program on those
+//! tracepoints costs is the floor over untraced; what the socket programs'
+//! fast path adds is attached over the floor.
+//!
 //! Each of `--rounds` rounds measures every case: the untraced ones and the
 //! attached ones on either side of one load-and-attach (alternately before
 //! and after it), each group in an order that rotates from round to round,
@@ -67,7 +73,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use probe_capture::{
     loader::{LoadOptions, ProbeSet},
     preflight,
-    sockets::{SockConn, SockCounters, SocketOptions, SocketTrace},
+    sockets::{SockConn, SockCounters, SocketOptions, SocketTrace, attach_floor},
     tracefs::Tracefs,
 };
 use probe_common::{programs, sock};
@@ -136,6 +142,9 @@ enum Case {
     FileAttached,
     PipeUntraced,
     PipeAttached,
+    TcpFloor,
+    FileFloor,
+    PipeFloor,
 }
 
 struct CaseInfo {
@@ -144,18 +153,21 @@ struct CaseInfo {
     title: &'static str,
     /// Whether the socket programs are attached while it runs.
     attached: bool,
+    /// Whether the do-nothing program is, on the same tracepoints.
+    floor: bool,
     /// The untraced case doing the same work.
     reference: Case,
     /// Traced syscalls per round (a file round's rare `lseek` is not one).
     syscalls: f64,
 }
 
-const CASES: [CaseInfo; 8] = [
+const CASES: [CaseInfo; 11] = [
     CaseInfo {
         case: Case::TcpUntraced,
         key: "tcp_untraced",
         title: "TCP: untraced",
         attached: false,
+        floor: false,
         reference: Case::TcpUntraced,
         syscalls: 2.0,
     },
@@ -164,6 +176,7 @@ const CASES: [CaseInfo; 8] = [
         key: "tcp_attached_not_tracked",
         title: "TCP: attached, connection not tracked",
         attached: true,
+        floor: false,
         reference: Case::TcpUntraced,
         syscalls: 2.0,
     },
@@ -172,6 +185,7 @@ const CASES: [CaseInfo; 8] = [
         key: "tcp_tracked_other",
         title: "TCP: tracked, not HTTP (counted)",
         attached: true,
+        floor: false,
         reference: Case::TcpUntraced,
         syscalls: 2.0,
     },
@@ -180,6 +194,7 @@ const CASES: [CaseInfo; 8] = [
         key: "tcp_tracked_http",
         title: "TCP: tracked, HTTP (copied, drained)",
         attached: true,
+        floor: false,
         reference: Case::TcpUntraced,
         syscalls: 2.0,
     },
@@ -188,6 +203,7 @@ const CASES: [CaseInfo; 8] = [
         key: "file_read_untraced",
         title: "file read(): untraced",
         attached: false,
+        floor: false,
         reference: Case::FileUntraced,
         syscalls: 1.0,
     },
@@ -196,6 +212,7 @@ const CASES: [CaseInfo; 8] = [
         key: "file_read_attached",
         title: "file read(): attached",
         attached: true,
+        floor: false,
         reference: Case::FileUntraced,
         syscalls: 1.0,
     },
@@ -204,6 +221,7 @@ const CASES: [CaseInfo; 8] = [
         key: "pipe_untraced",
         title: "pipe write() + read(): untraced",
         attached: false,
+        floor: false,
         reference: Case::PipeUntraced,
         syscalls: 2.0,
     },
@@ -212,9 +230,45 @@ const CASES: [CaseInfo; 8] = [
         key: "pipe_attached",
         title: "pipe write() + read(): attached",
         attached: true,
+        floor: false,
         reference: Case::PipeUntraced,
         syscalls: 2.0,
     },
+    CaseInfo {
+        case: Case::TcpFloor,
+        key: "tcp_floor",
+        title: "TCP: do-nothing programs (floor)",
+        attached: false,
+        floor: true,
+        reference: Case::TcpUntraced,
+        syscalls: 2.0,
+    },
+    CaseInfo {
+        case: Case::FileFloor,
+        key: "file_read_floor",
+        title: "file read(): do-nothing programs (floor)",
+        attached: false,
+        floor: true,
+        reference: Case::FileUntraced,
+        syscalls: 1.0,
+    },
+    CaseInfo {
+        case: Case::PipeFloor,
+        key: "pipe_floor",
+        title: "pipe write() + read(): do-nothing programs (floor)",
+        attached: false,
+        floor: true,
+        reference: Case::PipeUntraced,
+        syscalls: 2.0,
+    },
+];
+
+/// Each attached case that meets nothing but the fast path, with the same
+/// work under the do-nothing programs.
+const OVER_FLOOR: [(Case, Case); 3] = [
+    (Case::TcpUntracked, Case::TcpFloor),
+    (Case::FileAttached, Case::FileFloor),
+    (Case::PipeAttached, Case::PipeFloor),
 ];
 
 fn index(case: Case) -> usize {
@@ -314,7 +368,7 @@ impl Work {
     /// round, by [`CLOCKS`].
     fn measure(&mut self, case: Case, pairs: &Pairs) -> anyhow::Result<[f64; 2]> {
         let tcp = match case {
-            Case::TcpUntraced | Case::TcpUntracked => Some((&pairs.before, false)),
+            Case::TcpUntraced | Case::TcpUntracked | Case::TcpFloor => Some((&pairs.before, false)),
             Case::TcpOther => Some((pairs.other.as_ref().context("no connection")?, false)),
             Case::TcpHttp => Some((pairs.http.as_ref().context("no connection")?, true)),
             _ => None,
@@ -329,7 +383,9 @@ impl Work {
             let (cpu, wall) = (thread_cpu(), Instant::now());
             match (case, tcp) {
                 (_, Some((pair, http))) => self.tcp(pair, http, rounds)?,
-                (Case::FileUntraced | Case::FileAttached, _) => self.file(rounds)?,
+                (Case::FileUntraced | Case::FileAttached | Case::FileFloor, _) => {
+                    self.file(rounds)?
+                }
                 _ => self.pipe(rounds)?,
             }
             if timed {
@@ -604,9 +660,10 @@ struct Round {
 fn round(n: usize, work: &mut Work, baseline: &BTreeSet<u32>) -> anyhow::Result<Round> {
     let untraced: Vec<Case> = CASES
         .iter()
-        .filter(|c| !c.attached)
+        .filter(|c| !c.attached && !c.floor)
         .map(|c| c.case)
         .collect();
+    let floor: Vec<Case> = CASES.iter().filter(|c| c.floor).map(|c| c.case).collect();
     let attached: Vec<Case> = CASES
         .iter()
         .filter(|c| c.attached)
@@ -640,6 +697,23 @@ fn round(n: usize, work: &mut Work, baseline: &BTreeSet<u32>) -> anyhow::Result<
     if untraced_first {
         untraced_phase(work, &pairs)?;
     }
+    // The do-nothing programs on the same tracepoints.
+    let mut floor_ns = Vec::new();
+    {
+        let others = socket_program_ids();
+        let mut set = ProbeSet::load(Tracefs::locate(None)?, LoadOptions::default())?;
+        attach_floor(&mut set).context("attach the do-nothing programs")?;
+        let ids: Vec<u32> = socket_program_ids().difference(&others).copied().collect();
+        for case in rotated(&floor, n) {
+            floor_ns.push((case, work.measure(case, &pairs)?));
+            watch(&ids);
+        }
+        drop(set);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && socket_program_ids().iter().any(|id| ids.contains(id)) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
     let start = Instant::now();
     let programs = Attached::attach().context("load and attach the socket programs")?;
     let attach_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -657,7 +731,7 @@ fn round(n: usize, work: &mut Work, baseline: &BTreeSet<u32>) -> anyhow::Result<
     if !untraced_first {
         untraced_phase(work, &pairs)?;
     }
-    for (case, [cpu, wall]) in attached_ns {
+    for (case, [cpu, wall]) in attached_ns.into_iter().chain(floor_ns) {
         (ns[0][index(case)], ns[1][index(case)]) = (cpu, wall);
     }
     watch(&[]);
@@ -684,20 +758,24 @@ fn run(args: &Args, work: &mut Work) -> anyhow::Result<Results> {
         let line = |clock: usize| {
             let ns = |case| round.ns[clock][index(case)];
             format!(
-                "TCP {:.0} {:.0} {:.0} {:.0}, file {:.0} {:.0}, pipe {:.0} {:.0}",
+                "TCP {:.0} {:.0} {:.0} {:.0} {:.0}, file {:.0} {:.0} {:.0}, pipe {:.0} {:.0} {:.0}",
                 ns(Case::TcpUntraced),
+                ns(Case::TcpFloor),
                 ns(Case::TcpUntracked),
                 ns(Case::TcpOther),
                 ns(Case::TcpHttp),
                 ns(Case::FileUntraced),
+                ns(Case::FileFloor),
                 ns(Case::FileAttached),
                 ns(Case::PipeUntraced),
+                ns(Case::PipeFloor),
                 ns(Case::PipeAttached),
             )
         };
         eprintln!(
-            "round {n} ({kept} of {} kept so far), ns per round (TCP untraced, not tracked, \
-             not HTTP, HTTP; file and pipe untraced, attached): CPU {}; wall {}{}",
+            "round {n} ({kept} of {} kept so far), ns per round (TCP untraced, floor, not \
+             tracked, not HTTP, HTTP; file and pipe untraced, floor, attached): CPU {}; wall \
+             {}{}",
             args.rounds,
             line(0),
             line(1),
@@ -794,6 +872,57 @@ fn table(ns: &[Vec<f64>]) -> (String, serde_json::Map<String, serde_json::Value>
     (table.finish(), figures)
 }
 
+/// What the socket programs' fast path adds over do-nothing programs on
+/// the same tracepoints (`ns`: by case, per round kept).
+fn over_floor(ns: &[Vec<f64>]) -> (String, serde_json::Map<String, serde_json::Value>) {
+    let rounds = ns[0].len();
+    let mut table = Table::new(&[
+        "work",
+        "ns per round: untraced, floor, socket programs",
+        "floor ÷ untraced",
+        "socket programs ÷ floor (min–max)",
+        "added ns per syscall over the floor",
+    ]);
+    let mut figures = serde_json::Map::new();
+    for (attached, floor) in OVER_FLOOR {
+        let info = &CASES[index(attached)];
+        let (a, f, u) = (index(attached), index(floor), index(info.reference));
+        let ratios: Vec<f64> = (0..rounds).map(|r| ns[a][r] / ns[f][r]).collect();
+        let (low, high) = ratios
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &r| {
+                (lo.min(r), hi.max(r))
+            });
+        let ratio = median(ratios);
+        let floor_ratio = median((0..rounds).map(|r| ns[f][r] / ns[u][r]).collect());
+        let added = median((0..rounds).map(|r| ns[a][r] - ns[f][r]).collect()) / info.syscalls;
+        table.row(&[
+            info.title.to_owned(),
+            format!(
+                "{:.0}, {:.0}, {:.0}",
+                median(ns[u].clone()),
+                median(ns[f].clone()),
+                median(ns[a].clone())
+            ),
+            format!("{floor_ratio:.3}"),
+            format!("**{ratio:.3}** ({low:.3}–{high:.3})"),
+            format!("**{added:+.0}**"),
+        ]);
+        figures.insert(
+            info.key.to_owned(),
+            json!({
+                "floor": CASES[f].key,
+                "floor_over_untraced": floor_ratio,
+                "ratio_over_floor": ratio,
+                "ratio_over_floor_min": low,
+                "ratio_over_floor_max": high,
+                "added_ns_per_syscall_over_floor": added,
+            }),
+        );
+    }
+    (table.finish(), figures)
+}
+
 fn section(report: &mut Report, args: &Args, results: &Results) {
     let rounds = results.ns[0][0].len();
     let mut tables = String::new();
@@ -802,6 +931,17 @@ fn section(report: &mut Report, args: &Args, results: &Results) {
         let (text, clock) = table(ns);
         tables.push_str(&format!("By {name}:\n\n{text}\n"));
         figures.insert((*key).to_owned(), json!(clock));
+    }
+    // The fast path against its floor: the same tracepoints with programs
+    // that return at once (what any program there costs).
+    for ((key, name), ns) in CLOCKS.iter().zip(&results.ns) {
+        let (text, clock) = over_floor(ns);
+        tables.push_str(&format!(
+            "The fast path over its floor (do-nothing programs on the same {} \
+             tracepoints), by {name}:\n\n{text}\n",
+            2 * programs::SOCK_SYSCALLS.len()
+        ));
+        figures.insert(format!("{key}_over_floor"), json!(clock));
     }
     let checks = "Each round checks that the connection of *not tracked* was not tracked, \
                   that those of *not HTTP* and *HTTP* were tracked with that protocol and \
