@@ -110,7 +110,8 @@ print(",".join(names), n, comm)
     // The baseline tables are there from the start, with no resource.
     assert_eq!(
         stdout.trim(),
-        "shop.parent_lookups,sonde.network_stats,sonde.process_stats 2500 sonde-loadgen"
+        "shop.parent_lookups,sonde.conn_stats,sonde.dns_events,sonde.http_events,\
+         sonde.network_stats,sonde.process_stats 2500 sonde-loadgen"
     );
 
     let status = agent.stop();

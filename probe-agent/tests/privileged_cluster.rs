@@ -267,7 +267,10 @@ async fn cluster_agent_captures_selected_pods_and_reports() -> anyhow::Result<()
         baseline,
         [
             ("process_stats", BaselineTableState::Collecting),
-            ("network_stats", BaselineTableState::Collecting)
+            ("network_stats", BaselineTableState::Collecting),
+            ("http_events", BaselineTableState::Collecting),
+            ("dns_events", BaselineTableState::Collecting),
+            ("conn_stats", BaselineTableState::Collecting)
         ]
     );
     assert!(status.kernel_version.is_some_and(|k| !k.is_empty()));
