@@ -354,13 +354,11 @@ fn newest_traffic(batches: &[RecordBatch], cgroup: u64) -> Option<(i64, u64, u64
     newest
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn network_stats_count_a_cgroups_loopback_bytes() {
-    const SENT: usize = 8 << 20;
-    const RECEIVED: usize = 4 << 20;
-    let manifests = tempfile::tempdir().unwrap();
+/// The agent with `sonde.network_stats` alone, sampled every 500 ms, once
+/// its programs are attached; and its Flight URL.
+fn network_agent(manifests: &std::path::Path) -> (AgentProcess, String) {
     let agent = AgentProcess::start(
-        manifests.path(),
+        manifests,
         &[
             "--baseline-tables",
             "network_stats",
@@ -374,9 +372,18 @@ async fn network_stats_count_a_cgroups_loopback_bytes() {
         agent.expect(
             "baseline table collecting: every cgroup's packets",
             Duration::from_secs(60),
-        )
-    });
-    let url = tokio::task::block_in_place(|| agent.flight_url(Duration::from_secs(60)));
+        );
+        let url = agent.flight_url(Duration::from_secs(60));
+        (agent, url)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_stats_count_a_cgroups_loopback_bytes() {
+    const SENT: usize = 8 << 20;
+    const RECEIVED: usize = 4 << 20;
+    let manifests = tempfile::tempdir().unwrap();
+    let (agent, url) = network_agent(manifests.path());
 
     // The server side runs here, outside the cgroup: it reads what the
     // client sends, then answers with RECEIVED bytes.
@@ -498,24 +505,7 @@ fn interface_counters(batches: &[RecordBatch], cgroup: u64) -> Option<Option<[u6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_stats_drops_and_errors_come_from_a_cgroups_own_network() {
     let manifests = tempfile::tempdir().unwrap();
-    let agent = AgentProcess::start(
-        manifests.path(),
-        &[
-            "--baseline-tables",
-            "network_stats",
-            "--network-stats-interval",
-            "500ms",
-            "--report-interval",
-            "1m",
-        ],
-    );
-    tokio::task::block_in_place(|| {
-        agent.expect(
-            "baseline table collecting: every cgroup's packets",
-            Duration::from_secs(60),
-        )
-    });
-    let url = tokio::task::block_in_place(|| agent.flight_url(Duration::from_secs(60)));
+    let (agent, url) = network_agent(manifests.path());
     // A shell in a network namespace of its own, in the cgroup before it
     // sends anything: loopback traffic gives the cgroup its rows, and a
     // veth pair gives the namespace interfaces that are not `lo`.

@@ -317,15 +317,40 @@ fn sample(body: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
-/// Every loss the agent counted for the socket tables.
+/// Every loss the agent counted for the socket tables (records the ring
+/// could not take are counted under `http_events`, whatever their
+/// protocol).
 fn losses(body: &str) -> Vec<&str> {
     body.lines()
         .filter(|l| {
-            (l.starts_with("sonde_baseline_dropped_total{table=\"http_events\"")
-                || l.starts_with("sonde_baseline_dropped_total{table=\"conn_stats\""))
+            ["http_events", "dns_events", "conn_stats"]
+                .iter()
+                .any(|t| l.starts_with(&format!("sonde_baseline_dropped_total{{table=\"{t}\"")))
                 && !l.ends_with(" 0")
         })
         .collect()
+}
+
+/// The agent, standalone with no manifest, collecting the baseline
+/// `tables` only, plus `args`; its Flight URL and metrics address.
+fn start_agent(manifests: &Path, tables: &str, args: &[&str]) -> (AgentProcess, String, String) {
+    let mut all = vec![
+        "--baseline-tables",
+        tables,
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--report-interval",
+        "1m",
+    ];
+    all.extend_from_slice(args);
+    let agent = AgentProcess::start(manifests, &all);
+    let (url, metrics) = tokio::task::block_in_place(|| {
+        (
+            agent.flight_url(Duration::from_secs(60)),
+            agent.metrics_addr(Duration::from_secs(10)),
+        )
+    });
+    (agent, url, metrics)
 }
 
 fn check_side(rows: &[Row], pid: u32, role: &str, tls: bool, seen: &[(Exchange, u64)], port: u16) {
@@ -368,25 +393,11 @@ fn check_side(rows: &[Row], pid: u32, role: &str, tls: bool, seen: &[(Exchange, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_http_exchange_is_one_row_per_side() {
     let manifests = tempfile::tempdir().unwrap();
-    let agent = AgentProcess::start(
+    let (agent, url, metrics) = start_agent(
         manifests.path(),
-        &[
-            "--baseline-tables",
-            "http_events,conn_stats",
-            "--conn-stats-interval",
-            "500ms",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--report-interval",
-            "1m",
-        ],
+        "http_events,conn_stats",
+        &["--conn-stats-interval", "500ms"],
     );
-    let (url, metrics) = tokio::task::block_in_place(|| {
-        (
-            agent.flight_url(Duration::from_secs(60)),
-            agent.metrics_addr(Duration::from_secs(10)),
-        )
-    });
     let server = Server::start(&[]);
     let requests = requests();
     let (raw, (client, seen)) = tokio::task::block_in_place(|| {
@@ -492,23 +503,7 @@ async fn https_through_openssl_is_one_row_per_side_marked_encrypted() {
         .expect("run openssl");
     assert!(status.success());
     let manifests = tempfile::tempdir().unwrap();
-    let agent = AgentProcess::start(
-        manifests.path(),
-        &[
-            "--baseline-tables",
-            "http_events",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--report-interval",
-            "1m",
-        ],
-    );
-    let (url, metrics) = tokio::task::block_in_place(|| {
-        (
-            agent.flight_url(Duration::from_secs(60)),
-            agent.metrics_addr(Duration::from_secs(10)),
-        )
-    });
+    let (agent, url, metrics) = start_agent(manifests.path(), "http_events", &[]);
     let server = Server::start(&[cert.to_str().unwrap(), key.to_str().unwrap()]);
     // The server has OpenSSL mapped: wait until the agent traces it.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -632,23 +627,7 @@ fn dig(port: u16, name: &str, kind: &str) -> (u32, String, Vec<String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dns_query_is_one_row_with_its_answers() {
     let manifests = tempfile::tempdir().unwrap();
-    let agent = AgentProcess::start(
-        manifests.path(),
-        &[
-            "--baseline-tables",
-            "dns_events",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--report-interval",
-            "1m",
-        ],
-    );
-    let (url, metrics) = tokio::task::block_in_place(|| {
-        (
-            agent.flight_url(Duration::from_secs(60)),
-            agent.metrics_addr(Duration::from_secs(10)),
-        )
-    });
+    let (agent, url, metrics) = start_agent(manifests.path(), "dns_events", &[]);
     let dns = Dnsmasq::start();
     let queries = [
         ("www.example.test", "A"),
@@ -731,13 +710,7 @@ async fn every_dns_query_is_one_row_with_its_answers() {
     let body = tokio::task::spawn_blocking(move || scrape(&metrics))
         .await
         .unwrap();
-    let lost: Vec<&str> = body
-        .lines()
-        .filter(|l| {
-            l.starts_with("sonde_baseline_dropped_total{table=\"dns_events\"") && !l.ends_with(" 0")
-        })
-        .collect();
-    assert_eq!(lost, Vec::<&str>::new(), "nothing was lost");
+    assert_eq!(losses(&body), Vec::<&str>::new(), "nothing was lost");
     eprintln!("dns_events: {} queries, one row each", seen.len());
     drop(dns);
     let status = tokio::task::block_in_place(|| agent.stop());

@@ -321,8 +321,8 @@ impl ProbeSet {
         Ok(())
     }
 
-    /// Attaches the uprobe or uretprobe program `name` at `offset` in
-    /// `binary`, for every process, with `cookie`. Through the uprobe PMU
+    /// Attaches the uprobe (or, with `ret`, uretprobe) program `name` at
+    /// `offset` in `binary`, for every process, with `cookie`. Through the uprobe PMU
     /// the link lives as long as the set; through tracefs' `uprobe_events`
     /// (without CAP_SYS_ADMIN) it lives as long as the returned link.
     pub(crate) fn attach_uprobe_program(
@@ -330,6 +330,7 @@ impl ProbeSet {
         name: &'static str,
         binary: &std::path::Path,
         offset: u64,
+        ret: bool,
         cookie: u64,
     ) -> Result<Option<UprobeEventLink>> {
         self.loaded_program::<UProbe>(name)?;
@@ -338,7 +339,6 @@ impl ProbeSet {
             let fd = program
                 .fd()
                 .map_err(|source| program_error(name, "attach", source))?;
-            let ret = name == programs::SSL_RETURN;
             return events
                 .attach(fd.as_fd(), binary, offset, ret, cookie)
                 .map(Some);

@@ -160,16 +160,27 @@ pub struct SockCounters {
 }
 
 /// The socket programs, attached; they stay attached as long as the
-/// [`ProbeSet`] they were loaded from (and this value, for uprobes made
-/// through tracefs).
+/// [`ProbeSet`] they were loaded from.
 pub struct SocketTrace {
     /// Held, not read: programs loaded later refer to it by descriptor.
     _config: Array<MapData, SockConfig>,
     ring: RingBuf<MapData>,
     conns: HashMap<MapData, u64, SockConn>,
     counters: PerCpuArray<MapData, u64>,
-    tls_links: Vec<UprobeEventLink>,
-    tls_libraries: Vec<PathBuf>,
+}
+
+/// The `syscalls` tracepoints the socket programs go on, each with the
+/// program's name: `sonde_sock_<syscall>_enter` on `sys_enter_<syscall>`,
+/// and `_exit` on `sys_exit_<syscall>`.
+fn socket_tracepoints() -> impl Iterator<Item = (String, String)> {
+    programs::SOCK_SYSCALLS.iter().flat_map(|syscall| {
+        [("enter", "sys_enter_"), ("exit", "sys_exit_")].map(|(half, event)| {
+            (
+                format!("{}{syscall}_{half}", programs::SOCK_PREFIX),
+                format!("{event}{syscall}"),
+            )
+        })
+    })
 }
 
 /// The OpenSSL functions traced, with the cookie the programs know them by.
@@ -203,38 +214,22 @@ impl SocketTrace {
         let ring = set.take_map(maps::SOCK_EVENTS)?;
         let conns = set.take_map(maps::SOCK_CONNS)?;
         let counters = set.take_map(maps::SOCK_COUNTERS)?;
-        for syscall in programs::SOCK_SYSCALLS {
-            for (half, event) in [("enter", "sys_enter_"), ("exit", "sys_exit_")] {
-                let name = format!("{}{syscall}_{half}", programs::SOCK_PREFIX);
-                let program: &mut TracePoint = set.loaded_program(&name)?;
-                program
-                    .attach("syscalls", &format!("{event}{syscall}"))
-                    .map_err(|source| Error::Program {
-                        program: name.clone(),
-                        action: "attach",
-                        source,
-                    })?;
-            }
+        for (name, tracepoint) in socket_tracepoints() {
+            let program: &mut TracePoint = set.loaded_program(&name)?;
+            program
+                .attach("syscalls", &tracepoint)
+                .map_err(|source| Error::Program {
+                    program: name.clone(),
+                    action: "attach",
+                    source,
+                })?;
         }
         Ok(Self {
             _config: config,
             ring,
             conns,
             counters,
-            tls_links: Vec::new(),
-            tls_libraries: Vec::new(),
         })
-    }
-
-    /// Attaches the TLS programs to OpenSSL's read and write functions in
-    /// `library` (a `libssl.so.3`), for every process that maps it.
-    pub fn attach_openssl(&mut self, set: &mut ProbeSet, library: &Path) -> Result<()> {
-        if self.tls_libraries.iter().any(|l| l == library) {
-            return Ok(());
-        }
-        self.tls_links.extend(attach_openssl(set, library)?);
-        self.tls_libraries.push(library.to_owned());
-        Ok(())
     }
 
     /// Stops tracking the connection with `key` (`tgid << 32 | fd`): its
@@ -242,11 +237,6 @@ impl SocketTrace {
     pub fn forget(&mut self, key: u64) {
         // Already gone is fine.
         let _ = self.conns.remove(&key);
-    }
-
-    /// The OpenSSL libraries traced.
-    pub fn tls_libraries(&self) -> &[PathBuf] {
-        &self.tls_libraries
     }
 
     /// Hands every record in the ring to `each`; returns how many there
@@ -296,20 +286,15 @@ impl SocketTrace {
 /// use, for measurements (`sonde-sockets-bench`); dropping the set
 /// detaches it.
 pub fn attach_floor(set: &mut ProbeSet) -> Result<()> {
-    for syscall in programs::SOCK_SYSCALLS {
-        for event in ["sys_enter_", "sys_exit_"] {
-            set.attach_measurement_tracepoint(
-                programs::SOCK_FLOOR,
-                "syscalls",
-                &format!("{event}{syscall}"),
-            )?;
-        }
+    for (_, tracepoint) in socket_tracepoints() {
+        set.attach_measurement_tracepoint(programs::SOCK_FLOOR, "syscalls", &tracepoint)?;
     }
     Ok(())
 }
 
 /// Attaches the TLS programs to OpenSSL's read and write functions in
-/// `library`; returns the links to keep when uprobes are made through
+/// `library` (a `libssl.so.3`), for every process that maps it; returns
+/// the links to keep when uprobes are made through
 /// tracefs.
 pub fn attach_openssl(set: &mut ProbeSet, library: &Path) -> Result<Vec<UprobeEventLink>> {
     let elf_error = |source: ElfError| Error::Elf {
@@ -323,8 +308,8 @@ pub fn attach_openssl(set: &mut ProbeSet, library: &Path) -> Result<Vec<UprobeEv
     }
     let mut links = Vec::new();
     for (offset, cookie) in offsets {
-        for program in [programs::SSL_ENTRY, programs::SSL_RETURN] {
-            links.extend(set.attach_uprobe_program(program, library, offset, cookie)?);
+        for (program, ret) in [(programs::SSL_ENTRY, false), (programs::SSL_RETURN, true)] {
+            links.extend(set.attach_uprobe_program(program, library, offset, ret, cookie)?);
         }
     }
     Ok(links)

@@ -17,7 +17,7 @@ use std::{
 use probe_capture::{
     loader::{LoadOptions, ProbeSet},
     preflight,
-    sockets::{SockEvent, SocketOptions, SocketTrace},
+    sockets::{SockEvent, SocketOptions, SocketTrace, attach_openssl},
     tracefs::Tracefs,
 };
 use probe_common::sock;
@@ -95,6 +95,7 @@ fn load() -> ProbeSet {
     ProbeSet::load(tracefs, LoadOptions::default()).expect("eBPF object loads")
 }
 
+/// A server process the test started and its port; killed when dropped.
 struct Server(Child, u16);
 
 impl Server {
@@ -300,9 +301,8 @@ fn tls_plaintext_is_attributed_to_its_connection() {
     let mut set = load();
     let mut trace = SocketTrace::attach(&mut set, std::process::id(), SocketOptions::default())
         .expect("attach the socket programs");
-    trace
-        .attach_openssl(&mut set, Path::new(LIBSSL))
-        .expect("attach to OpenSSL");
+    // Kept until the end: through tracefs, dropping them detaches.
+    let _links = attach_openssl(&mut set, Path::new(LIBSSL)).expect("attach to OpenSSL");
     let server = Server::start(&[cert.to_str().unwrap(), key.to_str().unwrap()]);
     let port = server.1.to_string();
     let sizes = ["3", "20000"];
@@ -341,7 +341,8 @@ fn a_resolvers_dns_datagrams_are_copied_whole() {
         .local_addr()
         .unwrap()
         .port();
-    let mut dnsmasq = Command::new("dnsmasq")
+    // Killed when dropped, failed assertions included.
+    let dnsmasq = Command::new("dnsmasq")
         .args([
             "--keep-in-foreground",
             "--conf-file=/dev/null",
@@ -357,6 +358,7 @@ fn a_resolvers_dns_datagrams_are_copied_whole() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start dnsmasq (scripts/install-harness.sh installs dnsmasq-base)");
+    let dnsmasq = Server(dnsmasq, port);
     let deadline = Instant::now() + Duration::from_secs(20);
     let dig = loop {
         let child = Command::new("dig")
@@ -375,8 +377,7 @@ fn a_resolvers_dns_datagrams_are_copied_whole() {
     drain_until(&mut trace, &mut seen, |s| {
         s.of(dig).values().any(|c| !c.copied[1].is_empty())
     });
-    let _ = dnsmasq.kill();
-    let _ = dnsmasq.wait();
+    drop(dnsmasq);
     let conns = seen.of(dig);
     let conn = conns.values().find(|c| !c.copied[1].is_empty()).unwrap();
     assert_eq!(conn.role, sock::ROLE_CLIENT);

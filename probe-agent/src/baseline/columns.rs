@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use arrow_array::{
     ArrayRef, RecordBatch,
-    builder::{StringBuilder, TimestampNanosecondBuilder, UInt32Builder, UInt64Builder},
+    builder::{
+        ArrayBuilder as _, StringBuilder, TimestampNanosecondBuilder, UInt32Builder, UInt64Builder,
+    },
 };
 use arrow_schema::{ArrowError, SchemaRef};
 use probe_capture::identity::ContainerIdentity;
@@ -79,9 +81,31 @@ impl<const N: usize> Columns<N> {
         }
     }
 
+    /// Rows appended since the last finish.
+    pub fn len(&self) -> usize {
+        self.time.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The rows appended since the last call, as a batch of `schema`: the
+    /// standard columns and counters, then `own` (a table's other columns,
+    /// in schema order); the builders start over.
+    pub fn finish_with(
+        &mut self,
+        schema: &SchemaRef,
+        own: impl IntoIterator<Item = ArrayRef>,
+    ) -> Result<RecordBatch, ArrowError> {
+        let mut arrays = self.finish_arrays();
+        arrays.extend(own);
+        RecordBatch::try_new(schema.clone(), arrays)
+    }
+
     /// The standard columns and the table's own counters appended since
     /// the last call, in schema order; the builders start over.
-    pub fn finish_arrays(&mut self) -> Vec<ArrayRef> {
+    fn finish_arrays(&mut self) -> Vec<ArrayRef> {
         let mut arrays: Vec<ArrayRef> = vec![
             Arc::new(self.time.finish()),
             Arc::new(self.node.finish()),

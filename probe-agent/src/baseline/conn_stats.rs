@@ -79,7 +79,6 @@ pub struct ConnRows {
     bytes_sent: UInt64Builder,
     bytes_recv: UInt64Builder,
     open: BooleanBuilder,
-    rows: usize,
 }
 
 impl Default for ConnRows {
@@ -96,22 +95,17 @@ impl Default for ConnRows {
             bytes_sent: UInt64Builder::new(),
             bytes_recv: UInt64Builder::new(),
             open: BooleanBuilder::new(),
-            rows: 0,
         }
     }
 }
 
 impl ConnRows {
-    pub fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
     pub fn len(&self) -> usize {
-        self.rows
+        self.standard.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows == 0
+        self.standard.is_empty()
     }
 
     pub fn append(&mut self, source: &RowSource<'_>, conn: &ConnSample) {
@@ -123,24 +117,23 @@ impl ConnRows {
         self.bytes_sent.append_value(conn.bytes_sent);
         self.bytes_recv.append_value(conn.bytes_recv);
         self.open.append_value(conn.open);
-        self.rows += 1;
     }
 
     /// The rows appended since the last call; the builders start over.
     pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
-        let mut arrays = self.standard.finish_arrays();
-        arrays.extend([
-            Arc::new(self.local_addr.finish()) as ArrayRef,
-            Arc::new(self.local_port.finish()),
-            Arc::new(self.remote_addr.finish()),
-            Arc::new(self.remote_port.finish()),
-            Arc::new(self.trace_role.finish()),
-            Arc::new(self.protocol.finish()),
-            Arc::new(self.bytes_sent.finish()),
-            Arc::new(self.bytes_recv.finish()),
-            Arc::new(self.open.finish()),
-        ]);
-        self.rows = 0;
-        RecordBatch::try_new(self.schema.clone(), arrays)
+        self.standard.finish_with(
+            &self.schema,
+            [
+                Arc::new(self.local_addr.finish()) as ArrayRef,
+                Arc::new(self.local_port.finish()),
+                Arc::new(self.remote_addr.finish()),
+                Arc::new(self.remote_port.finish()),
+                Arc::new(self.trace_role.finish()),
+                Arc::new(self.protocol.finish()),
+                Arc::new(self.bytes_sent.finish()),
+                Arc::new(self.bytes_recv.finish()),
+                Arc::new(self.open.finish()),
+            ],
+        )
     }
 }

@@ -60,7 +60,6 @@ pub struct DnsRows {
     answers: StringBuilder,
     truncated: BooleanBuilder,
     latency: UInt64Builder,
-    rows: usize,
 }
 
 impl Default for DnsRows {
@@ -81,18 +80,17 @@ impl Default for DnsRows {
             answers: StringBuilder::new(),
             truncated: BooleanBuilder::new(),
             latency: UInt64Builder::new(),
-            rows: 0,
         }
     }
 }
 
 impl DnsRows {
     pub fn len(&self) -> usize {
-        self.rows
+        self.standard.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows == 0
+        self.standard.is_empty()
     }
 
     pub fn append(&mut self, source: &RowSource<'_>, side: &ExchangeSide<'_>, x: &DnsExchange) {
@@ -108,28 +106,27 @@ impl DnsRows {
         self.answers.append_value(x.answers.join("\n"));
         self.truncated.append_value(x.truncated);
         self.latency.append_value(x.latency_ns);
-        self.rows += 1;
     }
 
     /// The rows appended since the last call; the builders start over.
     pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
-        let mut arrays = self.standard.finish_arrays();
-        arrays.extend([
-            Arc::new(self.local_addr.finish()) as ArrayRef,
-            Arc::new(self.local_port.finish()),
-            Arc::new(self.remote_addr.finish()),
-            Arc::new(self.remote_port.finish()),
-            Arc::new(self.trace_role.finish()),
-            Arc::new(self.query_id.finish()),
-            Arc::new(self.query_name.finish()),
-            Arc::new(self.query_type.finish()),
-            Arc::new(self.answered.finish()),
-            Arc::new(self.rcode.finish()),
-            Arc::new(self.answers.finish()),
-            Arc::new(self.truncated.finish()),
-            Arc::new(self.latency.finish()),
-        ]);
-        self.rows = 0;
-        RecordBatch::try_new(self.schema.clone(), arrays)
+        self.standard.finish_with(
+            &self.schema,
+            [
+                Arc::new(self.local_addr.finish()) as ArrayRef,
+                Arc::new(self.local_port.finish()),
+                Arc::new(self.remote_addr.finish()),
+                Arc::new(self.remote_port.finish()),
+                Arc::new(self.trace_role.finish()),
+                Arc::new(self.query_id.finish()),
+                Arc::new(self.query_name.finish()),
+                Arc::new(self.query_type.finish()),
+                Arc::new(self.answered.finish()),
+                Arc::new(self.rcode.finish()),
+                Arc::new(self.answers.finish()),
+                Arc::new(self.truncated.finish()),
+                Arc::new(self.latency.finish()),
+            ],
+        )
     }
 }

@@ -85,7 +85,6 @@ pub struct HttpRows {
     latency: UInt64Builder,
     complete: BooleanBuilder,
     incomplete_reason: StringBuilder,
-    rows: usize,
 }
 
 impl Default for HttpRows {
@@ -114,22 +113,17 @@ impl Default for HttpRows {
             latency: UInt64Builder::new(),
             complete: BooleanBuilder::new(),
             incomplete_reason: StringBuilder::new(),
-            rows: 0,
         }
     }
 }
 
 impl HttpRows {
-    pub fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
     pub fn len(&self) -> usize {
-        self.rows
+        self.standard.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows == 0
+        self.standard.is_empty()
     }
 
     pub fn append(&mut self, source: &RowSource<'_>, side: &ExchangeSide<'_>, x: &HttpExchange) {
@@ -156,37 +150,36 @@ impl HttpRows {
         self.complete.append_value(x.complete);
         self.incomplete_reason
             .append_option(x.incomplete_reason.map(|r| r.as_str()));
-        self.rows += 1;
     }
 
     /// The rows appended since the last call; the builders start over.
     pub fn finish(&mut self) -> Result<RecordBatch, ArrowError> {
-        let mut arrays = self.standard.finish_arrays();
-        arrays.extend([
-            Arc::new(self.local_addr.finish()) as ArrayRef,
-            Arc::new(self.local_port.finish()),
-            Arc::new(self.remote_addr.finish()),
-            Arc::new(self.remote_port.finish()),
-            Arc::new(self.trace_role.finish()),
-            Arc::new(self.encrypted.finish()),
-            Arc::new(self.major_version.finish()),
-            Arc::new(self.minor_version.finish()),
-            Arc::new(self.req_method.finish()),
-            Arc::new(self.req_path.finish()),
-            Arc::new(self.req_headers.finish()),
-            Arc::new(self.req_body_size.finish()),
-            Arc::new(self.req_body.finish()),
-            Arc::new(self.resp_status.finish()),
-            Arc::new(self.resp_message.finish()),
-            Arc::new(self.resp_headers.finish()),
-            Arc::new(self.resp_body_size.finish()),
-            Arc::new(self.resp_body.finish()),
-            Arc::new(self.latency.finish()),
-            Arc::new(self.complete.finish()),
-            Arc::new(self.incomplete_reason.finish()),
-        ]);
-        self.rows = 0;
-        RecordBatch::try_new(self.schema.clone(), arrays)
+        self.standard.finish_with(
+            &self.schema,
+            [
+                Arc::new(self.local_addr.finish()) as ArrayRef,
+                Arc::new(self.local_port.finish()),
+                Arc::new(self.remote_addr.finish()),
+                Arc::new(self.remote_port.finish()),
+                Arc::new(self.trace_role.finish()),
+                Arc::new(self.encrypted.finish()),
+                Arc::new(self.major_version.finish()),
+                Arc::new(self.minor_version.finish()),
+                Arc::new(self.req_method.finish()),
+                Arc::new(self.req_path.finish()),
+                Arc::new(self.req_headers.finish()),
+                Arc::new(self.req_body_size.finish()),
+                Arc::new(self.req_body.finish()),
+                Arc::new(self.resp_status.finish()),
+                Arc::new(self.resp_message.finish()),
+                Arc::new(self.resp_headers.finish()),
+                Arc::new(self.resp_body_size.finish()),
+                Arc::new(self.resp_body.finish()),
+                Arc::new(self.latency.finish()),
+                Arc::new(self.complete.finish()),
+                Arc::new(self.incomplete_reason.finish()),
+            ],
+        )
     }
 }
 

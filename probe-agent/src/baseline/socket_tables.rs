@@ -88,6 +88,9 @@ struct Conn {
     bytes_recv: u64,
     peer: Option<SocketAddr>,
     ends: Option<Ends>,
+    /// Lookups of `ends` in `/proc` made: at the open and at the first data
+    /// record, no more (a connection gone by then stays without them).
+    lookups: u8,
     /// The parser, and whether it reads the TLS plaintext.
     http: Option<(HttpConnection, bool)>,
     /// Bytes accounted for, by `[tls][direction]`.
@@ -116,6 +119,7 @@ impl Conn {
             bytes_recv: 0,
             peer: None,
             ends: None,
+            lookups: 0,
             http: None,
             position: [[0; 2]; 2],
             datagram: Vec::new(),
@@ -167,7 +171,7 @@ impl Identities {
     /// The pod container of `cgroup_id`. A cgroup not known, or known as
     /// no pod's, is looked up again (once a second at most): a new pod's
     /// cgroup can exist before the pod's status names its container.
-    fn get(&mut self, cgroup_id: u64) -> Option<ContainerIdentity> {
+    fn get(&mut self, cgroup_id: u64) -> Option<&ContainerIdentity> {
         let (Some(pods), Some(root)) = (&self.pods, &self.cgroup_root) else {
             return None;
         };
@@ -183,7 +187,7 @@ impl Identities {
                 .collect();
             self.refreshed = Some(Instant::now());
         }
-        self.known.get(&cgroup_id).cloned().flatten()
+        self.known.get(&cgroup_id)?.as_ref()
     }
 }
 
@@ -232,6 +236,7 @@ impl Connections {
             sock::KIND_OPEN => {
                 conn.peer = event.peer();
                 conn.ends = self.addresses.lookup(conn.pid, conn.fd);
+                conn.lookups += 1;
                 // Closed already: an accepted connection's local end is
                 // its listening socket's (which outlives it).
                 if conn.ends.is_none()
@@ -245,8 +250,9 @@ impl Connections {
                 }
             }
             sock::KIND_DATA => {
-                if conn.ends.is_none() {
+                if conn.ends.is_none() && conn.lookups < 2 {
                     conn.ends = self.addresses.lookup(conn.pid, conn.fd);
+                    conn.lookups = 2;
                 }
                 match r.protocol {
                     sock::PROTO_HTTP if self.config.http_events => {
@@ -453,7 +459,7 @@ impl SocketTables {
             };
             let identity = identities.get(conn.cgroup_id);
             http_rows.append(
-                &source(conn, clock.to_unix_ns(end), node, identity.as_ref()),
+                &source(conn, clock.to_unix_ns(end), node, identity),
                 &ExchangeSide {
                     local: conn.local(),
                     remote: conn.remote(),
@@ -474,7 +480,7 @@ impl SocketTables {
             };
             let identity = identities.get(conn.cgroup_id);
             dns_rows.append(
-                &source(conn, clock.to_unix_ns(end), node, identity.as_ref()),
+                &source(conn, clock.to_unix_ns(end), node, identity),
                 &ExchangeSide {
                     local: conn.local(),
                     remote: conn.remote(),
@@ -612,7 +618,7 @@ impl SocketTables {
             }
             let identity = self.identities.get(conn.cgroup_id);
             self.conn_rows.append(
-                &source(conn, now_ns, &self.node, identity.as_ref()),
+                &source(conn, now_ns, &self.node, identity),
                 &ConnSample {
                     local: conn.local(),
                     remote: conn.remote(),

@@ -848,14 +848,6 @@ fn ingest_section(report: &mut Report, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn out_dir(args: &Args) -> PathBuf {
-    args.out.clone().unwrap_or_else(|| {
-        std::env::var_os("CARGO_TARGET_DIR")
-            .map_or_else(|| PathBuf::from("target"), PathBuf::from)
-            .join("bench")
-    })
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let started = Instant::now();
@@ -891,7 +883,7 @@ fn main() -> anyhow::Result<()> {
     if args.decode_only || args.sections.contains(&Section::Decode) {
         decode_section(&mut report, args.decoded, args.rounds)?;
     }
-    let dir = out_dir(&args);
+    let dir = report::out_dir(args.out.clone());
     report.write(&dir, &args.name)?;
     println!("{}", report.markdown());
     eprintln!(

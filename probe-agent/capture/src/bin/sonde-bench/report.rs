@@ -1,6 +1,9 @@
 //! The report: Markdown for people, JSON for tools, built side by side.
 
-use std::{fmt::Write as _, path::Path};
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
 
 use serde_json::{Map, Value};
 
@@ -67,6 +70,16 @@ impl Table {
 }
 
 /// The median; `values` must not be empty.
+/// Where a benchmark writes its report: `--out`, else `bench` in the
+/// cargo target directory.
+pub fn out_dir(out: Option<PathBuf>) -> PathBuf {
+    out.unwrap_or_else(|| {
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| PathBuf::from("target"), PathBuf::from)
+            .join("bench")
+    })
+}
+
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]

@@ -1017,14 +1017,6 @@ fn section(report: &mut Report, args: &Args, results: &Results) {
     );
 }
 
-fn out_dir(args: &Args) -> PathBuf {
-    args.out.clone().unwrap_or_else(|| {
-        std::env::var_os("CARGO_TARGET_DIR")
-            .map_or_else(|| PathBuf::from("target"), PathBuf::from)
-            .join("bench")
-    })
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.rounds == 0 || args.iterations == 0 || args.file_iterations == 0 {
@@ -1050,7 +1042,7 @@ fn main() -> anyhow::Result<()> {
     let results = run(&args, &mut work)?;
     drop(work);
     section(&mut report, &args, &results);
-    let dir = out_dir(&args);
+    let dir = report::out_dir(args.out.clone());
     report.write(&dir, &args.name)?;
     println!("{}", report.markdown());
     eprintln!(
