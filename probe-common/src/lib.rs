@@ -240,6 +240,9 @@ pub enum FieldSource {
     UserMemory = 8,
     /// The constant `displacement`.
     Constant = 9,
+    /// `size` bytes of the `pt_regs` register at `offset` (uprobes,
+    /// kprobes and USDT probes), read from the context directly.
+    Register = 10,
 }
 
 /// How one field is captured and where it goes in the record.
@@ -260,7 +263,13 @@ pub struct FieldConfig {
     pub max_len: u16,
     /// Offset of the value in the record.
     pub dest: u16,
-    pub _pad: [u8; 6],
+    /// Non-zero if a filter compares this field: it is then read before
+    /// the filters decide. For a string, the bytes to read then (the
+    /// compared bytes and one more, so a longer string differs); a field
+    /// whose `filter_read` is short of `max_len + 1` is read again, whole,
+    /// for events that pass.
+    pub filter_read: u16,
+    pub _pad: [u8; 4],
     /// For `UserMemory` and `Constant`.
     pub displacement: i64,
 }
@@ -274,7 +283,8 @@ impl FieldConfig {
         offset: 0,
         max_len: 0,
         dest: 0,
-        _pad: [0; 6],
+        filter_read: 0,
+        _pad: [0; 4],
         displacement: 0,
     };
 }
@@ -402,7 +412,7 @@ pub struct EntryKey {
 }
 
 /// What a return probe needs from the entry: the time and the argument
-/// registers (`pt_regs` up to `orig_rax`).
+/// registers, in argument order (see [`ENTRY_REG_WORDS`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EntryState {
@@ -410,9 +420,17 @@ pub struct EntryState {
     pub regs: [u64; ENTRY_REGS],
 }
 
-/// 8-byte registers of `pt_regs` saved at entry (r15 through orig_rax on
-/// x86-64), enough for every argument register.
-pub const ENTRY_REGS: usize = 16;
+/// Slots of saved registers at entry: the six argument registers, and two
+/// slots that stay zero (a power of two, so an index masks into range).
+pub const ENTRY_REGS: usize = 8;
+
+/// The `pt_regs` words (8-byte index) saved at entry, slot by slot: the
+/// x86-64 argument registers rdi, rsi, rdx, rcx, r8 and r9. An
+/// `EntryRegister` field's `offset` is its slot times 8.
+pub const ENTRY_REG_WORDS: [usize; 6] = [14, 13, 12, 11, 9, 8];
+
+/// Words in x86-64 `pt_regs` (r15 through ss).
+pub const PT_REGS_WORDS: usize = 21;
 
 /// Per-probe, per-CPU counters, summed over CPUs by the agent. Every matched
 /// event is counted in exactly one of the outcome counters:

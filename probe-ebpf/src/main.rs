@@ -10,8 +10,13 @@
 //! the record to the ring buffer. Every outcome is counted per probe and CPU.
 //! Work is ordered so that rejected events cost least: without filters,
 //! sampling and the rate limit decide before anything is read; with them,
-//! the header (command name and all) is written only for events that pass,
-//! unless a filter compares a standard column.
+//! only the fields the filters compare are read first (a string only as far
+//! as they compare it), and the rest of the record, header included, is
+//! written only for events that pass, unless a filter compares a standard
+//! column. Helpers are called only for values an event needs: the cgroup id
+//! for cgroup targets or a record, the time for a record, a latency or the
+//! rate limit. Registers of uprobes and kprobes are read from the context
+//! directly, not through a probe-read helper.
 //!
 //! Records are submitted without waking the reader (`BPF_RB_NO_WAKEUP`): the
 //! agent drains on a timer, and a submit wakes it only when it takes the
@@ -21,6 +26,8 @@
 #![no_std]
 #![no_main]
 #![allow(unsafe_code)]
+// Inline assembly for the BPF target: see `register`.
+#![feature(asm_experimental_arch)]
 
 use core::ffi::c_void;
 
@@ -46,11 +53,11 @@ use aya_ebpf::{
     },
 };
 use probe_common::{
-    COMM_LEN, ENTRY_REGS, EntryKey, EntryState, FILTER_WORDS, FieldSource, FilterOp, HookProbes,
-    MAX_ENTRIES_IN_FLIGHT, MAX_FIELDS, MAX_FILTERS, MAX_HOOKS, MAX_NET_CGROUPS, MAX_PROBES,
-    MAX_TARGETS, NO_PROBE, NetCounters, OFFSET_MASK, PROBES_PER_HOOK, ProbeConfig, ProbeCounters,
-    RECORD_HEADER_LEN, RECORD_KIND_EVENT, RateWindow, RecordHeader, TargetKey, TargetMode,
-    crosses_watermark, filter_kind,
+    COMM_LEN, ENTRY_REG_WORDS, ENTRY_REGS, EntryKey, EntryState, FILTER_WORDS, FieldSource,
+    FilterOp, HookProbes, MAX_ENTRIES_IN_FLIGHT, MAX_FIELDS, MAX_FILTERS, MAX_HOOKS,
+    MAX_NET_CGROUPS, MAX_PROBES, MAX_TARGETS, NO_PROBE, NetCounters, OFFSET_MASK, PROBES_PER_HOOK,
+    PT_REGS_WORDS, ProbeConfig, ProbeCounters, RECORD_HEADER_LEN, RECORD_KIND_EVENT, RateWindow,
+    RecordHeader, TargetKey, TargetMode, crosses_watermark, filter_kind,
 };
 
 /// Default ring size; the agent sets the real one at load time.
@@ -98,6 +105,18 @@ static NET_STATS: PerCpuHashMap<u64, NetCounters> =
 #[map]
 static NET_OVERFLOW: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// What a program's context is. The verifier only allows context reads at
+/// constant offsets, and which offsets depends on the program type: direct
+/// register reads are made only where the context is `pt_regs`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Context {
+    /// A tracepoint's record or a raw tracepoint's arguments: read through
+    /// the probe-read helper at any offset.
+    Record,
+    /// `pt_regs` (uprobes, kprobes): registers are read directly.
+    Registers,
+}
+
 /// Which half of a probe a program is.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Half {
@@ -116,7 +135,7 @@ macro_rules! tracepoint_hook {
     ($name:ident, $slot:literal) => {
         #[tracepoint]
         pub fn $name(ctx: TracePointContext) -> u32 {
-            on_hook(ctx.as_ptr(), $slot, Half::Single);
+            on_hook(ctx.as_ptr(), $slot, Half::Single, Context::Record);
             0
         }
     };
@@ -126,7 +145,7 @@ macro_rules! raw_tracepoint_hook {
     ($name:ident, $slot:literal) => {
         #[raw_tracepoint]
         pub fn $name(ctx: RawTracePointContext) -> u32 {
-            on_hook(ctx.as_ptr(), $slot, Half::Single);
+            on_hook(ctx.as_ptr(), $slot, Half::Single, Context::Record);
             0
         }
     };
@@ -138,14 +157,14 @@ macro_rules! kprobe_hook {
         pub fn $name(ctx: ProbeContext) -> u32 {
             // A kprobe slot serves a plain kprobe, or the entry of a kretprobe
             // whose return half sits in the paired slot.
-            on_hook(ctx.as_ptr(), $slot, Half::Single);
-            on_hook(ctx.as_ptr(), $ret_slot, Half::Entry);
+            on_hook(ctx.as_ptr(), $slot, Half::Single, Context::Registers);
+            on_hook(ctx.as_ptr(), $ret_slot, Half::Entry, Context::Registers);
             0
         }
 
         #[aya_ebpf::macros::kretprobe]
         pub fn $ret(ctx: RetProbeContext) -> u32 {
-            on_hook(ctx.as_ptr(), $ret_slot, Half::Return);
+            on_hook(ctx.as_ptr(), $ret_slot, Half::Return, Context::Registers);
             0
         }
     };
@@ -321,7 +340,7 @@ pub fn sonde_uprobe(ctx: ProbeContext) -> u32 {
         } else {
             Half::Single
         };
-        on_probe(ctx.as_ptr(), probe_id, config, half);
+        on_probe(ctx.as_ptr(), probe_id, config, half, Context::Registers);
     }
     0
 }
@@ -330,13 +349,19 @@ pub fn sonde_uprobe(ctx: ProbeContext) -> u32 {
 pub fn sonde_uretprobe(ctx: RetProbeContext) -> u32 {
     let probe_id = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
     if let Some(config) = PROBES.get(probe_id) {
-        on_probe(ctx.as_ptr(), probe_id, config, Half::Return);
+        on_probe(
+            ctx.as_ptr(),
+            probe_id,
+            config,
+            Half::Return,
+            Context::Registers,
+        );
     }
     0
 }
 
 #[inline(always)]
-fn on_hook(ctx: *mut c_void, slot: u32, half: Half) {
+fn on_hook(ctx: *mut c_void, slot: u32, half: Half, context: Context) {
     let Some(hook) = HOOKS.get(slot) else {
         return;
     };
@@ -346,22 +371,28 @@ fn on_hook(ctx: *mut c_void, slot: u32, half: Half) {
             continue;
         }
         if let Some(config) = PROBES.get(probe_id) {
-            on_probe(ctx, probe_id, config, half);
+            on_probe(ctx, probe_id, config, half, context);
         }
     }
 }
 
 // A subprogram, not inlined: a hook serving several probes calls it once per
-// probe, and the verifier checks its body once.
+// probe, and the verifier checks its body once per calling program type.
 #[inline(never)]
-fn on_probe(ctx: *mut c_void, probe_id: u32, config: &ProbeConfig, half: Half) {
+fn on_probe(ctx: *mut c_void, probe_id: u32, config: &ProbeConfig, half: Half, context: Context) {
+    // The thread's ids are always taken: deferring them too would double
+    // the states the verifier walks through the field loops. The cgroup id
+    // is taken when targets need it, else with the header (0 until then).
     let pid_tgid = bpf_get_current_pid_tgid();
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let mut cgroup_id = 0;
+    if config.target_mode == TargetMode::Cgroups as u32 {
+        cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    }
     if !is_target(config, probe_id, pid_tgid, cgroup_id) {
         return;
     }
     if half == Half::Entry {
-        save_entry(ctx, probe_id, pid_tgid);
+        save_entry(ctx, probe_id, pid_tgid, context);
         return;
     }
     let Some(counters) = COUNTERS.get_ptr_mut(probe_id) else {
@@ -372,6 +403,9 @@ fn on_probe(ctx: *mut c_void, probe_id: u32, config: &ProbeConfig, half: Half) {
     let counters = unsafe { &mut *counters };
     counters.matched += 1;
 
+    // The time of the event, taken when first needed: a latency, the rate
+    // limit or the record. 0 until then.
+    let mut now = 0;
     let entry = if half == Half::Return {
         let key = EntryKey {
             probe_id,
@@ -383,6 +417,7 @@ fn on_probe(ctx: *mut c_void, probe_id: u32, config: &ProbeConfig, half: Half) {
             Some(state) => {
                 let state = *state;
                 let _ = ENTRIES.remove(key);
+                now = unsafe { bpf_ktime_get_ns() };
                 Some(state)
             }
             None => {
@@ -394,51 +429,80 @@ fn on_probe(ctx: *mut c_void, probe_id: u32, config: &ProbeConfig, half: Half) {
         None
     };
 
-    let now = unsafe { bpf_ktime_get_ns() };
-    // Without filters, sampling and the rate limit decide on what is known
-    // already, before anything is read or written. (`has_filters` rereads
-    // the map value each time: a flag kept in a register across the field
-    // loop would double the states the verifier walks.)
-    if !has_filters(config) && !keep(config, counters, probe_id, now) {
-        return;
-    }
-
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     let base = scratch.cast::<u8>();
-    // The header's known values are stores; the command name is a helper
-    // call, made before the filters only if one of them compares it, and
-    // otherwise only for events that pass.
-    write_header(base, probe_id, now, pid_tgid, cgroup_id);
-    if filters_read_comm(config) {
-        write_comm(base);
+    // Without filters, sampling and the rate limit decide on what is known
+    // already, before anything is read or written. (`has_filters` rereads
+    // the map value each time: a flag kept in a register across the field
+    // loop would double the states the verifier walks.)
+    let mut header_written = false;
+    let mut failed = 0u32;
+    if !has_filters(config) {
+        if !keep(config, counters, probe_id, &mut now) {
+            return;
+        }
+    } else {
+        // A filter on a standard column needs the header first.
+        if filters_read_header(config) {
+            now = time(now);
+            cgroup_id = cgroup(cgroup_id);
+            write_header(base, probe_id, now, pid_tgid, cgroup_id);
+            write_comm(base);
+            header_written = true;
+        }
+        // The fields the filters compare, strings as far as compared.
+        for i in 0..MAX_FIELDS {
+            let field = &config.fields[i];
+            if field.source == 0 {
+                break;
+            }
+            if field.filter_read != 0 {
+                let size = u32::from(field.filter_read);
+                if !capture_field(ctx, base, field, size, entry.as_ref(), now, context) {
+                    failed |= 1 << i;
+                }
+            }
+        }
+        for i in 0..MAX_FILTERS {
+            let filter = &config.filters[i];
+            if filter.op == 0 {
+                break;
+            }
+            if !passes(base, filter) {
+                counters.filtered += 1;
+                counters.read_errors += u64::from(failed.count_ones());
+                return;
+            }
+        }
+        if !keep(config, counters, probe_id, &mut now) {
+            counters.read_errors += u64::from(failed.count_ones());
+            return;
+        }
     }
 
+    // The other fields, and strings the filters read only in part.
     for i in 0..MAX_FIELDS {
         let field = &config.fields[i];
         if field.source == 0 {
             break;
         }
-        if !capture_field(ctx, base, field, entry.as_ref(), now) {
-            counters.read_errors += 1;
+        let whole = u32::from(field.max_len) + 1;
+        if field.filter_read == 0 || u32::from(field.filter_read) < whole {
+            if capture_field(ctx, base, field, whole, entry.as_ref(), now, context) {
+                failed &= !(1 << i);
+            } else {
+                failed |= 1 << i;
+            }
         }
     }
-
-    for i in 0..MAX_FILTERS {
-        let filter = &config.filters[i];
-        if filter.op == 0 {
-            break;
-        }
-        if !passes(base, filter) {
-            counters.filtered += 1;
-            return;
-        }
+    counters.read_errors += u64::from(failed.count_ones());
+    if !header_written {
+        now = time(now);
+        write_header(base, probe_id, now, pid_tgid, cgroup(cgroup_id));
+        write_comm(base);
     }
-    if has_filters(config) && !keep(config, counters, probe_id, now) {
-        return;
-    }
-    write_comm(base);
 
     // Plans keep record_len within MAX_RECORD (== OFFSET_MASK), so the mask
     // changes nothing; it is there for the verifier.
@@ -462,9 +526,30 @@ fn on_probe(ctx: *mut c_void, probe_id: u32, config: &ProbeConfig, half: Half) {
     }
 }
 
-/// Sampling, then the rate limit: false (and counted) if the event goes.
+/// `now` if the time is taken already, else the time now.
 #[inline(always)]
-fn keep(config: &ProbeConfig, counters: &mut ProbeCounters, probe_id: u32, now: u64) -> bool {
+fn time(now: u64) -> u64 {
+    if now != 0 {
+        now
+    } else {
+        unsafe { bpf_ktime_get_ns() }
+    }
+}
+
+/// `cgroup_id` if taken already, else the current task's.
+#[inline(always)]
+fn cgroup(cgroup_id: u64) -> u64 {
+    if cgroup_id != 0 {
+        cgroup_id
+    } else {
+        unsafe { bpf_get_current_cgroup_id() }
+    }
+}
+
+/// Sampling, then the rate limit: false (and counted) if the event goes.
+/// The rate limit takes the time if `now` has none yet.
+#[inline(always)]
+fn keep(config: &ProbeConfig, counters: &mut ProbeCounters, probe_id: u32, now: &mut u64) -> bool {
     if config.sample_one_in > 1 {
         counters.sample_seq += 1;
         if !counters
@@ -475,23 +560,25 @@ fn keep(config: &ProbeConfig, counters: &mut ProbeCounters, probe_id: u32, now: 
             return false;
         }
     }
-    if config.rate_per_sec != 0 && over_rate(probe_id, config.rate_per_sec, now) {
-        counters.rate_limited += 1;
-        return false;
+    if config.rate_per_sec != 0 {
+        *now = time(*now);
+        if over_rate(probe_id, config.rate_per_sec, *now) {
+            counters.rate_limited += 1;
+            return false;
+        }
     }
     true
 }
 
-/// Whether a filter compares the command name.
+/// Whether a filter compares a standard column (the header).
 #[inline(always)]
-fn filters_read_comm(config: &ProbeConfig) -> bool {
+fn filters_read_header(config: &ProbeConfig) -> bool {
     for i in 0..MAX_FILTERS {
         let filter = &config.filters[i];
         if filter.op == 0 {
             break;
         }
-        let comm = probe_common::header_offsets::COMM;
-        if (comm..RECORD_HEADER_LEN).contains(&filter.offset) {
+        if filter.offset < RECORD_HEADER_LEN {
             return true;
         }
     }
@@ -555,56 +642,119 @@ fn is_target(config: &ProbeConfig, probe_id: u32, pid_tgid: u64, cgroup_id: u64)
 }
 
 #[inline(always)]
-fn save_entry(ctx: *mut c_void, probe_id: u32, pid_tgid: u64) {
+fn save_entry(ctx: *mut c_void, probe_id: u32, pid_tgid: u64, context: Context) {
+    if context != Context::Registers {
+        return;
+    }
     let mut state = EntryState {
         ktime_ns: unsafe { bpf_ktime_get_ns() },
         regs: [0; ENTRY_REGS],
     };
-    // SAFETY: the context of a (u/k)probe is a `pt_regs` in kernel memory,
-    // longer than the registers copied.
-    let read = unsafe {
-        bpf_probe_read_kernel(
-            state.regs.as_mut_ptr().cast(),
-            (ENTRY_REGS * 8) as u32,
-            ctx.cast_const(),
-        )
-    };
-    if read == 0 {
-        let key = EntryKey {
-            probe_id,
-            tid: pid_tgid as u32,
-        };
-        let _ = ENTRIES.insert(key, state, 0);
+    // SAFETY: the context is `pt_regs`; each read is at a constant offset
+    // inside it, as `register` makes it.
+    unsafe {
+        state.regs[0] = register(ctx, ENTRY_REG_WORDS[0]);
+        state.regs[1] = register(ctx, ENTRY_REG_WORDS[1]);
+        state.regs[2] = register(ctx, ENTRY_REG_WORDS[2]);
+        state.regs[3] = register(ctx, ENTRY_REG_WORDS[3]);
+        state.regs[4] = register(ctx, ENTRY_REG_WORDS[4]);
+        state.regs[5] = register(ctx, ENTRY_REG_WORDS[5]);
     }
+    let key = EntryKey {
+        probe_id,
+        tid: pid_tgid as u32,
+    };
+    let _ = ENTRIES.insert(key, state, 0);
+}
+
+/// Reads `pt_regs` word `word` (an 8-byte index) from a uprobe's or
+/// kprobe's context. The verifier allows a context read only at a constant
+/// offset from the context pointer itself, and the compiler, left to
+/// itself, merges such reads into one at a computed address: each arm is
+/// therefore one load instruction written out.
+#[inline(always)]
+unsafe fn register(ctx: *mut c_void, word: usize) -> u64 {
+    macro_rules! arms {
+        ($($w:literal @ $offset:literal)*) => {
+            match word {
+                $($w => {
+                    let value: u64;
+                    // SAFETY: `pt_regs` has PT_REGS_WORDS words; $w is
+                    // below, and $offset is 8 × $w.
+                    unsafe {
+                        core::arch::asm!(
+                            concat!("{value} = *(u64 *)({regs} + ", stringify!($offset), ")"),
+                            value = out(reg) value,
+                            regs = in(reg) ctx,
+                            options(readonly, nostack, preserves_flags),
+                        );
+                    }
+                    value
+                })*
+                _ => 0,
+            }
+        };
+    }
+    const _: () = assert!(PT_REGS_WORDS == 21);
+    arms!(
+        0 @ 0 1 @ 8 2 @ 16 3 @ 24 4 @ 32 5 @ 40 6 @ 48 7 @ 56 8 @ 64 9 @ 72 10 @ 80
+        11 @ 88 12 @ 96 13 @ 104 14 @ 112 15 @ 120 16 @ 128 17 @ 136 18 @ 144 19 @ 152
+        20 @ 160
+    )
+}
+
+/// Reads an 8-byte word of the context at `offset`: a register directly
+/// from `pt_regs`, otherwise through the probe-read helper.
+#[inline(always)]
+unsafe fn context_word(ctx: *mut c_void, offset: usize, context: Context) -> (u64, bool) {
+    if context == Context::Registers {
+        if offset.is_multiple_of(8) && offset / 8 < PT_REGS_WORDS {
+            // SAFETY: as `register` requires.
+            return (unsafe { register(ctx, offset / 8) }, true);
+        }
+        return (0, false);
+    }
+    // SAFETY: the helper validates the address.
+    unsafe { read_kernel_int(ctx.cast::<u8>().add(offset), 8) }
 }
 
 /// Writes one field into the record; false if it could not be read (the
-/// field is then 0 or the empty string).
+/// field is then 0 or the empty string). Strings are read up to `size`
+/// bytes, their NUL included (at most the field's `max_len + 1`).
 #[inline(always)]
 fn capture_field(
     ctx: *mut c_void,
     base: *mut u8,
     field: &probe_common::FieldConfig,
+    size: u32,
     entry: Option<&EntryState>,
     now: u64,
+    context: Context,
 ) -> bool {
     let dest = u32::from(field.dest) & OFFSET_MASK;
     let source = field.source;
     let offset = usize::from(field.offset);
+    let size = (size.min(u32::from(field.max_len) + 1) - 1) & 0x1ff;
+    let size = size + 1;
     // SAFETY (whole body): `dest` is masked into the scratch buffer, which
     // has room past OFFSET_MASK for the widest value; context reads go
-    // through the probe-read helpers, which fail cleanly on bad addresses.
+    // through the probe-read helpers, which fail cleanly on bad addresses,
+    // or are register reads at constant offsets of `pt_regs`.
     unsafe {
         let dst = base.add(dest as usize);
-        if source == FieldSource::Int as u8 {
+        if source == FieldSource::Register as u8 {
+            let (value, ok) = context_word(ctx, offset, context);
+            let value = value & size_mask(field.size);
+            write_u64(base, dest, normalize(value, field.width, field.signed));
+            ok
+        } else if source == FieldSource::Int as u8 {
             let (value, ok) = read_kernel_int(ctx.cast::<u8>().add(offset), field.size);
             write_u64(base, dest, normalize(value, field.width, field.signed));
             ok
         } else if source == FieldSource::UserString as u8
             || source == FieldSource::KernelString as u8
         {
-            let (pointer, ok) = read_kernel_int(ctx.cast::<u8>().add(offset), 8);
-            let size = (u32::from(field.max_len) & 0x1ff) + 1;
+            let (pointer, ok) = context_word(ctx, offset, context);
             let read = if !ok {
                 -1
             } else if source == FieldSource::UserString as u8 {
@@ -616,7 +766,6 @@ fn capture_field(
         } else if source == FieldSource::DataLoc as u8 {
             let (loc, ok) = read_kernel_int(ctx.cast::<u8>().add(offset), 4);
             let at = (loc & 0xffff) as usize;
-            let size = (u32::from(field.max_len) & 0x1ff) + 1;
             let read = if ok {
                 bpf_probe_read_kernel_str(dst.cast(), size, ctx.cast::<u8>().add(at).cast())
             } else {
@@ -624,7 +773,6 @@ fn capture_field(
             };
             string_result(dst, read)
         } else if source == FieldSource::InlineString as u8 {
-            let size = (u32::from(field.max_len) & 0x1ff) + 1;
             let read =
                 bpf_probe_read_kernel_str(dst.cast(), size, ctx.cast::<u8>().add(offset).cast());
             string_result(dst, read)
@@ -638,7 +786,7 @@ fn capture_field(
             write_u64(base, dest, normalize(value, field.width, field.signed));
             entry.is_some()
         } else if source == FieldSource::UserMemory as u8 {
-            let (register, ok) = read_kernel_int(ctx.cast::<u8>().add(offset), 8);
+            let (register, ok) = context_word(ctx, offset, context);
             let address = register.wrapping_add(field.displacement as u64);
             let mut value = 0u64;
             let size = u32::from(field.size & 0xf).min(8);
@@ -659,6 +807,17 @@ fn capture_field(
         } else {
             false
         }
+    }
+}
+
+/// The low `size` bytes (1, 2, 4 or 8) of a word.
+#[inline(always)]
+fn size_mask(size: u8) -> u64 {
+    match size {
+        1 => 0xff,
+        2 => 0xffff,
+        4 => 0xffff_ffff,
+        _ => u64::MAX,
     }
 }
 

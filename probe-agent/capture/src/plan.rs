@@ -285,7 +285,7 @@ impl Sources {
             }
             Self::Registers { ret, user, .. } => {
                 if *ret && source == "retval" {
-                    return Ok(Resolved::int(FieldSource::Int, RETVAL_REG, 8, None));
+                    return Ok(Resolved::int(FieldSource::Register, RETVAL_REG, 8, None));
                 }
                 if *ret && source == "latency" {
                     return Ok(Resolved::int(
@@ -301,11 +301,11 @@ impl Sources {
                     "arg0..arg5"
                 };
                 let index = arg_index(source, 6).ok_or_else(|| unknown(offered))?;
-                let register = UPROBE_ARG_REGS[index];
                 let mut resolved = if *ret {
-                    Resolved::int(FieldSource::EntryRegister, register, 8, None)
+                    // Saved at entry in argument order (`ENTRY_REG_WORDS`).
+                    Resolved::int(FieldSource::EntryRegister, (index * 8) as u16, 8, None)
                 } else {
-                    Resolved::int(FieldSource::Int, register, 8, None)
+                    Resolved::int(FieldSource::Register, UPROBE_ARG_REGS[index], 8, None)
                 };
                 // A string argument is a pointer in the traced memory.
                 if field.declared_type() == Some(FieldType::String) {
@@ -346,7 +346,7 @@ impl Sources {
                 let natural = Some(int_type(arg.size, arg.signed));
                 Ok(match arg.location {
                     UsdtArgLocation::Register { pt_regs_offset } => {
-                        Resolved::int(FieldSource::Int, pt_regs_offset, 8, natural)
+                        Resolved::int(FieldSource::Register, pt_regs_offset, 8, natural)
                     }
                     UsdtArgLocation::Memory {
                         base_pt_regs_offset,
@@ -636,7 +636,8 @@ pub fn compile(
             offset: resolved.offset,
             max_len: area.1,
             dest: next as u16,
-            _pad: [0; 6],
+            filter_read: 0,
+            _pad: [0; 4],
             displacement: resolved.displacement,
         };
         columns.push(ColumnPlan {
@@ -657,6 +658,7 @@ pub fn compile(
     for (i, filter) in spec.filters.iter().enumerate() {
         config.filters[i] = compile_filter(filter, &columns)?;
     }
+    mark_filtered_fields(&mut config);
 
     Ok(ProbePlan {
         hook,
@@ -760,6 +762,31 @@ fn operand(field: &str, columns: &[ColumnPlan]) -> Option<Operand> {
             max_len: u32::from(area) - 1,
         },
     })
+}
+
+/// Marks the fields the filters compare, so the program reads them, and
+/// only them, before the filters decide (see `FieldConfig::filter_read`).
+fn mark_filtered_fields(config: &mut ProbeConfig) {
+    let filters = config.filters;
+    for filter in filters.iter().take_while(|f| f.op != 0) {
+        let Some(field) = config
+            .fields
+            .iter_mut()
+            .take_while(|f| f.source != 0)
+            .find(|f| u32::from(f.dest) == filter.offset)
+        else {
+            // A standard column: the header is written before the filters.
+            continue;
+        };
+        let read = if filter.kind == filter_kind::STRING {
+            // The compared bytes and one more: a longer string then differs
+            // where a shorter read would end it.
+            (filter.len + 1).min(u32::from(field.max_len) + 1) as u16
+        } else {
+            8
+        };
+        field.filter_read = field.filter_read.max(read);
+    }
 }
 
 fn compile_filter(filter: &FilterSpec, columns: &[ColumnPlan]) -> Result<FilterConfig, PlanError> {
@@ -966,5 +993,73 @@ mod tests {
             ..pid
         };
         assert!(compile_filter(&unknown, &[]).is_err());
+    }
+
+    #[test]
+    fn fields_the_filters_compare_are_read_first_as_far_as_compared() {
+        let columns = vec![
+            ColumnPlan {
+                name: "path".into(),
+                offset: 48,
+                layout: ColumnLayout::String { area: 65 },
+            },
+            ColumnPlan {
+                name: "flags".into(),
+                offset: 120,
+                layout: ColumnLayout::Int(FieldType::U32),
+            },
+            ColumnPlan {
+                name: "mode".into(),
+                offset: 128,
+                layout: ColumnLayout::Int(FieldType::U32),
+            },
+        ];
+        let mut config = ProbeConfig::EMPTY;
+        for (i, (dest, max_len)) in [(48, 64), (120, 0), (128, 0)].into_iter().enumerate() {
+            config.fields[i] = FieldConfig {
+                source: FieldSource::Int as u8,
+                dest,
+                max_len,
+                ..FieldConfig::EMPTY
+            };
+        }
+        let filter = |field: &str, op, value| FilterSpec {
+            field: field.into(),
+            op,
+            value: Some(value),
+            min: None,
+            max: None,
+        };
+        let specs = [
+            // "/tmp/" is 5 bytes: 6 are read, so "/tmpx" differs.
+            filter(
+                "path",
+                SpecFilterOp::Prefix,
+                FilterValue::String("/tmp/".into()),
+            ),
+            // Equality compares the NUL too: 4 + 1 bytes, and one more.
+            filter("path", SpecFilterOp::Ne, FilterValue::String("/etc".into())),
+            filter("flags", SpecFilterOp::Gt, FilterValue::Int(0)),
+            // A standard column: no field is read for it.
+            filter("pid", SpecFilterOp::Eq, FilterValue::Int(1)),
+        ];
+        for (i, spec) in specs.iter().enumerate() {
+            config.filters[i] = compile_filter(spec, &columns).expect("valid");
+        }
+        mark_filtered_fields(&mut config);
+        let reads: Vec<u16> = config.fields[..3].iter().map(|f| f.filter_read).collect();
+        assert_eq!(reads, [6, 8, 0]);
+
+        // A filter as long as the field reads it whole, never past it.
+        let long = filter(
+            "path",
+            SpecFilterOp::Eq,
+            FilterValue::String("x".repeat(64)),
+        );
+        config.filters = [FilterConfig::EMPTY; MAX_FILTERS];
+        config.filters[0] = compile_filter(&long, &columns).expect("valid");
+        config.fields[0].filter_read = 0;
+        mark_filtered_fields(&mut config);
+        assert_eq!(config.fields[0].filter_read, 65);
     }
 }

@@ -150,6 +150,64 @@ filters:
     assert_eq!(t.lost(), 0);
 }
 
+/// String filters read only the bytes they compare before deciding; rows
+/// still hold the whole string, and a longer string never passes for an
+/// equal one.
+#[test]
+fn string_filters_decide_on_a_short_read_and_rows_keep_whole_strings() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let short = dir.path().join("wanted.txt");
+    let long = dir.path().join("wanted.txt.bak");
+    std::fs::write(&short, b"x").expect("write file");
+    std::fs::write(&long, b"x").expect("write file");
+    let short = short.to_str().expect("utf-8 path").to_owned();
+    let long = long.to_str().expect("utf-8 path").to_owned();
+    let prefix = format!("{}/want", dir.path().to_str().expect("utf-8 path"));
+
+    let mut engine = engine(LoadOptions::default());
+    let mut shorts = paused(LOADGEN, &["openat", "1500", &short, "--wait-stdin"]);
+    let mut longs = paused(LOADGEN, &["openat", "1000", &long, "--wait-stdin"]);
+    let targets = || Targets::Pids(vec![shorts.id(), longs.id()]);
+    let attach = |engine: &mut Engine, table: &str, op: &str, value: &str| {
+        engine
+            .attach(
+                &spec(&format!(
+                    "probe: {{tracepoint: {{group: syscalls, name: sys_enter_openat}}}}
+table: {table}
+fields:
+  - {{name: filename, type: string, maxLength: 200}}
+filters:
+  - {{field: filename, op: {op}, value: {value:?}}}"
+                )),
+                targets(),
+            )
+            .expect("attach openat")
+            .id
+    };
+    let by_prefix = attach(&mut engine, "by_prefix", "prefix", &prefix);
+    let equal = attach(&mut engine, "equal", "eq", &short);
+    let not_equal = attach(&mut engine, "not_equal", "ne", &short);
+    run_to_end(&mut engine, &mut shorts);
+    run_to_end(&mut engine, &mut longs);
+
+    let mut names = |probe| strings(&engine.batches(probe), "filename");
+    let count = |names: &[String], name: &str| names.iter().filter(|f| *f == name).count();
+    // The prefix is shorter than both names: both pass, whole.
+    let kept = names(by_prefix);
+    assert_eq!(kept.len(), 2500);
+    assert_eq!((count(&kept, &short), count(&kept, &long)), (1500, 1000));
+    // The long name starts with the short one: only equality tells them apart.
+    let kept = names(equal);
+    assert_eq!((kept.len(), count(&kept, &short)), (1500, 1500));
+    let kept = names(not_equal);
+    assert_eq!((kept.len(), count(&kept, &long)), (1000, 1000));
+    for (probe, filtered) in [(by_prefix, 0), (equal, 1000), (not_equal, 1500)] {
+        let t = assert_balanced(&engine, probe);
+        assert_eq!(t.filtered, filtered, "{t:?}");
+        assert_eq!(t.lost(), 0, "{t:?}");
+    }
+}
+
 #[test]
 fn sampling_keeps_one_in_ten_with_an_exact_sampled_out_count() {
     let mut engine = engine(LoadOptions::default());
