@@ -218,7 +218,7 @@ async fn churn(
             &api_pod("team-00", &format!("churn-{k}"), node, &[("app", "app-0")]),
         )
         .await?;
-        events.push((at, base + k as u32 + 1, true));
+        events.push((at, Instant::now(), base + k as u32 + 1, true));
     }
     for k in 0..half {
         tick.tick().await;
@@ -228,7 +228,7 @@ async fn churn(
             &DeleteParams::default().grace_period(0),
         )
         .await?;
-        events.push((at, base + (half - k - 1) as u32, false));
+        events.push((at, Instant::now(), base + (half - k - 1) as u32, false));
     }
     let sent = Instant::now();
     // Wait for the last change to show.
@@ -244,17 +244,25 @@ async fn churn(
     }
     watch.abort();
     let observed = observed.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let mut latencies: Vec<Duration> = events
-        .iter()
-        .filter_map(|(at, count, grows)| {
-            observed
-                .iter()
-                .find(|(seen, n)| seen >= at && if *grows { n >= count } else { n <= count })
-                .map(|(seen, _)| *seen - *at)
-        })
-        .collect();
+    // From the request, and from its response: the apiserver has stored
+    // the change by then, so the second is the operator's part (and the
+    // watches'), the first adds the apiserver's time to take the change.
+    let mut latencies = Vec::new();
+    let mut from_stored = Vec::new();
+    let mut calls: Vec<Duration> = events.iter().map(|(at, done, ..)| *done - *at).collect();
+    for (at, done, count, grows) in &events {
+        if let Some((seen, _)) = observed
+            .iter()
+            .find(|(seen, n)| seen >= at && if *grows { n >= count } else { n <= count })
+        {
+            latencies.push(*seen - *at);
+            from_stored.push(seen.saturating_duration_since(*done));
+        }
+    }
     let seen = latencies.len();
     latencies.sort();
+    from_stored.sort();
+    calls.sort();
     operator.wait_idle(SETTLE).await?;
     let churn_writes = operator.probe_node_writes().await? - writes;
     let after = fleet.wait_current(&fleet.expected().await?, SETTLE).await?;
@@ -265,11 +273,16 @@ async fn churn(
         rewritten.len(),
     );
     println!(
-        "pod change → Tracepoint status (selected nodes) current: {seen} of {} changes seen; p50 {:.0?}, p99 {:.0?}, max {:.0?}",
+        "pod change → Tracepoint status (selected nodes) current: {seen} of {} changes seen; from the request p50 {:.2?}, p99 {:.2?}, max {:.2?}; from the apiserver's response (change stored) p50 {:.2?}, p99 {:.2?}, max {:.2?}; the pod calls themselves p50 {:.2?}, p99 {:.2?}",
         events.len(),
         percentile(&latencies, 0.50),
         percentile(&latencies, 0.99),
         latencies.last().copied().unwrap_or_default(),
+        percentile(&from_stored, 0.50),
+        percentile(&from_stored, 0.99),
+        from_stored.last().copied().unwrap_or_default(),
+        percentile(&calls, 0.50),
+        percentile(&calls, 0.99),
     );
     Ok(())
 }
@@ -358,7 +371,7 @@ async fn report_latency(
     }
     latencies.sort();
     println!(
-        "agent report → Tracepoint status current ({} reports, heartbeats from {} nodes every {heartbeat:?} meanwhile): p50 {:.0?}, p99 {:.0?}, max {:.0?}",
+        "agent report → Tracepoint status current ({} reports, heartbeats from {} nodes every {heartbeat:?} meanwhile): p50 {:.2?}, p99 {:.2?}, max {:.2?}",
         latencies.len(),
         fleet.size.nodes,
         percentile(&latencies, 0.50),
