@@ -15,7 +15,7 @@ AGENT := $(CARGO_TARGET_DIR)/release/probe-agent
 SONDE_IMAGES ?= $(CARGO_TARGET_DIR)/images
 export SONDE_IMAGES
 
-.PHONY: install install-test run build images test lint unit-test privileged-test bench bench-capture bench-sockets bench-storage bench-detection bench-operator
+.PHONY: install install-test run build images test lint unit-test privileged-test bench bench-capture bench-sockets bench-storage bench-detection bench-agent bench-operator
 
 install:
 	@scripts/install.sh
@@ -62,7 +62,7 @@ privileged-test:
 # A new benchmark is one more `bench: bench-NAME` line and its target.
 BENCH_DIR := $(CARGO_TARGET_DIR)/bench
 
-bench: bench-capture bench-sockets bench-storage bench-detection
+bench: bench-capture bench-sockets bench-storage bench-detection bench-agent
 	@scripts/bench-report.sh $(BENCH_DIR) $^
 
 # Capture: overhead against hand-written programs, completeness, ingest and
@@ -86,6 +86,15 @@ bench-storage: install
 # Anomaly detection: CPU per series per rollup interval, by method.
 bench-detection: install
 	cargo bench --locked -p probe-store --bench detection -- --out $(BENCH_DIR)
+
+# The whole agent: a whole-table DoGet against pyarrow's own Flight server,
+# a GROUP BY with an exact p99 over Flight SQL against DuckDB, and memory
+# against the table budget under steady load (about 14 minutes; pass
+# BENCH_AGENT_ARGS="--memory-minutes 1" for a quick check). Its Python
+# clients run in a virtualenv of its own, $(SONDE_CACHE)/venv-bench.
+bench-agent: install
+	cargo build --release --locked -p probe-agent --bin probe-agent -p probe-capture --bin sonde-demo-app -p e2e --bin sonde-agent-bench
+	$(CARGO_TARGET_DIR)/release/sonde-agent-bench --out $(BENCH_DIR) --name agent $(BENCH_AGENT_ARGS) > /dev/null
 
 # The operator against 1,000 Node objects and 20,000 pods on a real
 # apiserver, with simulated agents: sync time, memory, writes, latencies.
