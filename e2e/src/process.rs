@@ -62,7 +62,7 @@ pub fn process_running(pid: u32) -> bool {
 
 /// Prefixes a command so the kernel kills it when the thread that started it
 /// dies: a test process killed outright leaves no component behind.
-pub(crate) fn die_with_parent(program: &Path) -> Command {
+pub fn die_with_parent(program: &Path) -> Command {
     const SETPRIV: &str = "/usr/bin/setpriv";
     if Path::new(SETPRIV).exists() {
         let mut cmd = Command::new(SETPRIV);

@@ -240,8 +240,8 @@ pub enum FieldSource {
     UserMemory = 8,
     /// The constant `displacement`.
     Constant = 9,
-    /// `size` bytes of the `pt_regs` register at `offset` (uprobes,
-    /// kprobes and USDT probes), read from the context directly.
+    /// The `pt_regs` register at `offset` (uprobes, kprobes and USDT
+    /// probes), read from the context directly and cut to `width`.
     Register = 10,
 }
 

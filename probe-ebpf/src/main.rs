@@ -744,7 +744,6 @@ fn capture_field(
         let dst = base.add(dest as usize);
         if source == FieldSource::Register as u8 {
             let (value, ok) = context_word(ctx, offset, context);
-            let value = value & size_mask(field.size);
             write_u64(base, dest, normalize(value, field.width, field.signed));
             ok
         } else if source == FieldSource::Int as u8 {
@@ -807,17 +806,6 @@ fn capture_field(
         } else {
             false
         }
-    }
-}
-
-/// The low `size` bytes (1, 2, 4 or 8) of a word.
-#[inline(always)]
-fn size_mask(size: u8) -> u64 {
-    match size {
-        1 => 0xff,
-        2 => 0xffff,
-        4 => 0xffff_ffff,
-        _ => u64::MAX,
     }
 }
 

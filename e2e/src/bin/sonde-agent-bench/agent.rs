@@ -7,7 +7,7 @@ use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -22,20 +22,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long a stopped agent may take to detach and exit before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A command that the kernel kills when the bench dies, so an interrupted
-/// bench leaves no agent or load behind (setpriv execs the program, keeping
-/// its pid).
-pub fn tied_command(program: &Path) -> Command {
-    const SETPRIV: &str = "/usr/bin/setpriv";
-    if Path::new(SETPRIV).exists() {
-        let mut command = Command::new(SETPRIV);
-        command.args(["--pdeathsig", "KILL", "--"]).arg(program);
-        command
-    } else {
-        Command::new(program)
-    }
-}
 
 /// A running agent.
 pub struct Agent {
@@ -59,7 +45,7 @@ impl Agent {
         let flight_port = e2e::free_port()?;
         let metrics_port = e2e::free_port()?;
         let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        let child = tied_command(binary)
+        let child = e2e::die_with_parent(binary)
             .arg("--standalone")
             .arg("--manifests")
             .arg(manifests)

@@ -2,10 +2,7 @@
 //! own Flight server serving the same table from memory, and a GROUP BY
 //! with an exact p99 over Flight SQL against DuckDB on the same Arrow table.
 
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
@@ -31,25 +28,6 @@ const DUCKDB_SQL: &str = "SELECT comm, count(*) AS n, quantile_cont(request_id, 
 /// Past this `--cold-after` the table stays hot for the whole section and
 /// no compaction is waited for.
 pub const HOT: Duration = Duration::from_secs(600);
-
-fn manifests(dir: &Path, tracepoint: &str) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("tracepoint.yaml"), tracepoint)?;
-    std::fs::write(
-        dir.join("retention.yaml"),
-        "apiVersion: sonde.dev/v1alpha1
-kind: Retention
-metadata:
-  name: requests
-  namespace: bench
-spec:
-  tables: [requests]
-  maxBytes: 6Gi
-  maxAge: 24h
-",
-    )?;
-    Ok(())
-}
 
 /// Rows held, captured and lost, from one scrape.
 struct Counts {
@@ -160,7 +138,12 @@ pub fn section(
         )
     };
     let dir = bench.dir.join(key);
-    manifests(&dir.join("manifests"), &bench.workload.tracepoint())?;
+    crate::manifests(
+        &dir.join("manifests"),
+        &bench.workload.tracepoint(),
+        "6Gi",
+        "24h",
+    )?;
     eprintln!("{tag}: starting the agent");
     let mut agent = Agent::start(
         &bench.agent,

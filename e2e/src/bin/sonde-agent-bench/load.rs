@@ -16,8 +16,6 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::agent::tied_command;
-
 /// The four commands: name, share of the rows in tenths, and `size`.
 pub const GROUPS: [(&str, u64, u32); 4] = [
     ("bench-api", 4, 64),
@@ -88,7 +86,7 @@ spec:
     /// Runs `requests` calls as group `group`, ids from `first`, to the end.
     fn run(&self, group: usize, first: u64, requests: u64) -> anyhow::Result<()> {
         let (name, _, size) = GROUPS[group];
-        let status = tied_command(&self.names[group])
+        let status = e2e::die_with_parent(&self.names[group])
             .args(["--requests", &requests.to_string()])
             .args([
                 "--start-id",

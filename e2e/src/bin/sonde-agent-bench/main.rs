@@ -119,6 +119,34 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// Writes the agent's manifests folder: the bench's Tracepoint and a
+/// Retention of its table with `max_bytes` and `max_age`.
+fn manifests(
+    dir: &std::path::Path,
+    tracepoint: &str,
+    max_bytes: &str,
+    max_age: &str,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("tracepoint.yaml"), tracepoint)?;
+    std::fs::write(
+        dir.join("retention.yaml"),
+        format!(
+            "apiVersion: sonde.dev/v1alpha1
+kind: Retention
+metadata:
+  name: requests
+  namespace: bench
+spec:
+  tables: [requests]
+  maxBytes: {max_bytes}
+  maxAge: {max_age}
+"
+        ),
+    )?;
+    Ok(())
+}
+
 /// What both sections use: binaries pinned in a folder of the run's own,
 /// the load and the Python side.
 pub struct Bench {
@@ -164,20 +192,7 @@ fn main() -> anyhow::Result<()> {
         .prefix("sonde-agent-bench")
         .tempdir()?;
     let bench = Bench::prepare(work.path().to_owned())?;
-    let mut report = Report::new(
-        "Agent benchmark",
-        &format!(
-            "`sonde-agent-bench` on {} ({} CPUs, kernel {}). Every ratio compares figures \
-             measured side by side in this run.",
-            nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            std::thread::available_parallelism().map_or(0, usize::from),
-            std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim()
-        ),
-    );
+    let mut report = Report::on_this_machine("Agent benchmark", "sonde-agent-bench");
     if args.sections.contains(&Section::Flight) {
         for &cold_after in &args.flight_cold_after {
             flight::section(&mut report, &args, &bench, cold_after)?;
@@ -186,14 +201,6 @@ fn main() -> anyhow::Result<()> {
     if args.sections.contains(&Section::Memory) {
         memory::section(&mut report, &args, &bench)?;
     }
-    let dir = report::out_dir(args.out.clone());
-    report.write(&dir, &args.name)?;
-    println!("{}", report.markdown());
-    eprintln!(
-        "wrote {}/{}.md and .json in {:.0} s",
-        dir.display(),
-        args.name,
-        started.elapsed().as_secs_f64()
-    );
+    report.finish(args.out.clone(), &args.name, started)?;
     Ok(())
 }

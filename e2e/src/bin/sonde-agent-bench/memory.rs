@@ -2,7 +2,6 @@
 //! once retention is full, and how it drifts under steady load.
 
 use std::{
-    path::Path,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -24,27 +23,6 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
 /// How long the load may take to fill the table.
 const FILL_TIMEOUT: Duration = Duration::from_secs(300);
-
-fn manifests(dir: &Path, tracepoint: &str, budget: u64) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("tracepoint.yaml"), tracepoint)?;
-    std::fs::write(
-        dir.join("retention.yaml"),
-        format!(
-            "apiVersion: sonde.dev/v1alpha1
-kind: Retention
-metadata:
-  name: requests
-  namespace: bench
-spec:
-  tables: [requests]
-  maxBytes: {budget}
-  maxAge: 1h
-"
-        ),
-    )?;
-    Ok(())
-}
 
 /// One sample: seconds since retention was full, RSS, and the table.
 struct Sample {
@@ -78,7 +56,12 @@ fn sample(agent: &Agent, since: Instant) -> anyhow::Result<Sample> {
 pub fn section(report: &mut Report, args: &Args, bench: &Bench) -> anyhow::Result<()> {
     let budget = args.memory_budget_mib << 20;
     let dir = bench.dir.join("memory");
-    manifests(&dir.join("manifests"), &bench.workload.tracepoint(), budget)?;
+    crate::manifests(
+        &dir.join("manifests"),
+        &bench.workload.tracepoint(),
+        &budget.to_string(),
+        "1h",
+    )?;
     eprintln!(
         "memory: starting the agent (Retention maxBytes {} MiB)",
         args.memory_budget_mib

@@ -13,8 +13,6 @@ use std::{
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use crate::agent::tied_command;
-
 /// The client script, written next to the bench's other files at start.
 pub const SCRIPT: &str = include_str!("../../../../scripts/bench-flight.py");
 
@@ -97,7 +95,7 @@ impl JsonProcess {
         args: &[&str],
         what: &'static str,
     ) -> anyhow::Result<Self> {
-        let mut child = tied_command(python)
+        let mut child = e2e::die_with_parent(python)
             .arg(script)
             .args(args)
             .stdin(Stdio::piped())

@@ -851,20 +851,7 @@ fn ingest_section(report: &mut Report, args: &Args) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let started = Instant::now();
-    let mut report = Report::new(
-        "Capture benchmark",
-        &format!(
-            "`sonde-bench` on {} ({} CPUs, kernel {}). Every ratio compares figures measured \
-             side by side in this run.",
-            nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            std::thread::available_parallelism().map_or(0, usize::from),
-            std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim()
-        ),
-    );
+    let mut report = Report::on_this_machine("Capture benchmark", "sonde-bench");
     let runs = |section| args.sections.contains(&section) && !args.decode_only;
     if runs(Section::Overhead) || runs(Section::Completeness) || runs(Section::Ingest) {
         preflight::check_privileges()?;
@@ -883,14 +870,6 @@ fn main() -> anyhow::Result<()> {
     if args.decode_only || args.sections.contains(&Section::Decode) {
         decode_section(&mut report, args.decoded, args.rounds)?;
     }
-    let dir = report::out_dir(args.out.clone());
-    report.write(&dir, &args.name)?;
-    println!("{}", report.markdown());
-    eprintln!(
-        "wrote {}/{}.md and .json in {:.0} s",
-        dir.display(),
-        args.name,
-        started.elapsed().as_secs_f64()
-    );
+    report.finish(args.out.clone(), &args.name, started)?;
     Ok(())
 }

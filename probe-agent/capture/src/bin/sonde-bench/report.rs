@@ -3,6 +3,7 @@
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
+    time::Instant,
 };
 
 use serde_json::{Map, Value};
@@ -21,14 +22,44 @@ impl Report {
         report
     }
 
+    /// A report whose preamble names the benchmark `tool` and the machine
+    /// it ran on.
+    pub fn on_this_machine(title: &str, tool: &str) -> Self {
+        Self::new(
+            title,
+            &format!(
+                "`{tool}` on {} ({} CPUs, kernel {}). Every ratio compares figures \
+                 measured side by side in this run.",
+                nix::unistd::gethostname()
+                    .map(|h| h.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                std::thread::available_parallelism().map_or(0, usize::from),
+                std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                    .unwrap_or_default()
+                    .trim()
+            ),
+        )
+    }
+
+    /// Writes the report into `out` (see [`out_dir`]) as `NAME.md` and
+    /// `NAME.json`, prints the Markdown, and says where it went and how
+    /// long the run took since `started`.
+    pub fn finish(&self, out: Option<PathBuf>, name: &str, started: Instant) -> anyhow::Result<()> {
+        let dir = out_dir(out);
+        self.write(&dir, name)?;
+        println!("{}", self.markdown);
+        eprintln!(
+            "wrote {}/{name}.md and .json in {:.0} s",
+            dir.display(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
     /// Adds a section: its Markdown text and its figures.
     pub fn section(&mut self, key: &str, heading: &str, markdown: &str, figures: Value) {
         let _ = writeln!(self.markdown, "## {heading}\n\n{}\n", markdown.trim_end());
         self.json.insert(key.to_owned(), figures);
-    }
-
-    pub fn markdown(&self) -> &str {
-        &self.markdown
     }
 
     /// Writes `NAME.md` and `NAME.json` into `dir`.

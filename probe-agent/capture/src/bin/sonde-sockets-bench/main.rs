@@ -1024,32 +1024,11 @@ fn main() -> anyhow::Result<()> {
     }
     let started = Instant::now();
     preflight::check_privileges()?;
-    let mut report = Report::new(
-        "Socket tracing benchmark",
-        &format!(
-            "`sonde-sockets-bench` on {} ({} CPUs, kernel {}). Every ratio compares figures \
-             measured side by side in this run.",
-            nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            std::thread::available_parallelism().map_or(0, usize::from),
-            std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim()
-        ),
-    );
+    let mut report = Report::on_this_machine("Socket tracing benchmark", "sonde-sockets-bench");
     let mut work = Work::new(&args)?;
     let results = run(&args, &mut work)?;
     drop(work);
     section(&mut report, &args, &results);
-    let dir = report::out_dir(args.out.clone());
-    report.write(&dir, &args.name)?;
-    println!("{}", report.markdown());
-    eprintln!(
-        "wrote {}/{}.md and .json in {:.0} s",
-        dir.display(),
-        args.name,
-        started.elapsed().as_secs_f64()
-    );
+    report.finish(args.out.clone(), &args.name, started)?;
     Ok(())
 }
