@@ -26,10 +26,9 @@ use std::{future::Future, net::SocketAddr, path::PathBuf};
 use arrow_flight::flight_service_server::FlightServiceServer;
 use probe_serve::flight::BearerAuth;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{
     service::interceptor::InterceptedService,
-    transport::{Identity, Server, ServerTlsConfig},
+    transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming},
 };
 
 pub use self::{
@@ -232,7 +231,10 @@ impl QueryServer {
         let addr = self.local_addr;
         builder
             .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(self.listener).with_nodelay(Some(true)),
+                shutdown,
+            )
             .await
             .map_err(|source| Error::Serve { addr, source })
     }

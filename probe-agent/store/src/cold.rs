@@ -9,7 +9,7 @@
 
 use std::{io::Cursor, sync::Arc};
 
-use arrow_array::{ArrayRef, RecordBatch, cast::AsArray};
+use arrow_array::{ArrayRef, RecordBatch, RecordBatchOptions, cast::AsArray};
 use arrow_ipc::{
     CompressionType,
     reader::StreamReader,
@@ -88,10 +88,23 @@ impl ColdBatch {
         self.plain_bytes
     }
 
-    /// The rows, with the columns of `schema` (the table's): dictionary
-    /// columns are cast back unless `schema` asks for dictionaries.
-    pub fn decode(&self, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
-        let reader = StreamReader::try_new(Cursor::new(self.encoded.as_slice()), None)?;
+    /// The rows, with the columns of `schema` (the table's) that
+    /// `projection` names (all for `None`): dictionary columns are cast
+    /// back unless `schema` asks for dictionaries. Columns left out are
+    /// not decompressed.
+    pub fn decode(
+        &self,
+        schema: &SchemaRef,
+        projection: Option<&[usize]>,
+    ) -> Result<RecordBatch, ArrowError> {
+        let schema = match projection {
+            Some(indices) => Arc::new(schema.project(indices)?),
+            None => Arc::clone(schema),
+        };
+        let reader = StreamReader::try_new(
+            Cursor::new(self.encoded.as_slice()),
+            projection.map(<[usize]>::to_vec),
+        )?;
         let mut batches = Vec::with_capacity(1);
         for batch in reader {
             batches.push(batch?);
@@ -104,7 +117,7 @@ impl ColdBatch {
                 arrow_select::concat::concat_batches(&stream_schema, &batches)?
             }
         };
-        conform(&batch, schema)
+        conform(&batch, &schema)
     }
 }
 
@@ -167,7 +180,10 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Arrow
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(Arc::clone(schema), columns)
+    // The row count is explicit: a read of no column (`count(*)`) still
+    // has rows.
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(Arc::clone(schema), columns, &options)
 }
 
 /// `schema` with the store's low-cardinality string columns as
@@ -246,7 +262,7 @@ mod tests {
         for codec in [Codec::Zstd, Codec::Lz4] {
             let cold = ColdBatch::encode(&batch, 1, codec).expect("encodes");
             assert_eq!(cold.rows(), 10_000);
-            let back = cold.decode(&table_schema()).expect("decodes");
+            let back = cold.decode(&table_schema(), None).expect("decodes");
             assert_eq!(back, batch, "{codec:?}");
             assert!(
                 cold.bytes() * 3 < batch.get_array_memory_size() as u64,
@@ -255,6 +271,22 @@ mod tests {
                 batch.get_array_memory_size()
             );
         }
+    }
+
+    #[test]
+    fn decoding_some_columns_gives_exactly_those() {
+        let batch = rows(5_000);
+        let cold = ColdBatch::encode(&batch, 1, Codec::Zstd).expect("encodes");
+        for projection in [vec![1, 3], vec![4, 0], vec![2]] {
+            let back = cold
+                .decode(&table_schema(), Some(&projection))
+                .expect("decodes");
+            assert_eq!(back, batch.project(&projection).expect("projects"));
+        }
+        assert!(cold.decode(&table_schema(), Some(&[9])).is_err());
+        // No column at all (what `count(*)` reads) still has the rows.
+        let none = cold.decode(&table_schema(), Some(&[])).expect("decodes");
+        assert_eq!((none.num_columns(), none.num_rows()), (0, 5_000));
     }
 
     #[test]

@@ -17,6 +17,8 @@ mod retention;
 mod rollup;
 mod table_store;
 
+use std::sync::Arc;
+
 use arrow_array::RecordBatch;
 use arrow_schema::{ArrowError, DataType, SchemaRef};
 pub use crds::TableName;
@@ -111,6 +113,117 @@ pub struct TableSnapshot {
     pub batches: Vec<RecordBatch>,
 }
 
+/// A table's batches at one instant, each read only when a reader loads
+/// it: compacted batches are decoded by [`ScanPart::load`], so a reader
+/// that streams holds one decoded batch at a time, decodes only the
+/// columns it wants, and skips batches outside its time range undecoded.
+#[derive(Clone, Debug)]
+pub struct TableScan {
+    pub info: TableInfo,
+    pub parts: Vec<ScanPart>,
+}
+
+impl TableScan {
+    /// Every part's rows (see [`ScanPart::load`]), in order.
+    pub fn load_all(&self) -> Result<Vec<RecordBatch>, ArrowError> {
+        let mut batches = Vec::with_capacity(self.parts.len());
+        for part in &self.parts {
+            batches.extend(part.load(None)?);
+        }
+        Ok(batches)
+    }
+
+    /// Whether every part is already in memory (nothing to decode).
+    pub fn all_ready(&self) -> bool {
+        self.parts.iter().all(ScanPart::is_ready)
+    }
+}
+
+/// One batch of a [`TableScan`]: in memory, or decoded when loaded.
+#[derive(Clone)]
+pub struct ScanPart {
+    rows: usize,
+    time_range: Option<(i64, i64)>,
+    source: PartSource,
+}
+
+#[derive(Clone)]
+enum PartSource {
+    Ready(RecordBatch),
+    Deferred(Arc<dyn LoadBatch>),
+}
+
+/// Reads a deferred [`ScanPart`].
+pub trait LoadBatch: Send + Sync {
+    /// The part's rows with the columns `projection` names (all for
+    /// `None`), or `None` when no row is left to serve.
+    fn load(&self, projection: Option<&[usize]>) -> Result<Option<RecordBatch>, ArrowError>;
+}
+
+impl ScanPart {
+    /// A batch already in memory; `time_range` is its oldest and newest
+    /// `time_` if known.
+    pub fn ready(batch: RecordBatch, time_range: Option<(i64, i64)>) -> Self {
+        Self {
+            rows: batch.num_rows(),
+            time_range,
+            source: PartSource::Ready(batch),
+        }
+    }
+
+    /// A batch of at most `rows` rows that `loader` reads when asked.
+    pub fn deferred(
+        rows: usize,
+        time_range: Option<(i64, i64)>,
+        loader: Arc<dyn LoadBatch>,
+    ) -> Self {
+        Self {
+            rows,
+            time_range,
+            source: PartSource::Deferred(loader),
+        }
+    }
+
+    /// Rows held; a deferred part may serve fewer (rows past the table's
+    /// maxAge that share a compacted batch with younger ones).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Oldest and newest `time_`, when known: a reader of a time range may
+    /// skip the part without loading it.
+    pub fn time_range(&self) -> Option<(i64, i64)> {
+        self.time_range
+    }
+
+    pub fn is_ready(&self) -> bool {
+        matches!(self.source, PartSource::Ready(_))
+    }
+
+    /// The rows, with the columns `projection` names (all for `None`), or
+    /// `None` when none is left to serve. A compacted batch that cannot be
+    /// decoded is counted by the store and logged, and loads as `None`.
+    pub fn load(&self, projection: Option<&[usize]>) -> Result<Option<RecordBatch>, ArrowError> {
+        match &self.source {
+            PartSource::Ready(batch) => match projection {
+                None => Ok(Some(batch.clone())),
+                Some(indices) => batch.project(indices).map(Some),
+            },
+            PartSource::Deferred(loader) => loader.load(projection),
+        }
+    }
+}
+
+impl std::fmt::Debug for ScanPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScanPart")
+            .field("rows", &self.rows)
+            .field("time_range", &self.time_range)
+            .field("ready", &self.is_ready())
+            .finish()
+    }
+}
+
 /// Read access to the tables, for every way Sonde serves data.
 pub trait TableSource: Send + Sync + 'static {
     /// Every table, in name order.
@@ -118,6 +231,26 @@ pub trait TableSource: Send + Sync + 'static {
 
     /// A snapshot of one table, or `None` if there is no such table.
     fn snapshot(&self, name: &TableName) -> Option<TableSnapshot>;
+
+    /// What one table holds, without reading it. The default takes a
+    /// snapshot; stores that can answer cheaper override it.
+    fn info(&self, name: &TableName) -> Option<TableInfo> {
+        self.snapshot(name).map(|s| s.info)
+    }
+
+    /// One table's batches, read as the reader loads them. The default
+    /// wraps a snapshot (everything already in memory).
+    fn scan(&self, name: &TableName) -> Option<TableScan> {
+        let snapshot = self.snapshot(name)?;
+        Some(TableScan {
+            info: snapshot.info,
+            parts: snapshot
+                .batches
+                .into_iter()
+                .map(|batch| ScanPart::ready(batch, None))
+                .collect(),
+        })
+    }
 
     /// Batches appended to a table from now on (follow mode). A receiver
     /// that falls behind gets `RecvError::Lagged(n)` with the count of

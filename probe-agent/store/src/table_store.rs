@@ -56,12 +56,12 @@ use std::{
 use arrow_array::{
     BooleanArray, RecordBatch, UInt32Array, cast::AsArray, types::TimestampNanosecondType,
 };
-use arrow_schema::{DataType, SchemaRef, TimeUnit};
+use arrow_schema::{ArrowError, DataType, SchemaRef, TimeUnit};
 use crds::Retention;
 use tokio::sync::broadcast;
 
 use super::{
-    StoreError, TableInfo, TableName, TableSnapshot, TableSource,
+    LoadBatch, ScanPart, StoreError, TableInfo, TableName, TableScan, TableSnapshot, TableSource,
     cold::{Codec, ColdBatch},
     retention::{RetentionPolicy, policy_for},
 };
@@ -673,6 +673,18 @@ impl TableStore {
         Some(self.materialize(&entry, parts, now))
     }
 
+    /// Like [`Self::snapshot_since`], but cold batches are decoded only
+    /// when the reader loads them.
+    pub fn scan_since(&self, name: &TableName, since_ns: Option<i64>) -> Option<TableScan> {
+        let entry = self.entry(name).ok()?;
+        let now = self.now_ns();
+        let mut state = lock(&entry.state);
+        self.expire(&entry, &mut state, now);
+        let parts = parts_of(&entry, &state, since_ns);
+        drop(state);
+        Some(self.scan_parts(&entry, parts, now))
+    }
+
     /// Cold batches that could not be decoded since start (each read that
     /// met one counts it): their rows were left out of that read.
     pub fn unreadable_batches(&self) -> u64 {
@@ -803,50 +815,54 @@ impl TableStore {
 
     /// The batches of a snapshot, cold ones decoded (outside the table's
     /// lock) and cut to the maxAge cutoff of `now`.
-    fn materialize(&self, entry: &TableEntry, parts: SnapshotParts, now: i64) -> TableSnapshot {
-        let cutoff = parts
-            .max_age
-            .map(|age| now.saturating_sub(duration_ns(age)));
-        let mut batches = Vec::with_capacity(parts.rows.len());
-        for (id, rows, min_ns) in parts.rows {
-            let batch = match rows {
-                Rows::Hot(batch) => batch,
-                Rows::Cold(cold) => match self.decoded(entry, id, &cold) {
-                    Some(batch) => match (cutoff, entry.time_column) {
-                        (Some(cutoff), Some(column)) if min_ns < cutoff => {
-                            match keep_newer(&batch, column, cutoff) {
-                                Some(batch) => batch,
-                                None => continue,
-                            }
-                        }
-                        _ => batch,
-                    },
-                    None => continue,
-                },
-            };
-            batches.push(batch);
-        }
+    fn materialize(
+        &self,
+        entry: &Arc<TableEntry>,
+        parts: SnapshotParts,
+        now: i64,
+    ) -> TableSnapshot {
+        let scan = self.scan_parts(entry, parts, now);
+        // Loading every column never fails: a cold batch that cannot be
+        // decoded is counted and loads as nothing.
+        let batches = scan
+            .parts
+            .iter()
+            .filter_map(|part| part.load(None).ok().flatten())
+            .collect();
         TableSnapshot {
-            info: parts.info,
+            info: scan.info,
             batches,
         }
     }
 
-    fn decoded(&self, entry: &TableEntry, id: u64, cold: &ColdBatch) -> Option<RecordBatch> {
-        if let Some(batch) = lock(&self.inner.cache).get(id) {
-            return Some(batch);
-        }
-        match cold.decode(&entry.schema) {
-            Ok(batch) => {
-                lock(&self.inner.cache).insert(id, batch.clone());
-                Some(batch)
-            }
-            Err(e) => {
-                self.inner.unreadable.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(table = %entry.name, error = %e, rows = cold.rows(), "a cold batch could not be decoded; its rows are left out of this read");
-                None
-            }
-        }
+    /// A scan of a snapshot's batches: hot ones as they are, cold ones
+    /// decoded when loaded and cut to the maxAge cutoff of `now`.
+    fn scan_parts(&self, entry: &Arc<TableEntry>, parts: SnapshotParts, now: i64) -> TableScan {
+        let SnapshotParts {
+            info,
+            max_age,
+            rows,
+        } = parts;
+        let cutoff = max_age.map(|age| now.saturating_sub(duration_ns(age)));
+        let parts = rows
+            .into_iter()
+            .map(|(id, rows, min_ns, max_ns)| match rows {
+                Rows::Hot(batch) => ScanPart::ready(batch, Some((min_ns, max_ns))),
+                Rows::Cold(cold) => ScanPart::deferred(
+                    cold.rows(),
+                    Some((min_ns, max_ns)),
+                    Arc::new(ColdPart {
+                        inner: Arc::clone(&self.inner),
+                        entry: Arc::clone(entry),
+                        id,
+                        cold,
+                        min_ns,
+                        cutoff,
+                    }),
+                ),
+            })
+            .collect();
+        TableScan { info, parts }
     }
 
     /// [`Self::follow`] plus how many rows the table was ever given, all
@@ -1118,6 +1134,18 @@ impl TableSource for TableStore {
         self.snapshot_since(name, None)
     }
 
+    fn info(&self, name: &TableName) -> Option<TableInfo> {
+        let entry = self.entry(name).ok()?;
+        let now = self.now_ns();
+        let mut state = lock(&entry.state);
+        self.expire(&entry, &mut state, now);
+        Some(info_of(&entry, &state))
+    }
+
+    fn scan(&self, name: &TableName) -> Option<TableScan> {
+        self.scan_since(name, None)
+    }
+
     fn subscribe(&self, name: &TableName) -> Option<broadcast::Receiver<RecordBatch>> {
         self.entry(name).ok().map(|e| e.feed.subscribe())
     }
@@ -1144,8 +1172,8 @@ fn info_of(entry: &TableEntry, state: &TableState) -> TableInfo {
 struct SnapshotParts {
     info: TableInfo,
     max_age: Option<Duration>,
-    /// Each batch's id, rows and oldest time.
-    rows: Vec<(u64, Rows, i64)>,
+    /// Each batch's id, rows, oldest and newest time.
+    rows: Vec<(u64, Rows, i64, i64)>,
 }
 
 fn parts_of(entry: &TableEntry, state: &TableState, since_ns: Option<i64>) -> SnapshotParts {
@@ -1156,7 +1184,7 @@ fn parts_of(entry: &TableEntry, state: &TableState, since_ns: Option<i64>) -> Sn
             .batches
             .iter()
             .filter(|h| since_ns.is_none_or(|since| h.max_ns >= since))
-            .map(|h| (h.id, h.rows.clone(), h.min_ns))
+            .map(|h| (h.id, h.rows.clone(), h.min_ns, h.max_ns))
             .collect(),
     }
 }
@@ -1247,6 +1275,90 @@ fn compaction_runs(state: &TableState, config: &Compaction, now: i64) -> Vec<Vec
     runs
 }
 
+/// A cold batch of a scan, decoded when loaded.
+struct ColdPart {
+    inner: Arc<Inner>,
+    entry: Arc<TableEntry>,
+    id: u64,
+    cold: Arc<ColdBatch>,
+    min_ns: i64,
+    /// Rows older than this are past the table's maxAge.
+    cutoff: Option<i64>,
+}
+
+impl LoadBatch for ColdPart {
+    fn load(&self, projection: Option<&[usize]>) -> Result<Option<RecordBatch>, ArrowError> {
+        let width = self.entry.schema.fields().len();
+        if let Some(bad) = projection.and_then(|p| p.iter().find(|&&i| i >= width)) {
+            return Err(ArrowError::SchemaError(format!(
+                "table {} has {width} columns, no column {bad}",
+                self.entry.name
+            )));
+        }
+        // Rows past maxAge are cut by `time_`, which is decoded for that
+        // even when the reader did not ask for it.
+        let cutoff = self
+            .cutoff
+            .filter(|&cutoff| self.min_ns < cutoff)
+            .zip(self.entry.time_column);
+        let mut decode = projection.map(<[usize]>::to_vec);
+        let mut time_at = cutoff.map(|(_, column)| column);
+        let mut added_time = false;
+        if let (Some(columns), Some((_, time_column))) = (&mut decode, cutoff) {
+            time_at = Some(match columns.iter().position(|&i| i == time_column) {
+                Some(at) => at,
+                None => {
+                    columns.push(time_column);
+                    added_time = true;
+                    columns.len() - 1
+                }
+            });
+        }
+        let Some(batch) = decoded(&self.inner, &self.entry, self.id, &self.cold, decode) else {
+            return Ok(None);
+        };
+        let batch = match (cutoff, time_at) {
+            (Some((cutoff, _)), Some(at)) => match keep_newer(&batch, at, cutoff) {
+                Some(batch) => batch,
+                None => return Ok(None),
+            },
+            _ => batch,
+        };
+        if added_time {
+            let asked: Vec<usize> = (0..batch.num_columns() - 1).collect();
+            return batch.project(&asked).map(Some);
+        }
+        Ok(Some(batch))
+    }
+}
+
+/// A cold batch's columns `projection` (all for `None`) as the table's
+/// types, from the decode cache or decoded now; `None` (counted and
+/// logged) if it cannot be decoded.
+fn decoded(
+    inner: &Inner,
+    entry: &TableEntry,
+    id: u64,
+    cold: &ColdBatch,
+    projection: Option<Vec<usize>>,
+) -> Option<RecordBatch> {
+    let key = (id, projection);
+    if let Some(batch) = lock(&inner.cache).get(&key) {
+        return Some(batch);
+    }
+    match cold.decode(&entry.schema, key.1.as_deref()) {
+        Ok(batch) => {
+            lock(&inner.cache).insert(key, batch.clone());
+            Some(batch)
+        }
+        Err(e) => {
+            inner.unreadable.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(table = %entry.name, error = %e, rows = cold.rows(), "a cold batch could not be decoded; its rows are left out of this read");
+            None
+        }
+    }
+}
+
 /// The decode cache's state, for metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
@@ -1256,6 +1368,9 @@ pub struct CacheStats {
     pub misses: u64,
 }
 
+/// A decoded cold batch: its id and the columns decoded (all for `None`).
+type CacheKey = (u64, Option<Vec<usize>>);
+
 /// Decoded cold batches, least recently used first out, within a bound.
 struct DecodeCache {
     limit: u64,
@@ -1263,7 +1378,7 @@ struct DecodeCache {
     hits: u64,
     misses: u64,
     /// Oldest use first.
-    entries: VecDeque<(u64, RecordBatch, u64)>,
+    entries: VecDeque<(CacheKey, RecordBatch, u64)>,
 }
 
 impl DecodeCache {
@@ -1277,8 +1392,8 @@ impl DecodeCache {
         }
     }
 
-    fn get(&mut self, id: u64) -> Option<RecordBatch> {
-        let Some(at) = self.entries.iter().position(|(key, _, _)| *key == id) else {
+    fn get(&mut self, key: &CacheKey) -> Option<RecordBatch> {
+        let Some(at) = self.entries.iter().position(|(k, _, _)| k == key) else {
             self.misses += 1;
             return None;
         };
@@ -1289,12 +1404,16 @@ impl DecodeCache {
         Some(batch)
     }
 
-    fn insert(&mut self, id: u64, batch: RecordBatch) {
+    fn insert(&mut self, key: CacheKey, batch: RecordBatch) {
         let bytes = batch.get_array_memory_size() as u64;
         if bytes > self.limit {
             return;
         }
-        self.remove(id);
+        if let Some(at) = self.entries.iter().position(|(k, _, _)| *k == key)
+            && let Some((_, _, gone)) = self.entries.remove(at)
+        {
+            self.bytes -= gone;
+        }
         while self.bytes + bytes > self.limit {
             let Some((_, _, gone)) = self.entries.pop_front() else {
                 break;
@@ -1302,15 +1421,20 @@ impl DecodeCache {
             self.bytes -= gone;
         }
         self.bytes += bytes;
-        self.entries.push_back((id, batch, bytes));
+        self.entries.push_back((key, batch, bytes));
     }
 
+    /// Drops every decoding of cold batch `id`.
     fn remove(&mut self, id: u64) {
-        if let Some(at) = self.entries.iter().position(|(key, _, _)| *key == id)
-            && let Some((_, _, bytes)) = self.entries.remove(at)
-        {
-            self.bytes -= bytes;
-        }
+        let mut freed = 0;
+        self.entries.retain(|((key, _), _, bytes)| {
+            let gone = *key == id;
+            if gone {
+                freed += bytes;
+            }
+            !gone
+        });
+        self.bytes -= freed;
     }
 }
 

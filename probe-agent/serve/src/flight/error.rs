@@ -132,6 +132,12 @@ pub enum RequestError {
         #[source]
         source: ArrowError,
     },
+    #[error("cannot read {table}: {source}")]
+    Read {
+        table: String,
+        #[source]
+        source: ArrowError,
+    },
 }
 
 impl From<RequestError> for Status {
@@ -159,7 +165,9 @@ impl From<RequestError> for Status {
             E::MemoryBudget { .. } => Status::resource_exhausted(message),
             E::Lagged { .. } => Status::data_loss(message),
             E::ReadOnly { .. } => Status::unimplemented(message),
-            E::Execution { .. } | E::Arrow { .. } | E::Metadata { .. } => Status::internal(message),
+            E::Execution { .. } | E::Arrow { .. } | E::Read { .. } | E::Metadata { .. } => {
+                Status::internal(message)
+            }
         }
     }
 }

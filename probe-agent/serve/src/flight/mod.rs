@@ -22,6 +22,7 @@ mod error;
 #[cfg(any(test, feature = "fixture"))]
 pub mod fixture;
 mod metrics;
+mod provider;
 mod service;
 mod sql;
 mod table;
@@ -33,12 +34,11 @@ use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{
     Request, Status,
     metadata::MetadataValue,
     service::interceptor::InterceptedService,
-    transport::{Identity, Server, ServerTlsConfig},
+    transport::{Identity, Server, ServerTlsConfig, server::TcpIncoming},
 };
 
 pub use self::{
@@ -59,7 +59,7 @@ pub(crate) fn read_for_worker(
 ) -> Result<Vec<arrow_array::RecordBatch>, datafusion::error::DataFusionError> {
     let external = |e: RequestError| datafusion::error::DataFusionError::External(Box::new(e));
     let name = ticket.table_name().map_err(external)?;
-    let info = source.snapshot(&name).map(|s| s.info).ok_or_else(|| {
+    let info = source.info(&name).ok_or_else(|| {
         external(RequestError::UnknownTable {
             table: name.to_string(),
         })
@@ -220,7 +220,10 @@ impl FlightServer {
         builder
             .add_service(service)
             .add_optional_service(worker)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), shutdown)
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(self.listener).with_nodelay(Some(true)),
+                shutdown,
+            )
             .await
             .map_err(|source| FlightError::Serve { addr, source })
     }

@@ -66,10 +66,8 @@ impl SondeFlightService {
     }
 
     fn table(&self, name: &TableName) -> Result<TableInfo, RequestError> {
-        // `snapshot` rather than a scan of `tables()`: one table's info.
         self.source
-            .snapshot(name)
-            .map(|s| s.info)
+            .info(name)
             .ok_or_else(|| RequestError::UnknownTable {
                 table: name.to_string(),
             })

@@ -48,7 +48,7 @@ use futures::{StreamExt, TryStreamExt, stream::BoxStream};
 use prost::{Message, bytes::Bytes};
 use tonic::{Request, Response, Status};
 
-use super::{error::FlightError, error::RequestError, table::BatchStream};
+use super::{error::FlightError, error::RequestError, provider::ScanTable, table::BatchStream};
 use probe_store::{TableName, TableSource};
 
 /// The one catalog SQL sees.
@@ -145,7 +145,7 @@ impl SqlEngine {
                 reference.schema().unwrap_or(DEFAULT_SCHEMA),
                 reference.table(),
             );
-            if !catalog_ok || self.source.snapshot(&name).is_none() {
+            if !catalog_ok || self.source.info(&name).is_none() {
                 return Err(RequestError::SqlUnknownTable {
                     table: reference.to_string(),
                 });
@@ -252,30 +252,33 @@ impl SchemaProvider for LiveSchema {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
-        let Some(snapshot) = self
-            .source
-            .snapshot(&TableName::new(self.schema.clone(), name))
-        else {
+        let Some(scan) = self.source.scan(&TableName::new(self.schema.clone(), name)) else {
             return Ok(None);
         };
         // Spread the batches over partitions so scans run in parallel; the
         // batches are shared, not copied.
         let partitions = std::thread::available_parallelism()
             .map_or(1, usize::from)
-            .clamp(1, snapshot.batches.len().max(1));
+            .clamp(1, scan.parts.len().max(1));
+        if !scan.all_ready() {
+            // Compacted batches are decoded as the query reads them.
+            return Ok(Some(Arc::new(ScanTable::new(scan, partitions))));
+        }
         let mut split: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
-        for (i, batch) in snapshot.batches.into_iter().enumerate() {
+        for (i, batch) in scan
+            .load_all()
+            .map_err(DataFusionError::from)?
+            .into_iter()
+            .enumerate()
+        {
             split[i % partitions].push(batch);
         }
-        Ok(Some(Arc::new(MemTable::try_new(
-            snapshot.info.schema,
-            split,
-        )?)))
+        Ok(Some(Arc::new(MemTable::try_new(scan.info.schema, split)?)))
     }
 
     fn table_exist(&self, name: &str) -> bool {
         self.source
-            .snapshot(&TableName::new(self.schema.clone(), name))
+            .info(&TableName::new(self.schema.clone(), name))
             .is_some()
     }
 }

@@ -1,6 +1,8 @@
 //! Reading one table: snapshot batches, then (in follow mode) batches as
 //! they are appended, each filtered by `time_`, projected and cut to the
-//! limit without copying what passes whole.
+//! limit without copying what passes whole. Compacted batches are decoded
+//! as the stream is read, a few ahead of the client on blocking threads,
+//! and skipped undecoded when the time range leaves them out.
 
 use std::sync::Arc;
 
@@ -10,12 +12,13 @@ use arrow_array::{
     types::{Int64Type, TimestampNanosecondType},
 };
 use arrow_flight::error::FlightError as ArrowFlightError;
+use arrow_schema::ArrowError;
 use futures::{StreamExt, stream::BoxStream};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tonic::Status;
 
 use super::{error::RequestError, ticket::TableRead};
-use probe_store::{TableSnapshot, TableSource};
+use probe_store::{ScanPart, TableScan, TableSnapshot, TableSource};
 
 pub(crate) type BatchStream = BoxStream<'static, Result<RecordBatch, ArrowFlightError>>;
 
@@ -29,13 +32,13 @@ pub(crate) fn read_table(
     let unknown = || RequestError::UnknownTable {
         table: read.name.to_string(),
     };
-    let live = if read.follow {
-        Some(source.subscribe(&read.name).ok_or_else(unknown)?)
-    } else {
-        None
-    };
+    if !read.follow {
+        let scan = source.scan(&read.name).ok_or_else(unknown)?;
+        return Ok(stream_scan(scan, BatchShaper::new(read)));
+    }
+    let live = source.subscribe(&read.name).ok_or_else(unknown)?;
     let snapshot = source.snapshot(&read.name).ok_or_else(unknown)?;
-    let seen = live.as_ref().map(|_| SnapshotIdentity::of(&snapshot));
+    let seen = SnapshotIdentity::of(&snapshot);
     let mut shaper = BatchShaper::new(read);
 
     let mut head = Vec::with_capacity(snapshot.batches.len());
@@ -48,31 +51,93 @@ pub(crate) fn read_table(
         }
     }
     let head = futures::stream::iter(head);
-    match (live, seen) {
-        (Some(live), Some(seen)) if !shaper.done() => {
-            Ok(head.chain(follow(live, seen, shaper)).boxed())
-        }
-        _ => Ok(head.boxed()),
+    if shaper.done() {
+        return Ok(head.boxed());
     }
+    Ok(head.chain(follow(live, seen, shaper)).boxed())
 }
 
-/// The snapshot's batches a (non-follow) read wants, shaped.
+/// How many compacted batches a stream decodes ahead of its client: one
+/// decoding while one is sent keeps a core busy on each side.
+const READ_AHEAD: usize = 2;
+
+/// Streams a scan's parts, decoding deferred ones on blocking threads
+/// [`READ_AHEAD`] ahead of the client; parts outside the read's time range
+/// are never loaded.
+fn stream_scan(scan: TableScan, shaper: BatchShaper) -> BatchStream {
+    let table = shaper.read.name.to_string();
+    let parts: Vec<ScanPart> = scan
+        .parts
+        .into_iter()
+        .filter(|part| shaper.may_want(part))
+        .collect();
+    let loads = futures::stream::iter(parts)
+        .map(move |part| {
+            let table = table.clone();
+            async move {
+                let loaded = if part.is_ready() {
+                    part.load(None)
+                } else {
+                    tokio::task::spawn_blocking(move || part.load(None))
+                        .await
+                        .unwrap_or_else(|join| Err(ArrowError::ExternalError(Box::new(join))))
+                };
+                loaded.map_err(|source| RequestError::Read { table, source })
+            }
+        })
+        .buffered(READ_AHEAD)
+        .boxed();
+    futures::stream::unfold(Some((loads, shaper)), |state| async move {
+        let (mut loads, mut shaper) = state?;
+        loop {
+            if shaper.done() {
+                return None;
+            }
+            let shaped = match loads.next().await? {
+                Ok(Some(batch)) => shaper.shape(&batch),
+                Ok(None) => continue,
+                Err(error) => Err(error),
+            };
+            match shaped {
+                Ok(Some(batch)) => return Some((Ok(batch), Some((loads, shaper)))),
+                Ok(None) => continue,
+                Err(error) => {
+                    let status = Status::from(error);
+                    return Some((Err(ArrowFlightError::Tonic(Box::new(status))), None));
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
+/// The batches a (non-follow) read wants, shaped; parts outside its time
+/// range are not loaded.
 pub(crate) fn read_snapshot(
     source: &dyn TableSource,
     read: TableRead,
 ) -> Result<Vec<RecordBatch>, RequestError> {
-    let snapshot = source
-        .snapshot(&read.name)
+    let scan = source
+        .scan(&read.name)
         .ok_or_else(|| RequestError::UnknownTable {
             table: read.name.to_string(),
         })?;
     let mut shaper = BatchShaper::new(read);
-    let mut out = Vec::with_capacity(snapshot.batches.len());
-    for batch in &snapshot.batches {
+    let mut out = Vec::with_capacity(scan.parts.len());
+    for part in &scan.parts {
         if shaper.done() {
             break;
         }
-        if let Some(batch) = shaper.shape(batch)? {
+        if !shaper.may_want(part) {
+            continue;
+        }
+        let loaded = part.load(None).map_err(|source| RequestError::Read {
+            table: shaper.read.name.to_string(),
+            source,
+        })?;
+        if let Some(batch) = loaded
+            && let Some(batch) = shaper.shape(&batch)?
+        {
             out.push(batch);
         }
     }
@@ -164,6 +229,15 @@ impl BatchShaper {
 
     fn done(&self) -> bool {
         self.read.limit.is_some_and(|limit| self.sent >= limit)
+    }
+
+    /// Whether `part` may hold rows in the read's time range.
+    fn may_want(&self, part: &ScanPart) -> bool {
+        let (Some(_), Some((oldest, newest))) = (self.read.time_column, part.time_range()) else {
+            return true;
+        };
+        self.read.since.is_none_or(|since| newest >= since)
+            && self.read.until.is_none_or(|until| oldest < until)
     }
 
     /// The part of `batch` the read wants, or `None` if it wants no row.

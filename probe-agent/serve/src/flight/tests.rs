@@ -32,7 +32,9 @@ use super::{
     fixture::{MemorySource, Row, standard_batch, standard_schema},
     table::read_table,
 };
-use probe_store::{TableName, TableSource};
+use probe_store::{
+    Compaction, ManualClock, RetentionPolicy, StoreConfig, TableName, TableSource, TableStore,
+};
 
 fn opens() -> TableName {
     TableName::new("shop", "opens")
@@ -66,7 +68,10 @@ struct TestServer {
 }
 
 impl TestServer {
-    async fn start(source: Arc<MemorySource>, configure: impl FnOnce(&mut FlightConfig)) -> Self {
+    async fn start(
+        source: Arc<impl TableSource>,
+        configure: impl FnOnce(&mut FlightConfig),
+    ) -> Self {
         let mut config = FlightConfig::new("127.0.0.1:0".parse().unwrap());
         configure(&mut config);
         let server = super::bind(source, config).await.unwrap();
@@ -977,4 +982,129 @@ async fn columns_are_plain_by_default_and_dictionaries_when_asked() {
     ));
     assert_eq!(comms(&cast), comms(&plain));
     server.stop().await;
+}
+
+/// 2,000 rows 10 ms apart over 20 s, in batches of 250.
+fn many_rows() -> Vec<Row> {
+    (0..2_000)
+        .map(|i| {
+            let comm = ["cat", "ls", "nginx"][i as usize % 3];
+            Row::new(
+                i * 10_000_000,
+                100 + i as u32 % 7,
+                comm,
+                &format!("/f{}", i % 50),
+            )
+        })
+        .collect()
+}
+
+/// [`many_rows`] in a store that has compacted them all into four cold
+/// batches of 500 rows, and the same rows as appended in a memory source.
+fn compacted_store() -> (TableStore, Arc<MemorySource>) {
+    let clock = Arc::new(ManualClock::new(0));
+    let store = TableStore::with_clock(
+        StoreConfig {
+            default_policy: RetentionPolicy::UNBOUNDED,
+            compaction: Some(Compaction {
+                cold_after: Duration::from_secs(1),
+                merge_for: Duration::ZERO,
+                max_rows: 500,
+                ..Compaction::default()
+            }),
+            ..StoreConfig::default()
+        },
+        clock.clone(),
+    );
+    store.create_table(opens(), standard_schema()).unwrap();
+    let hot = Arc::new(MemorySource::new());
+    hot.add_table(opens(), standard_schema());
+    for chunk in many_rows().chunks(250) {
+        let batch = standard_batch(chunk).unwrap();
+        store.append(&opens(), batch.clone()).unwrap();
+        assert!(hot.append(&opens(), batch));
+    }
+    clock.set(60 * 1_000_000_000);
+    store.compact();
+    let stats = store.table_stats(&opens()).unwrap();
+    assert_eq!((stats.batches, stats.cold_batches), (4, 4), "{stats:?}");
+    (store, hot)
+}
+
+/// Every read of a compacted table answers exactly what the same read of
+/// the rows held as appended answers; reads outside its time range decode
+/// nothing.
+#[tokio::test]
+async fn compacted_tables_answer_every_read_as_hot_ones_do() {
+    let (store, hot) = compacted_store();
+    let hot = TestServer::start(hot, |_| {}).await;
+    let cold = TestServer::start(Arc::new(store.clone()), |_| {}).await;
+    let (mut hot_client, mut cold_client) = (hot.client().await, cold.client().await);
+    // Rows as text: dictionary columns compare by value, not by how
+    // each batch's dictionary happens to be ordered.
+    let text = |batches: Vec<RecordBatch>| {
+        arrow_cast::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string()
+    };
+
+    for ticket in [
+        r#"{"table":"shop.opens"}"#,
+        r#"{"table":"shop.opens","columns":["path","pid"]}"#,
+        r#"{"table":"shop.opens","since":5000000000,"until":"1970-01-01T00:00:15Z"}"#,
+        r#"{"table":"shop.opens","columns":["comm"],"since":9000000000,"limit":611}"#,
+        r#"{"table":"shop.opens","dictionary":true,"until":12000000000}"#,
+    ] {
+        let want = do_get(&mut hot_client, ticket).await.unwrap();
+        let got = do_get(&mut cold_client, ticket).await.unwrap();
+        assert!(want.iter().map(RecordBatch::num_rows).sum::<usize>() > 0);
+        assert_eq!(text(got), text(want), "{ticket}");
+    }
+    for query in [
+        "SELECT comm, count(*) AS n, sum(pid) AS pids FROM shop.opens GROUP BY comm ORDER BY comm",
+        "SELECT path, pid FROM shop.opens WHERE time_ >= '1970-01-01T00:00:12Z' ORDER BY time_",
+        "SELECT max(time_) AS newest, count(DISTINCT path) AS files FROM shop.opens",
+    ] {
+        let want = sql(&mut hot_client, query).await.unwrap();
+        let got = sql(&mut cold_client, query).await.unwrap();
+        assert_eq!(text(got), text(want), "{query}");
+    }
+
+    let all = sql(&mut cold_client, "SELECT count(*) AS n FROM shop.opens")
+        .await
+        .unwrap();
+    assert_eq!(all[0].column(0).as_primitive::<Int64Type>().value(0), 2_000);
+
+    // Past the newest row: no cold batch is decoded.
+    let misses = store.cache_stats().misses;
+    let none = do_get(
+        &mut cold_client,
+        r#"{"table":"shop.opens","since":21000000000}"#,
+    )
+    .await
+    .unwrap();
+    assert!(none.iter().all(|b| b.num_rows() == 0));
+    let late = sql(
+        &mut cold_client,
+        "SELECT count(*) AS n FROM shop.opens WHERE time_ >= '1970-01-01T00:00:21Z'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(late[0].column(0).as_primitive::<Int64Type>().value(0), 0);
+    assert_eq!(store.cache_stats().misses, misses);
+    // A query bounded to the last 5 s decodes only the last cold batch.
+    let recent = sql(
+        &mut cold_client,
+        "SELECT count(*) AS n FROM shop.opens WHERE time_ > '1970-01-01T00:00:15.5Z'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        recent[0].column(0).as_primitive::<Int64Type>().value(0),
+        449
+    );
+    assert_eq!(store.cache_stats().misses, misses + 1);
+    assert_eq!(store.unreadable_batches(), 0);
+    hot.stop().await;
+    cold.stop().await;
 }

@@ -641,6 +641,73 @@ fn cold_batches_never_serve_rows_past_max_age() {
 }
 
 #[test]
+fn scans_decode_cold_batches_when_loaded_and_only_the_columns_asked() {
+    let max_age = Duration::from_secs(32);
+    let policy = RetentionPolicy {
+        max_bytes: None,
+        max_age: Some(max_age),
+    };
+    let (store, clock) = store_at(compacting(policy, None), T0);
+    let name = TableName::new("shop", "opens");
+    store
+        .create_table(name.clone(), schema())
+        .expect("new table");
+    let mut seq = 0;
+    for _ in 0..60 {
+        trickle(&store, &clock, &name, 10, &mut seq);
+        store.compact();
+    }
+    // A moment later the maxAge cutoff falls inside a cold batch.
+    clock.advance(Duration::from_millis(1_050));
+    let misses = store.cache_stats().misses;
+    let scan = store.scan(&name).expect("table");
+    assert!(!scan.all_ready());
+    assert!(scan.parts.iter().any(|p| !p.is_ready()));
+    assert_eq!(store.cache_stats().misses, misses, "nothing decoded yet");
+    assert_eq!(
+        scan.parts.iter().map(ScanPart::rows).sum::<usize>() as u64,
+        scan.info.rows
+    );
+    assert_eq!(
+        store.info(&name).map(|i| i.rows),
+        Some(scan.info.rows),
+        "info without reading"
+    );
+
+    let whole = store.snapshot(&name).expect("table");
+    let cutoff = clock.now_ns() - duration_ns(max_age);
+    let served = seqs(&whole.batches);
+    assert!(
+        (served.len() as u64) < scan.info.rows,
+        "some held rows are past maxAge: {} served of {}",
+        served.len(),
+        scan.info.rows
+    );
+    // Loading only `seq` (not `time_`) still leaves out rows past maxAge.
+    let mut projected = Vec::new();
+    for part in &scan.parts {
+        if let Some(batch) = part.load(Some(&[2])).expect("loads") {
+            assert_eq!(batch.num_columns(), 1);
+            projected.push(batch);
+        }
+    }
+    assert_eq!(seqs(&projected), served);
+    let times = scan.load_all().expect("loads");
+    assert!(times.iter().all(|b| {
+        b.column(0)
+            .as_primitive::<TimestampNanosecondType>()
+            .values()
+            .iter()
+            .all(|&t| t >= cutoff)
+    }));
+    assert!(store.cache_stats().misses > misses);
+    // A column the table does not have is an error, not an empty read.
+    let cold = scan.parts.iter().find(|p| !p.is_ready()).expect("cold");
+    assert!(cold.load(Some(&[3])).is_err());
+    assert_eq!(store.unreadable_batches(), 0);
+}
+
+#[test]
 fn the_budget_evicts_cold_batches_whole_and_counts_them() {
     let budget = 128 * KI;
     let (store, clock) = store_at(compacting(RetentionPolicy::UNBOUNDED, Some(budget)), T0);
