@@ -844,13 +844,16 @@ impl TableStore {
             rows,
         } = parts;
         let cutoff = max_age.map(|age| now.saturating_sub(duration_ns(age)));
+        // Without a `time_` column the bounds are append times: not for
+        // readers.
+        let range = |min_ns, max_ns| entry.time_column.map(|_| (min_ns, max_ns));
         let parts = rows
             .into_iter()
             .map(|(id, rows, min_ns, max_ns)| match rows {
-                Rows::Hot(batch) => ScanPart::ready(batch, Some((min_ns, max_ns))),
+                Rows::Hot(batch) => ScanPart::ready(batch, range(min_ns, max_ns)),
                 Rows::Cold(cold) => ScanPart::deferred(
                     cold.rows(),
-                    Some((min_ns, max_ns)),
+                    range(min_ns, max_ns),
                     Arc::new(ColdPart {
                         inner: Arc::clone(&self.inner),
                         entry: Arc::clone(entry),
