@@ -14,12 +14,15 @@ use arrow_flight::FlightDescriptor;
 use arrow_schema::{Schema, SchemaRef};
 use datafusion::{
     catalog::{CatalogProvider, SchemaProvider, Session, TableProvider},
-    common::{DataFusionError, Result, ScalarValue},
+    common::{DataFusionError, Result},
     datasource::TableType,
-    logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown},
+    logical_expr::{Expr, TableProviderFilterPushDown},
     physical_plan::ExecutionPlan,
 };
-use probe_serve::cluster::{ScanSpec, WORKER_VERSION, coordinator_scan};
+use probe_serve::{
+    cluster::{ScanSpec, WORKER_VERSION, coordinator_scan},
+    flight::time_range,
+};
 use url::Url;
 
 use crate::{
@@ -292,109 +295,5 @@ impl TableProvider for ClusterTable {
             partitions: 1,
         };
         Ok(Arc::new(coordinator_scan(spec, schema)))
-    }
-}
-
-/// The `[since, until)` range on `time_` that `filters` (a conjunction)
-/// imply, from comparisons of `time_` with literals.
-pub fn time_range(filters: &[Expr]) -> (Option<i64>, Option<i64>) {
-    let mut since: Option<i64> = None;
-    let mut until: Option<i64> = None;
-    let mut lower = |v: i64| since = Some(since.map_or(v, |s| s.max(v)));
-    let mut upper = |v: i64| until = Some(until.map_or(v, |u| u.min(v)));
-    let mut pending: Vec<&Expr> = filters.iter().collect();
-    while let Some(filter) = pending.pop() {
-        match filter {
-            Expr::BinaryExpr(BinaryExpr {
-                left,
-                op: Operator::And,
-                right,
-            }) => {
-                pending.push(left);
-                pending.push(right);
-            }
-            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-                let (op, value) = match (time_column(left), nanos(right)) {
-                    (true, Some(v)) => (*op, v),
-                    _ => match (nanos(left), time_column(right)) {
-                        (Some(v), true) => match op.swap() {
-                            Some(op) => (op, v),
-                            None => continue,
-                        },
-                        _ => continue,
-                    },
-                };
-                match op {
-                    Operator::GtEq => lower(value),
-                    Operator::Gt => lower(value.saturating_add(1)),
-                    Operator::Lt => upper(value),
-                    Operator::LtEq => upper(value.saturating_add(1)),
-                    Operator::Eq => {
-                        lower(value);
-                        upper(value.saturating_add(1));
-                    }
-                    _ => {}
-                }
-            }
-            Expr::Between(between) if !between.negated && time_column(&between.expr) => {
-                if let (Some(low), Some(high)) = (nanos(&between.low), nanos(&between.high)) {
-                    lower(low);
-                    upper(high.saturating_add(1));
-                }
-            }
-            _ => {}
-        }
-    }
-    (since, until)
-}
-
-fn time_column(expr: &Expr) -> bool {
-    match expr {
-        Expr::Column(c) => c.name == "time_",
-        _ => false,
-    }
-}
-
-fn nanos(expr: &Expr) -> Option<i64> {
-    match expr {
-        Expr::Literal(value, _) => match value {
-            ScalarValue::TimestampNanosecond(v, _) | ScalarValue::Int64(v) => *v,
-            ScalarValue::TimestampMicrosecond(v, _) => v.and_then(|v| v.checked_mul(1_000)),
-            ScalarValue::TimestampMillisecond(v, _) => v.and_then(|v| v.checked_mul(1_000_000)),
-            ScalarValue::TimestampSecond(v, _) => v.and_then(|v| v.checked_mul(1_000_000_000)),
-            _ => None,
-        },
-        Expr::Cast(cast) => nanos(&cast.expr),
-        Expr::TryCast(cast) => nanos(&cast.expr),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use datafusion::prelude::{col, lit};
-
-    use super::*;
-
-    fn ts(n: i64) -> Expr {
-        lit(ScalarValue::TimestampNanosecond(
-            Some(n),
-            Some("UTC".into()),
-        ))
-    }
-
-    #[test]
-    fn time_range_from_comparisons() {
-        let filters = vec![
-            col("time_").gt_eq(ts(100)).and(col("time_").lt(ts(200))),
-            col("pod").eq(lit("web-0")),
-        ];
-        assert_eq!(time_range(&filters), (Some(100), Some(200)));
-        let filters = vec![ts(150).lt(col("time_")), col("time_").lt_eq(ts(180))];
-        assert_eq!(time_range(&filters), (Some(151), Some(181)));
-        assert_eq!(time_range(&[col("pid").gt(lit(3))]), (None, None));
-        // `OR` says nothing a scan may rely on.
-        let either = col("time_").gt(ts(1)).or(col("time_").lt(ts(0)));
-        assert_eq!(time_range(&[either]), (None, None));
     }
 }

@@ -33,7 +33,6 @@ use tonic::{
 
 pub use self::{
     agents::{AgentAuth, AgentDirectory, Connections},
-    catalog::time_range,
     service::{ClusterSqlService, MISSING_HEADER, PARTIAL_HEADER},
 };
 

@@ -664,13 +664,7 @@ impl TableStore {
     /// (all of them for `None`): readers of recent rows, such as rollups,
     /// need not decode cold history. Its `info` describes the whole table.
     pub fn snapshot_since(&self, name: &TableName, since_ns: Option<i64>) -> Option<TableSnapshot> {
-        let entry = self.entry(name).ok()?;
-        let now = self.now_ns();
-        let mut state = lock(&entry.state);
-        self.expire(&entry, &mut state, now);
-        let parts = parts_of(&entry, &state, since_ns);
-        drop(state);
-        Some(self.materialize(&entry, parts, now))
+        self.scan_since(name, since_ns).map(loaded)
     }
 
     /// Like [`Self::snapshot_since`], but cold batches are decoded only
@@ -821,18 +815,7 @@ impl TableStore {
         parts: SnapshotParts,
         now: i64,
     ) -> TableSnapshot {
-        let scan = self.scan_parts(entry, parts, now);
-        // Loading every column never fails: a cold batch that cannot be
-        // decoded is counted and loads as nothing.
-        let batches = scan
-            .parts
-            .iter()
-            .filter_map(|part| part.load(None).ok().flatten())
-            .collect();
-        TableSnapshot {
-            info: scan.info,
-            batches,
-        }
+        loaded(self.scan_parts(entry, parts, now))
     }
 
     /// A scan of a snapshot's batches: hot ones as they are, cold ones
@@ -1276,6 +1259,20 @@ fn compaction_runs(state: &TableState, config: &Compaction, now: i64) -> Vec<Vec
         runs.push(run);
     }
     runs
+}
+
+/// Every batch of `scan`, loaded. Loading every column never fails: a cold
+/// batch that cannot be decoded is counted and loads as nothing.
+fn loaded(scan: TableScan) -> TableSnapshot {
+    let batches = scan
+        .parts
+        .iter()
+        .filter_map(|part| part.load(None).ok().flatten())
+        .collect();
+    TableSnapshot {
+        info: scan.info,
+        batches,
+    }
 }
 
 /// A cold batch of a scan, decoded when loaded.

@@ -44,6 +44,7 @@ use tonic::{
 pub use self::{
     error::{FlightError, RequestError},
     metrics::FlightMetrics,
+    provider::time_range,
     ticket::{TableTicket, TimeBound},
 };
 use self::{service::SondeFlightService, sql::SqlEngine};

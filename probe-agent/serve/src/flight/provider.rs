@@ -12,7 +12,7 @@ use datafusion::{
     common::ScalarValue,
     error::DataFusionError,
     execution::TaskContext,
-    logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType},
+    logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType},
     physical_plan::{
         ExecutionPlan, SendableRecordBatchStream,
         stream::RecordBatchStreamAdapter,
@@ -51,22 +51,13 @@ impl TableProvider for ScanTable {
         TableType::Base
     }
 
-    /// Bounds on `time_` are used to skip batches, and still applied to
-    /// the rows of the batches read.
+    /// Bounds on `time_` skip batches; every filter still runs on the
+    /// rows of the batches read.
     fn supports_filters_pushdown(
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>, DataFusionError> {
-        Ok(filters
-            .iter()
-            .map(|filter| {
-                if TimeBounds::of(filter).is_some() {
-                    TableProviderFilterPushDown::Inexact
-                } else {
-                    TableProviderFilterPushDown::Unsupported
-                }
-            })
-            .collect())
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
 
     async fn scan(
@@ -76,10 +67,7 @@ impl TableProvider for ScanTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
-        let bounds = filters
-            .iter()
-            .filter_map(TimeBounds::of)
-            .fold(TimeBounds::ALL, TimeBounds::and);
+        let range = time_range(filters);
         let schema = match projection {
             Some(indices) => Arc::new(self.schema.project(indices)?),
             None => Arc::clone(&self.schema),
@@ -87,7 +75,7 @@ impl TableProvider for ScanTable {
         let projection: Option<Arc<[usize]>> = projection.map(|p| p.as_slice().into());
         let count = self.partitions.min(self.parts.len()).max(1);
         let mut split: Vec<Vec<ScanPart>> = vec![Vec::new(); count];
-        let wanted = self.parts.iter().filter(|part| bounds.may_hold(part));
+        let wanted = self.parts.iter().filter(|part| may_hold(part, range));
         for (i, part) in wanted.enumerate() {
             split[i % count].push(part.clone());
         }
@@ -133,91 +121,87 @@ impl PartitionStream for PartsStream {
     }
 }
 
-/// The `time_` values a query's filters allow, both ends inclusive.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct TimeBounds {
-    min: i64,
-    max: i64,
-}
-
-impl TimeBounds {
-    const ALL: Self = Self {
-        min: i64::MIN,
-        max: i64::MAX,
-    };
-
-    /// The bounds one conjunct of a query's filter sets on `time_`, if it
-    /// compares `time_` with a constant (what `now() - INTERVAL ...` and
-    /// time strings become once the planner folded them).
-    fn of(filter: &Expr) -> Option<Self> {
+/// The `[since, until)` range on `time_` that `filters` (a conjunction)
+/// imply, from comparisons of `time_` with literals.
+pub fn time_range(filters: &[Expr]) -> (Option<i64>, Option<i64>) {
+    let mut since: Option<i64> = None;
+    let mut until: Option<i64> = None;
+    let mut lower = |v: i64| since = Some(since.map_or(v, |s| s.max(v)));
+    let mut upper = |v: i64| until = Some(until.map_or(v, |u| u.min(v)));
+    let mut pending: Vec<&Expr> = filters.iter().collect();
+    while let Some(filter) = pending.pop() {
         match filter {
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::And,
+                right,
+            }) => {
+                pending.push(left);
+                pending.push(right);
+            }
             Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-                let (op, value) = match (is_time(left), is_time(right)) {
-                    (true, false) => (*op, nanos(right)?),
-                    (false, true) => (op.swap()?, nanos(left)?),
-                    _ => return None,
+                let (op, value) = match (time_column(left), nanos(right)) {
+                    (true, Some(v)) => (*op, v),
+                    _ => match (nanos(left), time_column(right)) {
+                        (Some(v), true) => match op.swap() {
+                            Some(op) => (op, v),
+                            None => continue,
+                        },
+                        _ => continue,
+                    },
                 };
-                // `>` and `<` are kept inclusive: a bound may only widen.
                 match op {
-                    Operator::Gt | Operator::GtEq => Some(Self {
-                        min: value,
-                        ..Self::ALL
-                    }),
-                    Operator::Lt | Operator::LtEq => Some(Self {
-                        max: value,
-                        ..Self::ALL
-                    }),
-                    Operator::Eq => Some(Self {
-                        min: value,
-                        max: value,
-                    }),
-                    _ => None,
+                    Operator::GtEq => lower(value),
+                    Operator::Gt => lower(value.saturating_add(1)),
+                    Operator::Lt => upper(value),
+                    Operator::LtEq => upper(value.saturating_add(1)),
+                    Operator::Eq => {
+                        lower(value);
+                        upper(value.saturating_add(1));
+                    }
+                    _ => {}
                 }
             }
-            Expr::Between(Between {
-                expr,
-                negated: false,
-                low,
-                high,
-            }) if is_time(expr) => Some(Self {
-                min: nanos(low)?,
-                max: nanos(high)?,
-            }),
-            _ => None,
+            Expr::Between(between) if !between.negated && time_column(&between.expr) => {
+                if let (Some(low), Some(high)) = (nanos(&between.low), nanos(&between.high)) {
+                    lower(low);
+                    upper(high.saturating_add(1));
+                }
+            }
+            _ => {}
         }
     }
+    (since, until)
+}
 
-    fn and(self, other: Self) -> Self {
-        Self {
-            min: self.min.max(other.min),
-            max: self.max.min(other.max),
-        }
-    }
-
-    /// Whether `part` may hold rows within the bounds (yes when its time
-    /// range is unknown).
-    fn may_hold(&self, part: &ScanPart) -> bool {
-        part.time_range()
-            .is_none_or(|(oldest, newest)| newest >= self.min && oldest <= self.max)
+fn time_column(expr: &Expr) -> bool {
+    match expr {
+        Expr::Column(c) => c.name == TIME_COLUMN,
+        _ => false,
     }
 }
 
-fn is_time(expr: &Expr) -> bool {
-    matches!(expr, Expr::Column(column) if column.name == TIME_COLUMN)
-}
-
-/// A timestamp constant in nanoseconds.
 fn nanos(expr: &Expr) -> Option<i64> {
-    let Expr::Literal(value, _) = expr else {
-        return None;
-    };
-    match value {
-        ScalarValue::TimestampNanosecond(Some(v), _) => Some(*v),
-        ScalarValue::TimestampMicrosecond(Some(v), _) => v.checked_mul(1_000),
-        ScalarValue::TimestampMillisecond(Some(v), _) => v.checked_mul(1_000_000),
-        ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1_000_000_000),
+    match expr {
+        Expr::Literal(value, _) => match value {
+            ScalarValue::TimestampNanosecond(v, _) | ScalarValue::Int64(v) => *v,
+            ScalarValue::TimestampMicrosecond(v, _) => v.and_then(|v| v.checked_mul(1_000)),
+            ScalarValue::TimestampMillisecond(v, _) => v.and_then(|v| v.checked_mul(1_000_000)),
+            ScalarValue::TimestampSecond(v, _) => v.and_then(|v| v.checked_mul(1_000_000_000)),
+            _ => None,
+        },
+        Expr::Cast(cast) => nanos(&cast.expr),
+        Expr::TryCast(cast) => nanos(&cast.expr),
         _ => None,
     }
+}
+
+/// Whether `part` may hold rows in `[since, until)` (yes when its time
+/// range is unknown).
+pub(crate) fn may_hold(part: &ScanPart, (since, until): (Option<i64>, Option<i64>)) -> bool {
+    part.time_range().is_none_or(|(oldest, newest)| {
+        since.is_none_or(|since| newest >= since) && until.is_none_or(|until| oldest < until)
+    })
 }
 
 #[cfg(test)]
@@ -226,58 +210,57 @@ mod tests {
 
     use super::*;
 
-    fn at(ns: i64) -> Expr {
+    fn ts(n: i64) -> Expr {
         lit(ScalarValue::TimestampNanosecond(
-            Some(ns),
+            Some(n),
             Some("UTC".into()),
         ))
     }
 
     #[test]
-    fn comparisons_of_time_with_a_constant_bound_the_batches_read() {
+    fn time_range_from_comparisons() {
+        let filters = vec![
+            col("time_").gt_eq(ts(100)).and(col("time_").lt(ts(200))),
+            col("pod").eq(lit("web-0")),
+        ];
+        assert_eq!(time_range(&filters), (Some(100), Some(200)));
+        let filters = vec![ts(150).lt(col("time_")), col("time_").lt_eq(ts(180))];
+        assert_eq!(time_range(&filters), (Some(151), Some(181)));
+        assert_eq!(time_range(&[col("pid").gt(lit(3))]), (None, None));
+        // `OR` says nothing a scan may rely on.
+        let either = col("time_").gt(ts(1)).or(col("time_").lt(ts(0)));
+        assert_eq!(time_range(&[either]), (None, None));
+
         let time = || col(TIME_COLUMN);
-        let bound = |e: Expr| TimeBounds::of(&e);
-        assert_eq!(bound(time().gt_eq(at(5))).map(|b| b.min), Some(5));
-        assert_eq!(bound(time().gt(at(5))).map(|b| b.min), Some(5));
-        assert_eq!(bound(at(9).gt(time())).map(|b| b.max), Some(9));
+        let range = |e: Expr| time_range(&[e]);
+        assert_eq!(range(time().gt_eq(ts(5))), (Some(5), None));
+        assert_eq!(range(time().gt(ts(5))), (Some(6), None));
+        assert_eq!(range(ts(9).gt(time())), (None, Some(9)));
+        assert_eq!(range(time().lt(ts(9))), (None, Some(9)));
+        assert_eq!(range(time().between(ts(3), ts(4))), (Some(3), Some(5)));
         assert_eq!(
-            bound(time().lt(at(9))).map(|b| (b.min, b.max)),
-            Some((i64::MIN, 9))
-        );
-        assert_eq!(
-            bound(time().between(at(3), at(4))),
-            Some(TimeBounds { min: 3, max: 4 })
-        );
-        assert_eq!(
-            bound(lit(ScalarValue::TimestampMillisecond(Some(2), None)).lt_eq(time()))
-                .map(|b| b.min),
-            Some(2_000_000)
+            range(lit(ScalarValue::TimestampMillisecond(Some(2), None)).lt_eq(time())),
+            (Some(2_000_000), None)
         );
         // Anything else is left to the query alone.
-        assert_eq!(bound(time().not_eq(at(5))), None);
-        assert_eq!(bound(col("pid").gt(lit(5u32))), None);
-        assert_eq!(bound(time().not_between(at(3), at(4))), None);
-        assert_eq!(bound(time().gt(col("other"))), None);
+        assert_eq!(range(time().not_eq(ts(5))), (None, None));
+        assert_eq!(range(time().not_between(ts(3), ts(4))), (None, None));
+        assert_eq!(range(time().gt(col("other"))), (None, None));
+    }
 
-        let both = TimeBounds::ALL
-            .and(TimeBounds {
-                min: 10,
-                ..TimeBounds::ALL
-            })
-            .and(TimeBounds {
-                max: 20,
-                ..TimeBounds::ALL
-            });
+    #[test]
+    fn batches_outside_the_time_range_are_skipped() {
         let part = |range| {
-            ScanPart::ready(
-                arrow_array::RecordBatch::new_empty(Arc::new(arrow_schema::Schema::empty())),
-                range,
-            )
+            let empty = Arc::new(arrow_schema::Schema::empty());
+            ScanPart::ready(arrow_array::RecordBatch::new_empty(empty), range)
         };
-        assert!(both.may_hold(&part(Some((15, 30)))));
-        assert!(both.may_hold(&part(Some((0, 10)))));
-        assert!(!both.may_hold(&part(Some((21, 30)))));
-        assert!(!both.may_hold(&part(Some((0, 9)))));
-        assert!(both.may_hold(&part(None)));
+        // time_ in [10, 21).
+        let both = (Some(10), Some(21));
+        assert!(may_hold(&part(Some((15, 30))), both));
+        assert!(may_hold(&part(Some((0, 10))), both));
+        assert!(!may_hold(&part(Some((21, 30))), both));
+        assert!(!may_hold(&part(Some((0, 9))), both));
+        assert!(may_hold(&part(None), both));
+        assert!(may_hold(&part(Some((0, 9))), (None, None)));
     }
 }

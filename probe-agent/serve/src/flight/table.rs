@@ -17,7 +17,7 @@ use futures::{StreamExt, stream::BoxStream};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tonic::Status;
 
-use super::{error::RequestError, ticket::TableRead};
+use super::{error::RequestError, provider::may_hold, ticket::TableRead};
 use probe_store::{ScanPart, TableScan, TableSnapshot, TableSource};
 
 pub(crate) type BatchStream = BoxStream<'static, Result<RecordBatch, ArrowFlightError>>;
@@ -233,11 +233,7 @@ impl BatchShaper {
 
     /// Whether `part` may hold rows in the read's time range.
     fn may_want(&self, part: &ScanPart) -> bool {
-        let (Some(_), Some((oldest, newest))) = (self.read.time_column, part.time_range()) else {
-            return true;
-        };
-        self.read.since.is_none_or(|since| newest >= since)
-            && self.read.until.is_none_or(|until| oldest < until)
+        self.read.time_column.is_none() || may_hold(part, (self.read.since, self.read.until))
     }
 
     /// The part of `batch` the read wants, or `None` if it wants no row.
