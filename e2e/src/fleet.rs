@@ -16,6 +16,7 @@ use std::{
 use anyhow::Context as _;
 use crds::v1alpha1::{
     AssignmentState, AssignmentStatus, ProbeNode, ProbeNodeStatus, heartbeat_lease,
+    heartbeat_renewal,
 };
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::{
@@ -200,6 +201,8 @@ impl SimulatedAgents {
         let shared = agents.shared();
         let silenced = agents.silenced.clone();
         let heartbeats = agents.heartbeats.clone();
+        // Nodes whose Lease is in place, renewed by a patch from then on.
+        let applied: Arc<Mutex<HashSet<String>>> = Arc::default();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every.max(Duration::from_micros(100)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -217,17 +220,30 @@ impl SimulatedAgents {
                 let Ok(permit) = limit.clone().acquire_owned().await else {
                     return;
                 };
-                let (shared, leases, heartbeats, node) = (
+                let (shared, leases, heartbeats, applied, node) = (
                     shared.clone(),
                     leases.clone(),
                     heartbeats.clone(),
+                    applied.clone(),
                     node.clone(),
                 );
                 tokio::spawn(async move {
                     // A report that changed goes out first, as the agent's does.
                     let reported = shared.report_if_changed(&node).await;
-                    if reported.is_ok() && renew(&leases, &node, interval).await.is_ok() {
-                        heartbeats.fetch_add(1, Ordering::Relaxed);
+                    let first = !applied
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains(&node);
+                    if reported.is_ok() {
+                        let renewed = renew(&leases, &node, interval, first).await.is_ok();
+                        let mut applied = applied.lock().unwrap_or_else(|e| e.into_inner());
+                        if renewed {
+                            heartbeats.fetch_add(1, Ordering::Relaxed);
+                            applied.insert(node);
+                        } else {
+                            // Applied whole again next time, as the agent does.
+                            applied.remove(&node);
+                        }
                     }
                     drop(permit);
                 });
@@ -426,16 +442,33 @@ impl Reporter {
     }
 }
 
-/// Renews `node`'s heartbeat Lease, as the agent does.
-async fn renew(leases: &Api<Lease>, node: &str, interval: Duration) -> anyhow::Result<()> {
-    let lease = heartbeat_lease(node, 3 * interval, Timestamp::now());
-    leases
-        .patch(
-            node,
-            &PatchParams::apply("sonde-agent").force(),
-            &Patch::Apply(&lease),
-        )
-        .await
-        .with_context(|| format!("renewing the heartbeat Lease of {node}"))?;
+/// Renews `node`'s heartbeat Lease as the agent does: the `first` time by
+/// applying the whole Lease, then by patching its renew time.
+async fn renew(
+    leases: &Api<Lease>,
+    node: &str,
+    interval: Duration,
+    first: bool,
+) -> anyhow::Result<()> {
+    let now = Timestamp::now();
+    if first {
+        let lease = heartbeat_lease(node, 3 * interval, now);
+        leases
+            .patch(
+                node,
+                &PatchParams::apply("sonde-agent").force(),
+                &Patch::Apply(&lease),
+            )
+            .await
+    } else {
+        let params = PatchParams {
+            field_manager: Some("sonde-agent".to_owned()),
+            ..PatchParams::default()
+        };
+        leases
+            .patch(node, &params, &Patch::Merge(heartbeat_renewal(now)))
+            .await
+    }
+    .with_context(|| format!("renewing the heartbeat Lease of {node}"))?;
     Ok(())
 }

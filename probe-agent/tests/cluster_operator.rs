@@ -272,7 +272,36 @@ async fn kubectl_apply_to_rows_on_the_right_nodes() -> anyhow::Result<()> {
                 .get(HEARTBEAT_LEASE_LABEL),
             Some(&"true".to_owned())
         );
+        assert_eq!(spec.lease_duration_seconds, Some(6));
     }
+    // Renewals move the renew time on; a Lease deleted under its agent is
+    // applied again, whole.
+    let renew_time = |lease: Lease| lease.spec.and_then(|s| s.renew_time).map(|t| t.0);
+    let first = renew_time(leases.get("node-b").await?);
+    until(
+        "node-b's Lease renewed",
+        Duration::from_secs(10),
+        || async {
+            let now = renew_time(leases.get_opt("node-b").await.ok()??);
+            (now > first).then_some(())
+        },
+    )
+    .await;
+    leases.delete("node-b", &DeleteParams::default()).await?;
+    let lease = until("node-b's Lease back", Duration::from_secs(10), || async {
+        leases.get_opt("node-b").await.ok()?
+    })
+    .await;
+    let spec = lease.spec.clone().unwrap_or_default();
+    assert_eq!(spec.holder_identity.as_deref(), Some("node-b"));
+    assert_eq!(spec.lease_duration_seconds, Some(6));
+    assert!(
+        lease
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .contains_key(HEARTBEAT_LEASE_LABEL)
+    );
 
     // kubectl apply: the getppid Tracepoint, and one on the nap the waiting
     // load generators take, which gives rows at once.
