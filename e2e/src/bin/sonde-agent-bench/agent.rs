@@ -143,6 +143,13 @@ impl Agent {
         })
     }
 
+    /// Where the resident memory is, from `/proc/<pid>/smaps`.
+    pub fn resident(&self) -> anyhow::Result<Resident> {
+        let path = format!("/proc/{}/smaps", self.pid);
+        let smaps = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+        Ok(Resident::parse(&smaps))
+    }
+
     fn log_tail(&self) -> String {
         let text = std::fs::read(&self.log).unwrap_or_default();
         let text = String::from_utf8_lossy(&text);
@@ -194,6 +201,46 @@ pub struct Memory {
     pub peak: u64,
 }
 
+/// Resident bytes by kind of mapping.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Resident {
+    /// Anonymous memory (heap, stacks): what the agent allocates.
+    pub anon: u64,
+    /// Mapped files: the agent's code and the shared libraries'.
+    pub files: u64,
+    /// BPF maps mapped into the agent: the ring buffers, whose data pages
+    /// the kernel maps twice (so records can wrap), and so count twice.
+    pub bpf: u64,
+}
+
+impl Resident {
+    fn parse(smaps: &str) -> Self {
+        let mut resident = Self::default();
+        let mut kind: Option<fn(&mut Self) -> &mut u64> = None;
+        for line in smaps.lines() {
+            let mut fields = line.split_whitespace();
+            let Some(first) = fields.next() else { continue };
+            if first == "Rss:" {
+                let kib: u64 = fields.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                if let Some(kind) = kind {
+                    *kind(&mut resident) += kib * 1024;
+                }
+            } else if first.contains('-') && !first.ends_with(':') {
+                // A mapping's header: range, perms, offset, dev, inode, [path].
+                let path = fields.nth(4).unwrap_or("");
+                kind = Some(if path.contains("bpf") {
+                    |r| &mut r.bpf
+                } else if path.starts_with('/') {
+                    |r| &mut r.files
+                } else {
+                    |r| &mut r.anon
+                });
+            }
+        }
+        resident
+    }
+}
+
 /// A plain HTTP/1.0 GET on loopback: the body, if the status is 200.
 fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
@@ -238,5 +285,36 @@ impl Metrics {
                 all.then(|| value.parse::<f64>().ok()).flatten()
             })
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Resident;
+
+    #[test]
+    fn resident_memory_is_told_apart_by_mapping() {
+        let smaps = "\
+55d0c0a00000-55d0c3e00000 r-xp 00000000 08:01 1234 /usr/bin/probe-agent
+Size:              53248 kB
+Rss:               40000 kB
+55d0c5000000-55d0c6000000 rw-p 00000000 00:00 0 [heap]
+Rss:               10000 kB
+7f0000000000-7f0000100000 rw-p 00000000 00:00 0
+Rss:                2000 kB
+VmFlags: rd wr mr mw me ac
+7f1000000000-7f1001000000 r--s 00001000 00:0e 77 anon_inode:bpf-map
+Rss:               16388 kB
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
+Rss:                  24 kB
+";
+        assert_eq!(
+            Resident::parse(smaps),
+            Resident {
+                anon: (10000 + 2000 + 24) * 1024,
+                files: 40000 * 1024,
+                bpf: 16388 * 1024,
+            }
+        );
     }
 }

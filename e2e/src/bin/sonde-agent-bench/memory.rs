@@ -75,6 +75,7 @@ pub fn section(report: &mut Report, args: &Args, bench: &Bench) -> anyhow::Resul
     // Let start-up settle before the idle figure.
     std::thread::sleep(Duration::from_secs(2));
     let idle = agent.memory()?.rss;
+    let idle_resident = agent.resident()?;
 
     let window = Duration::from_secs_f64(args.memory_minutes * 60.0);
     let stop = Arc::new(AtomicBool::new(false));
@@ -89,6 +90,11 @@ pub fn section(report: &mut Report, args: &Args, bench: &Bench) -> anyhow::Resul
         .map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
     let (fill_s, samples) = result?;
     let peak = agent.memory()?.peak;
+    let end_resident = agent.resident()?;
+    let end_held = agent.metrics()?.sum(
+        "sonde_table_held_bytes",
+        &[("namespace", "bench"), ("table", "requests")],
+    );
     agent.stop()?;
 
     let first = samples.first().context("no samples")?;
@@ -111,6 +117,32 @@ pub fn section(report: &mut Report, args: &Args, bench: &Bench) -> anyhow::Resul
     row("last sample", last.rss, false);
     row("peak (VmHWM, whole run)", peak, false);
     let drift = last.rss as f64 / first.rss as f64;
+    let mut parts = Table::new(&["resident MiB", "idle", "end of run", "÷ budget at the end"]);
+    let mut part = |what: &str, idle: f64, end: f64| {
+        parts.row(&[
+            what.to_owned(),
+            format!("{:.1}", idle / f64::from(1u32 << 20)),
+            format!("{:.1}", end / f64::from(1u32 << 20)),
+            format!("{:.2}", end / budget as f64),
+        ]);
+    };
+    let (anon, idle_anon) = (end_resident.anon as f64, idle_resident.anon as f64);
+    part("table rows held (the store's count)", 0.0, end_held);
+    part(
+        "other anonymous memory (heap, stacks)",
+        idle_anon,
+        anon - end_held,
+    );
+    part(
+        "mapped files (the agent's code, libraries)",
+        idle_resident.files as f64,
+        end_resident.files as f64,
+    );
+    part(
+        "BPF ring buffer (its pages mapped twice)",
+        idle_resident.bpf as f64,
+        end_resident.bpf as f64,
+    );
     let row_bytes = first.held_bytes / first.held_rows.max(1.0);
     let (rows_min, rows_max) = samples.iter().fold((f64::MAX, 0f64), |(lo, hi), s| {
         (lo.min(s.held_rows), hi.max(s.held_rows))
@@ -139,8 +171,12 @@ pub fn section(report: &mut Report, args: &Args, bench: &Bench) -> anyhow::Resul
              and a table this compressible then takes far longer than a run to fill; above it \
              the table holds hot rows only ({state} in this run). Target: RSS ÷ budget ≤ \
              1.3.\n\n{}\n\
-             Drift: last ÷ first = **{drift:.3}**; RSS MiB every {every} s: {series}.",
+             Drift: last ÷ first = **{drift:.3}**; RSS MiB every {every} s: {series}.\n\n\
+             Where the resident memory is (`/proc/<pid>/smaps`), idle and after the last \
+             sample: the table's rows against the rest of the heap, and the two parts that \
+             do not grow with the budget, the code mapped from files and the ring buffer.\n\n{}",
             table.finish(),
+            parts.finish(),
             budget_mib = args.memory_budget_mib,
             rate = args.memory_rate,
             reached = paced.calls as f64 / paced.seconds.max(1e-9),
@@ -168,6 +204,10 @@ pub fn section(report: &mut Report, args: &Args, bench: &Bench) -> anyhow::Resul
             "last_rss_bytes": last.rss,
             "max_rss_bytes": max,
             "peak_rss_bytes": peak,
+            "resident": {
+                "idle": { "anon": idle_resident.anon, "files": idle_resident.files, "bpf": idle_resident.bpf },
+                "end": { "anon": end_resident.anon, "files": end_resident.files, "bpf": end_resident.bpf, "table_held": end_held },
+            },
             "first_over_budget": ratio(first.rss),
             "max_over_budget": ratio(max),
             "last_over_budget": ratio(last.rss),
