@@ -19,12 +19,11 @@ use kube::{
         reflector::ObjectRef,
     },
 };
-use serde_json::json;
 use tracing::info;
 
 use crate::{
     Error,
-    context::{Context, FINALIZER, MANAGER},
+    context::{Context, FINALIZER, MANAGER, status_patch},
     state::{self, Cluster},
 };
 
@@ -163,16 +162,13 @@ async fn write_status(
         return Ok(());
     }
     let events = state::transitions(previous, &status);
-    api.patch_status(
-        &tp.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(json!({
-            "apiVersion": "sonde.dev/v1alpha1",
-            "kind": "Tracepoint",
-            "status": status,
-        })),
-    )
-    .await?;
+    let params = PatchParams {
+        field_manager: Some(MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    let patch = status_patch(previous, &status)?;
+    api.patch_status(&tp.name_any(), &params, &Patch::Merge(patch))
+        .await?;
     ctx.metrics.status_written("Tracepoint");
     for (warning, reason, message) in events {
         ctx.publish(tp, warning, reason, message).await;
