@@ -179,7 +179,8 @@ mod status_tests {
     use super::status_patch;
 
     #[test]
-    fn a_status_patch_writes_the_new_status_and_removes_what_it_dropped() {
+    fn a_status_patch_writes_the_new_status_and_removes_what_it_dropped() -> Result<(), crate::Error>
+    {
         let previous = json!({
             "phase": "Running",
             "message": "gone now",
@@ -192,7 +193,7 @@ mod status_tests {
             "errors": [],
         });
         assert_eq!(
-            status_patch(Some(&previous), &next).unwrap(),
+            status_patch(Some(&previous), &next)?,
             json!({ "status": {
                 "phase": "Pending",
                 "message": null,
@@ -200,9 +201,7 @@ mod status_tests {
                 "errors": [],
             }})
         );
-        assert_eq!(
-            status_patch(None::<&()>, &next).unwrap(),
-            json!({ "status": next })
-        );
+        assert_eq!(status_patch(None::<&()>, &next)?, json!({ "status": next }));
+        Ok(())
     }
 }

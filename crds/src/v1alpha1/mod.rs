@@ -99,10 +99,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_renewal_patches_the_renew_time_the_lease_carries_and_nothing_else() {
-        let now: Timestamp = "2026-12-02T10:11:12.345678Z".parse().unwrap();
-        let lease =
-            serde_json::to_value(heartbeat_lease("node-a", Duration::from_secs(30), now)).unwrap();
+    fn a_renewal_patches_the_renew_time_the_lease_carries_and_nothing_else()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let now: Timestamp = "2026-12-02T10:11:12.345678Z".parse()?;
+        let lease = serde_json::to_value(heartbeat_lease("node-a", Duration::from_secs(30), now))?;
         let renewal = heartbeat_renewal(now);
         assert_eq!(
             renewal,
@@ -111,5 +111,6 @@ mod tests {
         assert_eq!(renewal["spec"]["renewTime"], "2026-12-02T10:11:12.345678Z");
         assert_eq!(lease["spec"]["leaseDurationSeconds"], 30);
         assert_eq!(lease["spec"]["holderIdentity"], "node-a");
+        Ok(())
     }
 }
