@@ -330,6 +330,8 @@ async fn report_latency(
 ) -> anyhow::Result<()> {
     let tracepoints: Api<Tracepoint> = Api::namespaced(fleet.client.clone(), "team-00");
     let mut latencies = Vec::new();
+    // (total, the ProbeNode status write alone, what, where) of each report.
+    let mut reports: Vec<(Duration, Duration, AssignmentState, String)> = Vec::new();
     for round in 0..10 {
         // tp-000's pods: nodes 0, 100, 200, ...
         let node = fleet::node_name((round * 100) % fleet.size.nodes);
@@ -351,6 +353,7 @@ async fn report_latency(
                     },
                 )
                 .await?;
+            let written = started.elapsed();
             loop {
                 let tp = tracepoints.get("tp-000").await?;
                 let status = tp.status.unwrap_or_default();
@@ -360,6 +363,7 @@ async fn report_latency(
                 };
                 if shows {
                     latencies.push(started.elapsed());
+                    reports.push((started.elapsed(), written, state, node.clone()));
                     break;
                 }
                 if started.elapsed() > Duration::from_secs(60) {
@@ -378,6 +382,17 @@ async fn report_latency(
         percentile(&latencies, 0.99),
         latencies.last().copied().unwrap_or_default(),
     );
+    // The slowest, with the agent's status write apart: a slow write is the
+    // apiserver's time, the rest the operator's and its watches'.
+    reports.sort_by_key(|r| std::cmp::Reverse(r.0));
+    let slowest: Vec<String> = reports
+        .iter()
+        .take(3)
+        .map(|(total, written, state, node)| {
+            format!("{state:?} on {node} {total:.2?} (its status write {written:.2?})")
+        })
+        .collect();
+    println!("  slowest reports: {}", slowest.join("; "));
     Ok(())
 }
 
