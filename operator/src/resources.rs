@@ -18,11 +18,10 @@ use kube::{
     api::{Patch, PatchParams},
     runtime::controller::Action,
 };
-use serde_json::json;
 
 use crate::{
     Error,
-    context::{Context, MANAGER, now_time},
+    context::{Context, MANAGER, now_time, status_patch},
     state::{self, Liveness},
 };
 
@@ -212,13 +211,15 @@ fn conditions(valid: Result<(), String>, reports: &Reports) -> Vec<Condition> {
     }
 }
 
-/// Applies a resource's status as the operator, and publishes an
+/// Writes a resource's status over `previous`, the cached one, as the
+/// operator (a merge patch, see [`status_patch`]), and publishes an
 /// InvalidSpec Event with `invalid`'s message.
-async fn write_status<K>(
+async fn write_status<K, S: serde::Serialize>(
     ctx: &Context,
     kind: &'static str,
     resource: &K,
-    status: &impl serde::Serialize,
+    previous: Option<&S>,
+    status: &S,
     invalid: Option<String>,
 ) -> Result<(), Error>
 where
@@ -231,16 +232,13 @@ where
         ctx.client.clone(),
         &resource.namespace().unwrap_or_default(),
     );
-    api.patch_status(
-        &resource.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(json!({
-            "apiVersion": K::api_version(&()),
-            "kind": K::kind(&()),
-            "status": status,
-        })),
-    )
-    .await?;
+    let params = PatchParams {
+        field_manager: Some(MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    let patch = status_patch(previous, status)?;
+    api.patch_status(&resource.name_any(), &params, &Patch::Merge(patch))
+        .await?;
     ctx.metrics.status_written(kind);
     if let Some(message) = invalid {
         ctx.publish(resource, true, "InvalidSpec", message).await;
@@ -286,7 +284,7 @@ async fn retention_status(retention: &Retention, ctx: &Context) -> Result<Action
         let invalid = valid.err().filter(|_| {
             previous.is_none_or(|p| p.observed_generation != status.observed_generation)
         });
-        write_status(ctx, "Retention", retention, &status, invalid).await?;
+        write_status(ctx, "Retention", retention, previous, &status, invalid).await?;
     }
     // Oldest first, so the Events read in the order things happened.
     for anomaly in new_anomalies.into_iter().rev() {
@@ -348,7 +346,7 @@ async fn export_status(export: &Export, ctx: &Context) -> Result<Action, Error> 
         let invalid = valid.err().filter(|_| {
             previous.is_none_or(|p| p.observed_generation != status.observed_generation)
         });
-        write_status(ctx, "Export", export, &status, invalid).await?;
+        write_status(ctx, "Export", export, previous, &status, invalid).await?;
     }
     Ok(Action::requeue(ctx.settings.heartbeat_grace / 2))
 }
