@@ -5,7 +5,8 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
-    Client, Resource, ResourceExt,
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
     runtime::{
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
@@ -79,6 +80,32 @@ impl Context {
     }
 
     /// Publishes an Event on the resource; a failure is logged, not fatal.
+    /// Writes `next` as `resource`'s status over `previous`, the status
+    /// the cache holds (a merge patch, see [`status_patch`]), and counts
+    /// the write under `kind`.
+    pub async fn write_status<K, S>(
+        &self,
+        api: &Api<K>,
+        kind: &'static str,
+        resource: &K,
+        previous: Option<&S>,
+        next: &S,
+    ) -> Result<(), Error>
+    where
+        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        S: serde::Serialize,
+    {
+        let params = PatchParams {
+            field_manager: Some(MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        let patch = Patch::Merge(status_patch(previous, next)?);
+        api.patch_status(&resource.name_any(), &params, &patch)
+            .await?;
+        self.metrics.status_written(kind);
+        Ok(())
+    }
+
     pub async fn publish<K>(&self, resource: &K, warning: bool, reason: &str, note: String)
     where
         K: Resource<DynamicType = ()>,

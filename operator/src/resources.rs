@@ -13,15 +13,11 @@ use crds::{
     },
 };
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Condition, jiff::Timestamp};
-use kube::{
-    Api, ResourceExt,
-    api::{Patch, PatchParams},
-    runtime::controller::Action,
-};
+use kube::{Api, ResourceExt, runtime::controller::Action};
 
 use crate::{
     Error,
-    context::{Context, MANAGER, now_time, status_patch},
+    context::{Context, now_time},
     state::{self, Liveness},
 };
 
@@ -211,9 +207,8 @@ fn conditions(valid: Result<(), String>, reports: &Reports) -> Vec<Condition> {
     }
 }
 
-/// Writes a resource's status over `previous`, the cached one, as the
-/// operator (a merge patch, see [`status_patch`]), and publishes an
-/// InvalidSpec Event with `invalid`'s message.
+/// Writes a resource's status over `previous`, the cached one, and
+/// publishes an InvalidSpec Event with `invalid`'s message.
 async fn write_status<K, S: serde::Serialize>(
     ctx: &Context,
     kind: &'static str,
@@ -232,14 +227,8 @@ where
         ctx.client.clone(),
         &resource.namespace().unwrap_or_default(),
     );
-    let params = PatchParams {
-        field_manager: Some(MANAGER.to_owned()),
-        ..PatchParams::default()
-    };
-    let patch = status_patch(previous, status)?;
-    api.patch_status(&resource.name_any(), &params, &Patch::Merge(patch))
+    ctx.write_status(&api, kind, resource, previous, status)
         .await?;
-    ctx.metrics.status_written(kind);
     if let Some(message) = invalid {
         ctx.publish(resource, true, "InvalidSpec", message).await;
     }

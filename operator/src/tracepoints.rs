@@ -12,7 +12,6 @@ use crds::{
 use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, ResourceExt,
-    api::{Patch, PatchParams},
     runtime::{
         controller::Action,
         finalizer::{self, finalizer},
@@ -23,7 +22,7 @@ use tracing::info;
 
 use crate::{
     Error,
-    context::{Context, FINALIZER, MANAGER, status_patch},
+    context::{Context, FINALIZER},
     state::{self, Cluster},
 };
 
@@ -162,14 +161,8 @@ async fn write_status(
         return Ok(());
     }
     let events = state::transitions(previous, &status);
-    let params = PatchParams {
-        field_manager: Some(MANAGER.to_owned()),
-        ..PatchParams::default()
-    };
-    let patch = status_patch(previous, &status)?;
-    api.patch_status(&tp.name_any(), &params, &Patch::Merge(patch))
+    ctx.write_status(api, "Tracepoint", tp, previous, &status)
         .await?;
-    ctx.metrics.status_written("Tracepoint");
     for (warning, reason, message) in events {
         ctx.publish(tp, warning, reason, message).await;
     }
