@@ -91,10 +91,6 @@ pub fn section(report: &mut Report, args: &Args, bench: &Bench) -> anyhow::Resul
     let (fill_s, samples) = result?;
     let peak = agent.memory()?.peak;
     let end_resident = agent.resident()?;
-    let end_held = agent.metrics()?.sum(
-        "sonde_table_held_bytes",
-        &[("namespace", "bench"), ("table", "requests")],
-    );
     agent.stop()?;
 
     let first = samples.first().context("no samples")?;
@@ -117,6 +113,8 @@ pub fn section(report: &mut Report, args: &Args, bench: &Bench) -> anyhow::Resul
     row("last sample", last.rss, false);
     row("peak (VmHWM, whole run)", peak, false);
     let drift = last.rss as f64 / first.rss as f64;
+    // The table is full and steady by then: the last sample's count stands.
+    let end_held = last.held_bytes;
     let mut parts = Table::new(&["resident MiB", "idle", "end of run", "÷ budget at the end"]);
     let mut part = |what: &str, idle: f64, end: f64| {
         parts.row(&[
