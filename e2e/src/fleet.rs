@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::Context as _;
 use crds::v1alpha1::{
-    AssignmentState, AssignmentStatus, ProbeNode, ProbeNodeStatus, heartbeat_lease,
+    AssignmentKind, AssignmentState, AssignmentStatus, ProbeNode, ProbeNodeStatus, heartbeat_lease,
     heartbeat_renewal,
 };
 use futures::{StreamExt, TryStreamExt};
@@ -282,6 +282,27 @@ impl SimulatedAgents {
                 (state, reason.to_owned()),
             );
         self.shared().report_if_changed(node).await
+    }
+
+    /// The state `node`'s ProbeNode status reports for the Tracepoint
+    /// `namespace/name`, as this process's own watch of ProbeNodes last
+    /// saw it: when a write shows up here, the apiserver has sent it to
+    /// its watchers.
+    pub fn watched_state(
+        &self,
+        node: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Option<AssignmentState> {
+        let pn = self.store.get(&reflector::ObjectRef::new(node))?;
+        pn.status
+            .as_ref()?
+            .assignments
+            .iter()
+            .find(|a| {
+                a.kind == AssignmentKind::Tracepoint && a.namespace == namespace && a.name == name
+            })
+            .map(|a| a.state)
     }
 
     /// From now on `node`'s agent neither renews its Lease nor writes its

@@ -28,6 +28,7 @@ use crds::{
 use e2e::fleet::{SimulatedAgents, api_pod};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff;
 use kube::{
     Api,
     api::{DeleteParams, Patch, PatchParams, PostParams},
@@ -142,7 +143,7 @@ async fn bench(size: Size, heartbeat: Duration) -> anyhow::Result<()> {
     if let Err(e) = rack_edit(&fleet, &operator).await {
         println!("Tracepoint edit on one rack: {e:#}");
     }
-    if let Err(e) = report_latency(&fleet, &agents, heartbeat).await {
+    if let Err(e) = report_latency(&fleet, &operator, &agents, heartbeat).await {
         println!("agent report → Tracepoint status: {e:#}");
     }
 
@@ -325,13 +326,16 @@ async fn rack_edit(fleet: &Fleet, operator: &Operator) -> anyhow::Result<()> {
 /// again: time until the Tracepoint's status says so, ten times each.
 async fn report_latency(
     fleet: &Fleet,
+    operator: &Operator,
     agents: &SimulatedAgents,
     heartbeat: Duration,
 ) -> anyhow::Result<()> {
+    let waits_before = operator.queue_waits("tracepoint").await?;
     let tracepoints: Api<Tracepoint> = Api::namespaced(fleet.client.clone(), "team-00");
     let mut latencies = Vec::new();
-    // (total, the ProbeNode status write alone, what, where) of each report.
-    let mut reports: Vec<(Duration, Duration, AssignmentState, String)> = Vec::new();
+    // Each report: its total, the ProbeNode status write alone, when the
+    // bench's own ProbeNode watch saw the write, what, where, when.
+    let mut reports: Vec<Report> = Vec::new();
     for round in 0..10 {
         // tp-000's pods: nodes 0, 100, 200, ...
         let node = fleet::node_name((round * 100) % fleet.size.nodes);
@@ -340,6 +344,7 @@ async fn report_latency(
             (AssignmentState::Attached, Phase::Running),
         ] {
             let started = Instant::now();
+            let at = jiff::Timestamp::now();
             agents
                 .report(
                     &node,
@@ -354,7 +359,13 @@ async fn report_latency(
                 )
                 .await?;
             let written = started.elapsed();
+            let mut watched = None;
             loop {
+                if watched.is_none()
+                    && agents.watched_state(&node, "team-00", "tp-000") == Some(state)
+                {
+                    watched = Some(started.elapsed());
+                }
                 let tp = tracepoints.get("tp-000").await?;
                 let status = tp.status.unwrap_or_default();
                 let shows = match state {
@@ -363,7 +374,14 @@ async fn report_latency(
                 };
                 if shows {
                     latencies.push(started.elapsed());
-                    reports.push((started.elapsed(), written, state, node.clone()));
+                    reports.push(Report {
+                        total: started.elapsed(),
+                        written,
+                        watched,
+                        state,
+                        node: node.clone(),
+                        at,
+                    });
                     break;
                 }
                 if started.elapsed() > Duration::from_secs(60) {
@@ -384,16 +402,54 @@ async fn report_latency(
     );
     // The slowest, with the agent's status write apart: a slow write is the
     // apiserver's time, the rest the operator's and its watches'.
-    reports.sort_by_key(|r| std::cmp::Reverse(r.0));
+    reports.sort_by_key(|r| std::cmp::Reverse(r.total));
     let slowest: Vec<String> = reports
         .iter()
         .take(3)
-        .map(|(total, written, state, node)| {
-            format!("{state:?} on {node} {total:.2?} (its status write {written:.2?})")
+        .map(|r| {
+            let watched = r
+                .watched
+                .map_or_else(|| "not seen".to_owned(), |w| format!("{w:.2?}"));
+            format!(
+                "{:?} on {} at {} {:.2?} (its status write {:.2?}, in the bench's own ProbeNode watch at {watched})",
+                r.state, r.node, r.at, r.total, r.written
+            )
         })
         .collect();
     println!("  slowest reports: {}", slowest.join("; "));
+    // Meanwhile, every Tracepoint the operator queued for a change (these
+    // reports, and every other agent's): how long each waited for its
+    // reconcile to start.
+    let waits_after = operator.queue_waits("tracepoint").await?;
+    let count_within = |bound: f64| {
+        let at = |waits: &[(f64, f64)]| {
+            waits
+                .iter()
+                .find(|(le, _)| *le >= bound)
+                .map_or(0.0, |(_, count)| *count)
+        };
+        at(&waits_after) - at(&waits_before)
+    };
+    let queued = count_within(f64::INFINITY);
+    println!(
+        "  Tracepoints queued by a change meanwhile: {queued:.0}; waited over 0.256 s: {:.0}, over 1.02 s: {:.0}, over 4.10 s: {:.0}",
+        queued - count_within(0.256),
+        queued - count_within(1.024),
+        queued - count_within(4.096),
+    );
     Ok(())
+}
+
+/// One agent report of `report_latency`, timed from its start.
+struct Report {
+    total: Duration,
+    /// The ProbeNode status write alone.
+    written: Duration,
+    /// When the bench's own watch of ProbeNodes showed the write.
+    watched: Option<Duration>,
+    state: AssignmentState,
+    node: String,
+    at: jiff::Timestamp,
 }
 
 /// Polls until every Tracepoint has a status; returns how long it took.

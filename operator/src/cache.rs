@@ -803,6 +803,7 @@ impl Cache {
             &assigned(&old_spec),
             &assigned(&new_spec),
         ) {
+            tracing::debug!(%node, ?kind, %namespace, %name, "report changed");
             match kind {
                 AssignmentKind::Tracepoint => self
                     .queues

@@ -13,7 +13,7 @@ use kube::{
         reflector::ObjectRef,
     },
 };
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
 use crate::{Error, cache::Cache, metrics::Metrics, queue::WorkQueue};
 
@@ -66,20 +66,23 @@ impl Context {
     where
         K: Resource<DynamicType = ()> + 'static,
     {
-        queue.started(&ObjectRef::from_obj(object));
+        let waited = queue.started(&ObjectRef::from_obj(object));
+        if let Some(waited) = waited {
+            self.metrics.waited(controller, waited);
+        }
         let span = info_span!(
             "reconcile",
             controller,
             namespace = %object.namespace().unwrap_or_default(),
             name = %object.name_any(),
         );
+        span.in_scope(|| debug!(?waited, "reconcile starts"));
         self.metrics
             .timed(controller, reconcile)
             .instrument(span)
             .await
     }
 
-    /// Publishes an Event on the resource; a failure is logged, not fatal.
     /// Writes `next` as `resource`'s status over `previous`, the status
     /// the cache holds (a merge patch, see [`status_patch`]), and counts
     /// the write under `kind`.
@@ -100,12 +103,15 @@ impl Context {
             ..PatchParams::default()
         };
         let patch = Patch::Merge(status_patch(previous, next)?);
+        let started = std::time::Instant::now();
         api.patch_status(&resource.name_any(), &params, &patch)
             .await?;
         self.metrics.status_written(kind);
+        debug!(took = ?started.elapsed(), "status written");
         Ok(())
     }
 
+    /// Publishes an Event on the resource; a failure is logged, not fatal.
     pub async fn publish<K>(&self, resource: &K, warning: bool, reason: &str, note: String)
     where
         K: Resource<DynamicType = ()>,

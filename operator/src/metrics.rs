@@ -56,6 +56,7 @@ struct KindLabels {
 pub struct Metrics {
     reconciles: Family<ReconcileLabels, Counter>,
     durations: Family<ControllerLabels, Histogram, fn() -> Histogram>,
+    waits: Family<ControllerLabels, Histogram, fn() -> Histogram>,
     in_flight: Family<ControllerLabels, Gauge>,
     probe_node_writes: Counter,
     status_writes: Family<KindLabels, Counter>,
@@ -71,6 +72,7 @@ impl Default for Metrics {
         Self {
             reconciles: Family::default(),
             durations: Family::new_with_constructor(duration_histogram),
+            waits: Family::new_with_constructor(duration_histogram),
             in_flight: Family::default(),
             probe_node_writes: Counter::default(),
             status_writes: Family::default(),
@@ -96,6 +98,14 @@ impl Metrics {
         self.reconciled(controller, &result, started.elapsed());
         in_flight.dec();
         result
+    }
+
+    /// How long an object queued for `controller` waited for its
+    /// reconcile to start: the debounce, then a free slot.
+    pub fn waited(&self, controller: &'static str, waited: Duration) {
+        self.waits
+            .get_or_create(&ControllerLabels { controller })
+            .observe(waited.as_secs_f64());
     }
 
     /// Counts a write of a `ProbeNode`'s spec.
@@ -229,6 +239,12 @@ pub fn registry(metrics: &Arc<Metrics>, cache: Cache, grace: Duration) -> Regist
         "How long reconciles took",
         Unit::Seconds,
         metrics.durations.clone(),
+    );
+    registry.register_with_unit(
+        "queue_wait",
+        "How long a queued object waited for its reconcile to start",
+        Unit::Seconds,
+        metrics.waits.clone(),
     );
     registry.register(
         "reconciles_in_flight",

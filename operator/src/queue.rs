@@ -6,9 +6,10 @@
 //! never runs two reconciles of one object at once.
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
     hash::Hash,
     sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
 };
 
 use futures::Stream;
@@ -24,9 +25,9 @@ pub struct WorkQueue<K: Resource> {
 struct QueueState<K: Resource> {
     /// Not yet handed to the controller, in arrival order.
     waiting: VecDeque<ObjectRef<K>>,
-    /// Queued since their last reconcile started (handed over or not):
-    /// the queue's depth.
-    queued: HashSet<ObjectRef<K>>,
+    /// Queued since their last reconcile started (handed over or not),
+    /// with when they were first pushed: the queue's depth.
+    queued: HashMap<ObjectRef<K>, Instant>,
 }
 
 impl<K> WorkQueue<K>
@@ -38,7 +39,7 @@ where
         Arc::new(Self {
             state: Mutex::new(QueueState {
                 waiting: VecDeque::new(),
-                queued: HashSet::new(),
+                queued: HashMap::new(),
             }),
             notify: Notify::new(),
         })
@@ -53,7 +54,9 @@ where
     /// twice.
     pub fn push(&self, object: ObjectRef<K>) {
         let mut state = self.state();
-        if state.queued.insert(object.clone()) {
+        if let std::collections::hash_map::Entry::Vacant(entry) = state.queued.entry(object.clone())
+        {
+            entry.insert(Instant::now());
             state.waiting.push_back(object);
             drop(state);
             self.notify.notify_one();
@@ -67,14 +70,17 @@ where
     }
 
     /// A reconcile of `object` started: later changes queue it again.
-    pub fn started(&self, object: &ObjectRef<K>) {
-        self.state().queued.remove(object);
+    /// Returns how long it waited since it was queued, if it was (a
+    /// controller's own requeue after a delay does not pass through here).
+    pub fn started(&self, object: &ObjectRef<K>) -> Option<Duration> {
+        let queued = self.state().queued.remove(object)?;
+        Some(queued.elapsed())
     }
 
     /// `object` is gone: no reconcile of it will start.
     pub fn forget(&self, object: &ObjectRef<K>) {
         let mut state = self.state();
-        if state.queued.remove(object) {
+        if state.queued.remove(object).is_some() {
             state.waiting.retain(|o| o != object);
         }
     }
@@ -122,7 +128,8 @@ mod tests {
         // Handed over but not started: still queued, not handed twice.
         queue.push(a.clone());
         assert_eq!(queue.depth(), 2);
-        queue.started(&a);
+        assert!(queue.started(&a).is_some());
+        assert_eq!(queue.started(&a), None);
         queue.forget(&b);
         assert_eq!(queue.depth(), 0);
         // Queued again once its reconcile started.

@@ -379,6 +379,12 @@ async fn tracepoints_get_nodes_status_events_and_a_clean_end() -> anyhow::Result
         value("sonde_operator_queue_depth{controller=\"node\"}").is_some(),
         "{body}"
     );
+    // Both nodes were queued by the watches before their first write.
+    assert!(
+        value("sonde_operator_queue_wait_seconds_count{controller=\"node\"}")
+            .is_some_and(|v| v >= 2.0),
+        "{body}"
+    );
     drop(operator);
     Ok(())
 }

@@ -345,7 +345,10 @@ pub struct Operator {
 impl Operator {
     pub fn start(kubeconfig: &Path, dir: &Path, grace: &str) -> anyhow::Result<Self> {
         let metrics_addr = format!("127.0.0.1:{}", e2e::free_port()?);
-        let log = dir.join("operator.log");
+        // SONDE_OPERATOR_LOG_FILE keeps the log past the cluster's
+        // directory, which is removed at the end.
+        let log = std::env::var_os("SONDE_OPERATOR_LOG_FILE")
+            .map_or_else(|| dir.join("operator.log"), PathBuf::from);
         let child = Command::new(OPERATOR)
             .args([
                 "--leader-elect=false",
@@ -355,7 +358,12 @@ impl Operator {
                 grace,
             ])
             .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "warn")
+            // The log level of the operator under test: `warn` unless
+            // SONDE_OPERATOR_LOG says otherwise (`operator=debug`).
+            .env(
+                "RUST_LOG",
+                std::env::var("SONDE_OPERATOR_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()
@@ -398,6 +406,27 @@ impl Operator {
         Ok(self
             .sample("sonde_operator_probe_node_writes_total")
             .await? as u64)
+    }
+
+    /// The histogram of how long objects queued for `controller` waited
+    /// for their reconcile: (upper bound in seconds, cumulative count).
+    pub async fn queue_waits(&self, controller: &str) -> anyhow::Result<Vec<(f64, f64)>> {
+        let body = self.metrics().await?;
+        let prefix =
+            format!("sonde_operator_queue_wait_seconds_bucket{{controller=\"{controller}\",le=\"");
+        Ok(body
+            .lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix(&prefix)?;
+                let (le, count) = rest.split_once("\"} ")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, count.trim().parse().ok()?))
+            })
+            .collect())
     }
 
     /// Polls until no node reconcile is queued or running.
