@@ -29,10 +29,10 @@ mod table;
 #[cfg(test)]
 mod tests;
 mod ticket;
+mod wire;
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
 
-use arrow_flight::flight_service_server::FlightServiceServer;
 use tokio::net::TcpListener;
 use tonic::{
     Request, Status,
@@ -210,7 +210,9 @@ impl FlightServer {
             })
         });
         let service =
-            FlightServiceServer::with_interceptor(self.service, move |request| auth.check(request));
+            InterceptedService::new(wire::ZeroCopyDoGet::new(self.service), move |request| {
+                auth.check(request)
+            });
         let mut builder = Server::builder().layer(self.metrics.layer());
         if let Some(tls) = self.tls {
             builder = builder

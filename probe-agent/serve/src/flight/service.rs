@@ -10,7 +10,7 @@ use arrow_flight::{
     flight_descriptor::DescriptorType, flight_service_server::FlightService, sql::Any,
 };
 use arrow_ipc::writer::IpcWriteOptions;
-use arrow_schema::Schema;
+use arrow_schema::{Schema, SchemaRef};
 use futures::{StreamExt, stream::BoxStream};
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
@@ -19,7 +19,7 @@ use super::{
     error::RequestError,
     metrics::note_command,
     sql::{FlightDataStream, SqlEngine, SqlService, encode},
-    table::read_table,
+    table::{BatchStream, read_table},
     ticket::{TableRead, TableTicket},
 };
 use probe_store::{TableInfo, TableName, TableSource};
@@ -133,11 +133,30 @@ impl SondeFlightService {
     }
 
     fn table_do_get(&self, ticket: &[u8]) -> Result<FlightDataStream, RequestError> {
+        let (schema, batches) = self.table_batches(ticket)?;
+        Ok(encode(schema, batches))
+    }
+
+    fn table_batches(&self, ticket: &[u8]) -> Result<(SchemaRef, BatchStream), RequestError> {
         let ticket = TableTicket::parse(ticket)?;
         let info = self.table(&ticket.table_name()?)?;
         let read = ticket.validate(&info)?;
         let schema = Arc::clone(&read.output_schema);
-        Ok(encode(schema, read_table(&*self.source, read)?))
+        Ok((schema, read_table(&*self.source, read)?))
+    }
+
+    /// The rows a DoGet asks for, as batches: of a table, or of a Flight
+    /// SQL statement. `None` for the other Flight SQL tickets (catalogs,
+    /// schemas, tables...), which only the generated server answers.
+    pub(crate) async fn batches(
+        &self,
+        request: &Request<Ticket>,
+    ) -> Result<Option<(SchemaRef, BatchStream)>, Status> {
+        let ticket = &request.get_ref().ticket;
+        if route_sql(request, ticket) {
+            return Ok(self.sql.statement_batches(ticket).await?);
+        }
+        Ok(Some(self.table_batches(ticket)?))
     }
 }
 

@@ -20,7 +20,7 @@ use arrow_flight::{
     flight_service_server::FlightService,
     sql::{
         ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
-        ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetDbSchemas,
+        ActionCreatePreparedStatementResult, Any, Command, CommandGetCatalogs, CommandGetDbSchemas,
         CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
         CommandStatementQuery, CommandStatementUpdate, ProstMessageExt, SqlInfo,
         TicketStatementQuery,
@@ -327,9 +327,30 @@ pub(crate) struct SqlService {
 
 impl SqlService {
     async fn run(&self, sql: &str) -> Result<FlightDataStream, RequestError> {
-        let planned = self.engine.plan(sql).await?;
-        let (schema, batches) = self.engine.execute(planned).await?;
+        let (schema, batches) = self.batches(sql).await?;
         Ok(encode(schema, batches))
+    }
+
+    async fn batches(&self, sql: &str) -> Result<(SchemaRef, BatchStream), RequestError> {
+        let planned = self.engine.plan(sql).await?;
+        self.engine.execute(planned).await
+    }
+
+    /// The rows of a statement's or prepared statement's DoGet ticket (a
+    /// Flight SQL `Any`); `None` for every other command.
+    pub(crate) async fn statement_batches(
+        &self,
+        ticket: &[u8],
+    ) -> Result<Option<(SchemaRef, BatchStream)>, RequestError> {
+        let Ok(any) = Any::decode(ticket) else {
+            return Ok(None);
+        };
+        let sql = match Command::try_from(any) {
+            Ok(Command::TicketStatementQuery(ticket)) => ticket.statement_handle,
+            Ok(Command::CommandPreparedStatementQuery(query)) => query.prepared_statement_handle,
+            _ => return Ok(None),
+        };
+        Ok(Some(self.batches(sql_text(&sql)?).await?))
     }
 
     fn source(&self) -> &dyn TableSource {
