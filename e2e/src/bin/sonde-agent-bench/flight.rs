@@ -209,6 +209,8 @@ pub fn section(
     let mut doget: [Vec<f64>; 2] = Default::default();
     let mut doget_bytes = 0u64;
     let mut doget_batches = [0u64; 2];
+    // The agent's CPU time during each of its DoGets.
+    let mut doget_cpu: Vec<f64> = Vec::new();
     let mut sql: [Vec<f64>; 2] = Default::default();
     let mut answers: [Vec<(String, u64, f64)>; 2] = Default::default();
     for round in 0..args.rounds {
@@ -217,7 +219,11 @@ pub fn section(
         let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for &side in &order {
             let target = if side == 0 { &uri } else { &server.uri };
+            let cpu_before = agent.cpu_seconds()?;
             let got = client.call(json!({"op": "doget", "uri": target, "ticket": TICKET}))?;
+            if side == 0 {
+                doget_cpu.push(agent.cpu_seconds()? - cpu_before);
+            }
             let rows = got["rows"].as_u64().unwrap_or_default();
             ensure!(
                 rows == args.rows,
@@ -288,6 +294,7 @@ pub fn section(
     let [agent_sql_s, duckdb_s] = [median(sql[0].clone()), median(sql[1].clone())];
     let rows = args.rows as f64;
     let mb = doget_bytes as f64 / 1e6;
+    let agent_cpu = median(doget_cpu.clone());
 
     let mut get_table = Table::new(&["server", "batches", "s", "rows/s", "MB/s", "÷ pyarrow"]);
     get_table.row(&[
@@ -355,11 +362,14 @@ pub fn section(
              both (`read_all`; MB are 10^6 bytes of Arrow buffers received, {mb:.0} MB), and \
              the query runs through ADBC against DuckDB in the client process on the table read \
              once from the agent; interleaved, {rounds} rounds, medians of the per-round \
-             ratios. Target: DoGet ÷ pyarrow ≥ 0.8.\n\n{}\n`{AGENT_SQL}` (DuckDB: \
+             ratios. Target: DoGet ÷ pyarrow ≥ 0.8.\n\n{}\nThe agent's own CPU time per \
+             DoGet (user and system, from `/proc`): median {agent_cpu:.3} s, {:.2} CPU-s per \
+             GB sent.\n\n`{AGENT_SQL}` (DuckDB: \
              `quantile_cont`, on the same Arrow table):\n\n{}\nBoth return the generated groups \
              and counts; p99s agree with each other and with the generated ids: {}.\n\n{}",
             args.rows,
             get_table.finish(),
+            agent_cpu * 1e3 / mb,
             sql_table.finish(),
             if p99_agree { "yes" } else { "**NO**" },
             answer_table.finish(),
@@ -382,6 +392,7 @@ pub fn section(
                 "pyarrow_rows_per_s": rows / pyarrow_s,
                 "pyarrow_mb_per_s": mb / pyarrow_s,
                 "agent_over_pyarrow": doget_ratio,
+                "agent_cpu_seconds": doget_cpu,
             },
             "sql": {
                 "agent_query": AGENT_SQL,
