@@ -457,7 +457,11 @@ print(got)
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     // Counted bytes include IP and TCP headers (and the peer's ACKs on
-    // the receiving side): a little more than the payload.
+    // the receiving side): a little more than the payload. How much more
+    // depends on how the kernel cut the stream into segments: 52 bytes of
+    // headers on each, 0.1 % of 64 KiB segments but 1.3 % of 4 KiB ones,
+    // as when the reader drains slowly. Up to 5 % still tells counted
+    // traffic from traffic counted twice or missed.
     let off = |got: u64, want: usize| (got as f64 - want as f64) / want as f64 * 100.0;
     eprintln!(
         "network_stats: tx {tx} bytes for {SENT} sent ({:+.3}%), rx {rx} bytes for {RECEIVED} \
@@ -465,8 +469,8 @@ print(got)
         off(tx, SENT),
         off(rx, RECEIVED)
     );
-    assert!((0.0..=1.0).contains(&off(tx, SENT)), "tx {tx}");
-    assert!((0.0..=1.0).contains(&off(rx, RECEIVED)), "rx {rx}");
+    assert!((0.0..=5.0).contains(&off(tx, SENT)), "tx {tx}");
+    assert!((0.0..=5.0).contains(&off(rx, RECEIVED)), "rx {rx}");
     // In the host's network namespace: no interfaces of its own.
     let batches = rows(&url, "sonde.network_stats").await;
     assert_eq!(
