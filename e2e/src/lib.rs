@@ -45,7 +45,7 @@ pub use helm::{Helm, HelmOutput};
 pub use installation::{Installation, python, python_venv};
 pub use node::{NodeImage, RealNode, RealNodeBuilder};
 pub use ports::free_port;
-pub use process::{SpawnedProcess, die_with_parent, process_running, spawned_processes};
+pub use process::{SpawnedProcess, cpu_time, die_with_parent, process_running, spawned_processes};
 pub use prometheus::{Prometheus, PrometheusBuilder, Sample, promtool_check, sample_value};
 
 /// Fails with a clear message unless the test runs as root: the cluster

@@ -60,6 +60,35 @@ pub fn process_running(pid: u32) -> bool {
     !matches!(state, None | Some("Z") | Some("X") | Some("x"))
 }
 
+/// CPU time `pid` has used so far, user and system, from `/proc`.
+pub fn cpu_time(pid: u32) -> std::io::Result<std::time::Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path)?;
+    // utime and stime are fields 14 and 15; the command name before them
+    // is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| -> std::io::Result<u64> {
+        fields.get(i).and_then(|f| f.parse().ok()).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("no field {} in {path}", i + 3),
+            )
+        })
+    };
+    let ticks = ticks(11)? + ticks(12)?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|hz| *hz > 0)
+        .unwrap_or(100) as u64;
+    Ok(std::time::Duration::from_nanos(
+        ticks * (1_000_000_000 / per_second),
+    ))
+}
+
 /// Prefixes a command so the kernel kills it when the thread that started it
 /// dies: a test process killed outright leaves no component behind.
 pub fn die_with_parent(program: &Path) -> Command {

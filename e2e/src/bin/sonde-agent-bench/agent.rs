@@ -145,25 +145,9 @@ impl Agent {
 
     /// CPU time the agent used so far (user and system), in seconds.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let path = format!("/proc/{}/stat", self.pid);
-        let stat = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-        // utime and stime are fields 14 and 15; the command name before
-        // them is in parentheses and may hold spaces.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks = |i: usize| -> anyhow::Result<u64> {
-            fields
-                .get(i)
-                .and_then(|f| f.parse().ok())
-                .with_context(|| format!("no field {} in {path}", i + 3))
-        };
-        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-            .ok()
-            .flatten()
-            .unwrap_or(100) as f64;
-        Ok((ticks(11)? + ticks(12)?) as f64 / hz)
+        let cpu = e2e::cpu_time(self.pid)
+            .with_context(|| format!("the agent's CPU time (pid {})", self.pid))?;
+        Ok(cpu.as_secs_f64())
     }
 
     /// Where the resident memory is, from `/proc/<pid>/smaps`.
