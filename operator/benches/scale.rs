@@ -11,6 +11,11 @@
 //! heartbeat, 1,000 pod changes in 60 s (ProbeNode writes, and latency to
 //! the Tracepoint's status), a Tracepoint edit on one rack, and the
 //! latency from an agent's report to the Tracepoint's status.
+//!
+//! `SONDE_OPERATOR_LOG` sets the operator's log filter (`operator=debug`
+//! logs each report, reconcile and status write with its timing),
+//! `SONDE_OPERATOR_LOG_FILE` where its log goes (it outlives the cluster's
+//! folder), and `SONDE_OPERATOR_BIN` runs another build of the operator.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -35,7 +40,7 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
-use support::fleet::{self, Fleet, Operator, Size};
+use support::fleet::{self, Fleet, Operator, ProbeNodeWatch, Size};
 
 const SETTLE: Duration = Duration::from_secs(600);
 const CHURN_EVENTS: usize = 1_000;
@@ -134,6 +139,7 @@ async fn bench(size: Size, heartbeat: Duration) -> anyhow::Result<()> {
         operator.rss_bytes()? as f64 / (1024.0 * 1024.0),
         cpu.as_micros() as f64 / (beats + statuses).max(1) as f64,
     );
+    println!("{}", apiserver_load(&client).await?);
 
     // A failed step (the apiserver here is near its limit) is reported,
     // and the next one still runs.
@@ -147,12 +153,15 @@ async fn bench(size: Size, heartbeat: Duration) -> anyhow::Result<()> {
         println!("agent report → Tracepoint status: {e:#}");
     }
 
+    println!("{}", apiserver_load(&client).await?);
     let body = operator.metrics().await?;
     for line in body.lines().filter(|l| {
         l.starts_with("sonde_operator_reconcile_duration_seconds_sum")
             || l.starts_with("sonde_operator_reconcile_duration_seconds_count")
             || l.starts_with("sonde_operator_status_writes_total")
             || l.starts_with("sonde_operator_cache_objects")
+            || l.starts_with("sonde_operator_watch_events_total")
+            || l.starts_with("sonde_operator_relists_total")
     }) {
         println!("  {line}");
     }
@@ -294,6 +303,9 @@ async fn rack_edit(fleet: &Fleet, operator: &Operator) -> anyhow::Result<()> {
     let before = fleet::generations(&fleet.probe_nodes().await?);
     let writes = operator.probe_node_writes().await?;
     let team = fleet::namespace_name(2 % fleet.size.namespaces);
+    // Watching from before the edit: the wait times the edit alone.
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    let mut watch = ProbeNodeWatch::start(&fleet.client, deadline).await?;
     let started = Instant::now();
     Api::<Tracepoint>::namespaced(fleet.client.clone(), &team)
         .patch(
@@ -303,14 +315,15 @@ async fn rack_edit(fleet: &Fleet, operator: &Operator) -> anyhow::Result<()> {
         )
         .await?;
     let expected = fleet.expected().await?;
-    let after = fleet.wait_current(&expected, SETTLE).await?;
+    let after = watch.wait_current(&expected, deadline).await?;
     let took = started.elapsed();
+    drop(watch);
     operator.wait_idle(SETTLE).await?;
     let written = operator.probe_node_writes().await? - writes;
     let changed = fleet::changed(&before_expected, &expected);
     let rewritten: BTreeSet<String> = fleet::rewritten(&before, &after);
     println!(
-        "Tracepoint edit on one rack: {} nodes' assignments changed; {written} ProbeNode writes, {} ProbeNodes rewritten ({}), all current after {took:.0?}",
+        "Tracepoint edit on one rack: {} nodes' assignments changed; {written} ProbeNode writes, {} ProbeNodes rewritten ({}), all current after {took:.2?}",
         changed.len(),
         rewritten.len(),
         if rewritten == changed {
@@ -331,6 +344,10 @@ async fn report_latency(
     heartbeat: Duration,
 ) -> anyhow::Result<()> {
     let waits_before = operator.queue_waits("tracepoint").await?;
+    let delays_before = operator
+        .buckets("sonde_operator_report_delay_seconds", "")
+        .await?;
+    let relists_before = relists(operator).await?;
     let tracepoints: Api<Tracepoint> = Api::namespaced(fleet.client.clone(), "team-00");
     let mut latencies = Vec::new();
     // Each report: its total, the ProbeNode status write alone, when the
@@ -421,15 +438,7 @@ async fn report_latency(
     // reports, and every other agent's): how long each waited for its
     // reconcile to start.
     let waits_after = operator.queue_waits("tracepoint").await?;
-    let count_within = |bound: f64| {
-        let at = |waits: &[(f64, f64)]| {
-            waits
-                .iter()
-                .find(|(le, _)| *le >= bound)
-                .map_or(0.0, |(_, count)| *count)
-        };
-        at(&waits_after) - at(&waits_before)
-    };
+    let count_within = |bound| within(&waits_before, &waits_after, bound);
     let queued = count_within(f64::INFINITY);
     println!(
         "  Tracepoints queued by a change meanwhile: {queued:.0}; waited over 0.256 s: {:.0}, over 1.02 s: {:.0}, over 4.10 s: {:.0}",
@@ -437,7 +446,59 @@ async fn report_latency(
         queued - count_within(1.024),
         queued - count_within(4.096),
     );
+    // Every agent's report (heartbeats too), from its write to the
+    // operator's watch; the times are whole seconds, so "over 2 s" is at
+    // least 1 s late.
+    let delays_after = operator
+        .buckets("sonde_operator_report_delay_seconds", "")
+        .await?;
+    let count_within = |bound| within(&delays_before, &delays_after, bound);
+    let seen = count_within(f64::INFINITY);
+    let relisted: Vec<String> = relists(operator)
+        .await?
+        .into_iter()
+        .filter_map(|(kind, n)| {
+            let more = n - relists_before.get(&kind).copied().unwrap_or(0.0);
+            (more > 0.0).then(|| format!("{kind} {more:.0}"))
+        })
+        .collect();
+    println!(
+        "  agent reports the operator saw meanwhile: {seen:.0}; after over 2 s: {:.0}, over 4 s: {:.0}, over 8 s: {:.0}; watches listed again: {}",
+        seen - count_within(2.0),
+        seen - count_within(4.0),
+        seen - count_within(8.0),
+        if relisted.is_empty() {
+            "none".to_owned()
+        } else {
+            relisted.join(", ")
+        },
+    );
     Ok(())
+}
+
+/// Of a histogram's cumulative buckets, the observations between two
+/// scrapes up to `bound`.
+fn within(before: &[(f64, f64)], after: &[(f64, f64)], bound: f64) -> f64 {
+    let at = |buckets: &[(f64, f64)]| {
+        buckets
+            .iter()
+            .find(|(le, _)| *le >= bound)
+            .map_or(0.0, |(_, count)| *count)
+    };
+    at(after) - at(before)
+}
+
+/// The operator's relists so far, by kind.
+async fn relists(operator: &Operator) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    let body = operator.metrics().await?;
+    Ok(body
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("sonde_operator_relists_total{kind=\"")?;
+            let (kind, count) = rest.split_once("\"} ")?;
+            Some((kind.to_owned(), count.trim().parse().ok()?))
+        })
+        .collect())
 }
 
 /// One agent report of `report_latency`, timed from its start.
@@ -450,6 +511,85 @@ struct Report {
     state: AssignmentState,
     node: String,
     at: jiff::Timestamp,
+}
+
+/// Where the apiserver's time went so far, from its own metrics: the
+/// requests that took longest in total, what its watches sent, and the
+/// watches it closed because their client read too slowly.
+async fn apiserver_load(client: &kube::Client) -> anyhow::Result<String> {
+    let request = http::Request::get("/metrics").body(Vec::new())?;
+    let body = client.request_text(request).await?;
+    let label = |line: &str, name: &str| -> String {
+        let key = format!("{name}=\"");
+        line.split_once(&key)
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(value, _)| value.to_owned())
+            .unwrap_or_default()
+    };
+    let value = |line: &str| -> f64 {
+        line.rsplit_once(' ')
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    // (verb, resource, subresource) -> (seconds, requests)
+    let mut requests: std::collections::BTreeMap<(String, String, String), (f64, f64)> =
+        std::collections::BTreeMap::new();
+    let mut watched: Vec<(String, f64)> = Vec::new();
+    let mut closed: Vec<String> = Vec::new();
+    for line in body.lines() {
+        let sum = line.starts_with("apiserver_request_duration_seconds_sum{");
+        let count = line.starts_with("apiserver_request_duration_seconds_count{");
+        if (sum || count) && !line.contains("verb=\"WATCH\"") {
+            let key = (
+                label(line, "verb"),
+                label(line, "resource"),
+                label(line, "subresource"),
+            );
+            let entry = requests.entry(key).or_default();
+            if sum {
+                entry.0 += value(line);
+            } else {
+                entry.1 += value(line);
+            }
+        } else if line.starts_with("apiserver_watch_events_sizes_sum{") {
+            watched.push((label(line, "resource"), value(line)));
+        } else if line.starts_with("apiserver_terminated_watchers_total{") {
+            closed.push(format!("{} {}", label(line, "resource"), value(line)));
+        }
+    }
+    let mut requests: Vec<_> = requests.into_iter().collect();
+    requests.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
+    watched.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let top: Vec<String> = requests
+        .iter()
+        .take(5)
+        .map(|((verb, resource, sub), (seconds, n))| {
+            let what = if sub.is_empty() {
+                resource.clone()
+            } else {
+                format!("{resource}/{sub}")
+            };
+            format!(
+                "{verb} {what} {n:.0} in {seconds:.0} s (mean {:.0} ms)",
+                1000.0 * seconds / n.max(1.0)
+            )
+        })
+        .collect();
+    let sent: Vec<String> = watched
+        .iter()
+        .take(3)
+        .map(|(resource, bytes)| format!("{resource} {:.0} MB", bytes / 1e6))
+        .collect();
+    Ok(format!(
+        "apiserver so far: longest requests in total: {}; watch events sent: {}; watches closed for reading too slowly: {}",
+        top.join(", "),
+        sent.join(", "),
+        if closed.is_empty() {
+            "none".to_owned()
+        } else {
+            closed.join(", ")
+        },
+    ))
 }
 
 /// Polls until every Tracepoint has a status; returns how long it took.

@@ -23,7 +23,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex, MutexGuard},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crds::{
@@ -50,9 +50,10 @@ use kube::{
     },
 };
 use serde::de::DeserializeOwned;
-use tracing::warn;
+use tracing::{debug, info, warn};
 
 use crate::{
+    metrics::Metrics,
     queue::WorkQueue,
     state::{self, Liveness, PodFacts},
 };
@@ -163,6 +164,11 @@ struct Writers {
     retentions: Writer<Retention>,
     exports: Writer<Export>,
     probe_nodes: Writer<ProbeNode>,
+    /// Each `ProbeNode`'s status time as its agent wrote it (before the
+    /// Lease's renewals are folded in): a new one is a new report.
+    reported: HashMap<String, Timestamp>,
+    /// Kinds listed at least once: a later list is a relist.
+    listed: HashSet<&'static str>,
 }
 
 /// One event of any watch.
@@ -178,12 +184,49 @@ enum Observed {
     Lease(Result<Event<Lease>, watcher::Error>),
 }
 
+impl Observed {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Node(_) => "Node",
+            Self::Pod(_) => "Pod",
+            Self::Tracepoint(_) => "Tracepoint",
+            Self::Retention(_) => "Retention",
+            Self::Export(_) => "Export",
+            Self::ProbeNode(_) => "ProbeNode",
+            Self::Lease(_) => "Lease",
+        }
+    }
+
+    /// Whether this event starts a full list of its kind.
+    fn starts_list(&self) -> bool {
+        matches!(
+            self,
+            Self::Node(Ok(Event::Init))
+                | Self::Pod(Ok(Event::Init))
+                | Self::Tracepoint(Ok(Event::Init))
+                | Self::Retention(Ok(Event::Init))
+                | Self::Export(Ok(Event::Init))
+                | Self::ProbeNode(Ok(Event::Init))
+                | Self::Lease(Ok(Event::Init))
+        )
+    }
+}
+
+/// How long handling one event may take before it is logged: the loop
+/// handles every kind's events in turn.
+const SLOW_EVENT: Duration = Duration::from_millis(100);
+
 impl Cache {
     /// Starts the watches (one per kind), filling the caches for as long as
     /// the runtime runs and retrying with backoff while the apiserver is
     /// away. `grace` is the agents' heartbeat grace period; their Leases
-    /// are watched in `lease_namespace`.
-    pub fn start(client: &Client, grace: Duration, lease_namespace: &str) -> Self {
+    /// are watched in `lease_namespace`. `metrics` counts the events.
+    pub fn start(
+        client: &Client,
+        grace: Duration,
+        lease_namespace: &str,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let (nodes, node_writer) = reflector::store();
         let (pods_ready_sender, pods_ready) = tokio::sync::watch::channel(false);
         let (tracepoints, tracepoint_writer) = reflector::store();
@@ -215,6 +258,8 @@ impl Cache {
             retentions: retention_writer,
             exports: export_writer,
             probe_nodes: probe_node_writer,
+            reported: HashMap::new(),
+            listed: HashSet::new(),
         };
         let events = futures::stream::select_all([
             watch(client, slim_node).map(Observed::Node).boxed(),
@@ -237,7 +282,7 @@ impl Cache {
             .map(Observed::Lease)
             .boxed(),
         ]);
-        tokio::spawn(cache.clone().follow(events, writers));
+        tokio::spawn(cache.clone().follow(events, writers, metrics));
         cache
     }
 
@@ -395,9 +440,24 @@ impl Cache {
         self.specs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn follow(self, events: impl Stream<Item = Observed>, mut writers: Writers) {
+    async fn follow(
+        self,
+        events: impl Stream<Item = Observed>,
+        mut writers: Writers,
+        metrics: Arc<Metrics>,
+    ) {
         let mut events = std::pin::pin!(events);
         while let Some(observed) = events.next().await {
+            let kind = observed.kind();
+            let started = Instant::now();
+            if observed.starts_list() && !writers.listed.insert(kind) {
+                info!(kind, "watch lost its place; listing every object again");
+                metrics.relisted(kind);
+            }
+            if let Observed::ProbeNode(Ok(event)) = &observed {
+                reported(&mut writers.reported, event, &metrics);
+            }
+            metrics.watch_event(kind);
             match observed {
                 Observed::Node(event) => {
                     if let Some(event) = ok(event) {
@@ -448,6 +508,10 @@ impl Cache {
                         self.on_lease(&mut writers.probe_nodes, event);
                     }
                 }
+            }
+            let took = started.elapsed();
+            if took > SLOW_EVENT {
+                debug!(kind, ?took, "slow watch event");
             }
         }
     }
@@ -930,6 +994,41 @@ where
         _ => None,
     };
     Some((old, new))
+}
+
+/// Notes the status time of a `ProbeNode` event and, for a new report
+/// seen by the watch, how long after its agent wrote it.
+fn reported(
+    reported: &mut HashMap<String, Timestamp>,
+    event: &Event<ProbeNode>,
+    metrics: &Metrics,
+) {
+    let (pn, new) = match event {
+        Event::Apply(pn) => (pn, true),
+        Event::InitApply(pn) => (pn, false),
+        Event::Delete(pn) => {
+            reported.remove(&pn.name_any());
+            return;
+        }
+        Event::Init | Event::InitDone => return,
+    };
+    let Some(at) = pn.status.as_ref().and_then(|s| s.heartbeat_time.as_ref()) else {
+        return;
+    };
+    let node = pn.name_any();
+    if reported.get(&node) == Some(&at.0) {
+        // The operator's own spec write, or an edit of another field.
+        return;
+    }
+    reported.insert(node, at.0);
+    if new {
+        let delay = Timestamp::now().duration_since(at.0);
+        let delay = Duration::try_from(delay).unwrap_or_default();
+        metrics.report_seen(delay);
+        if delay > Duration::from_secs(2) {
+            debug!(node = %pn.name_any(), ?delay, "agent report seen late");
+        }
+    }
 }
 
 /// Takes `at` as the `ProbeNode`'s heartbeat time if it is newer; returns

@@ -125,8 +125,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot serve metrics on {}", config.metrics_addr))?;
     let metrics_addr = listener.local_addr()?;
 
-    let cache = Cache::start(&client, config.heartbeat_grace, &config.namespace);
     let metrics = Arc::new(Metrics::default());
+    let cache = Cache::start(
+        &client,
+        config.heartbeat_grace,
+        &config.namespace,
+        metrics.clone(),
+    );
     let registry = metrics::registry(&metrics, cache.clone(), config.heartbeat_grace);
     let (stop, stopped) = Shutdown::new();
     let metrics_task = tokio::spawn(metrics::serve(listener, registry, stopped.wait()));

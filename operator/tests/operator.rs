@@ -385,6 +385,17 @@ async fn tracepoints_get_nodes_status_events_and_a_clean_end() -> anyhow::Result
             .is_some_and(|v| v >= 2.0),
         "{body}"
     );
+    // The watches delivered both nodes; no agent wrote a status, so the
+    // operator's own ProbeNode writes count as no report.
+    assert!(
+        value("sonde_operator_watch_events_total{kind=\"Node\"}").is_some_and(|v| v >= 2.0),
+        "{body}"
+    );
+    assert_eq!(
+        value("sonde_operator_report_delay_seconds_count"),
+        Some(0.0),
+        "{body}"
+    );
     drop(operator);
     Ok(())
 }

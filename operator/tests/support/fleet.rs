@@ -10,7 +10,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -20,8 +20,12 @@ use crds::{
     v1alpha1::{AssignmentKind, ProbeNode},
 };
 use e2e::{Cluster, fleet};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use kube::{Api, Client, ResourceExt};
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{WatchStreamExt, watcher},
+};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
@@ -122,7 +126,21 @@ pub fn pod(p: usize, size: &Size) -> Pod {
 
 /// What each node should run: (kind, namespace, name) → generation,
 /// computed here from the resources and labels, not by the operator.
-pub type Expected = BTreeMap<String, BTreeMap<(AssignmentKind, String, String), i64>>;
+pub type Expected = BTreeMap<String, Runs>;
+
+/// What one node runs: generation by kind, namespace and name.
+pub type Runs = BTreeMap<(AssignmentKind, String, String), i64>;
+
+/// A ProbeNode's node, generation and assignments.
+fn assigned(pn: &ProbeNode) -> (String, (i64, Runs)) {
+    let runs = pn
+        .spec
+        .assignments
+        .iter()
+        .map(|a| ((a.kind, a.namespace.clone(), a.name.clone()), a.generation))
+        .collect();
+    (pn.name_any(), (pn.metadata.generation.unwrap_or(0), runs))
+}
 
 /// A cluster with the fleet's objects (no operator yet).
 pub struct Fleet {
@@ -238,54 +256,23 @@ impl Fleet {
     }
 
     /// Each ProbeNode's generation and assignments.
-    pub async fn probe_nodes(
-        &self,
-    ) -> anyhow::Result<BTreeMap<String, (i64, BTreeMap<(AssignmentKind, String, String), i64>)>>
-    {
+    pub async fn probe_nodes(&self) -> anyhow::Result<BTreeMap<String, (i64, Runs)>> {
         let list = Api::<ProbeNode>::all(self.client.clone())
             .list(&Default::default())
             .await?;
-        Ok(list
-            .into_iter()
-            .map(|pn| {
-                let runs = pn
-                    .spec
-                    .assignments
-                    .iter()
-                    .map(|a| ((a.kind, a.namespace.clone(), a.name.clone()), a.generation))
-                    .collect();
-                (pn.name_any(), (pn.metadata.generation.unwrap_or(0), runs))
-            })
-            .collect())
+        Ok(list.iter().map(assigned).collect())
     }
 
-    /// Polls until every ProbeNode assigns what `expected` says; returns
-    /// each node's generation then.
+    /// Waits until every ProbeNode assigns what `expected` says; returns
+    /// each node's generation then. See [`ProbeNodeWatch`].
     pub async fn wait_current(
         &self,
         expected: &Expected,
         within: Duration,
     ) -> anyhow::Result<BTreeMap<String, i64>> {
-        let start = Instant::now();
-        loop {
-            let probe_nodes = self.probe_nodes().await?;
-            let stale: Vec<&String> = expected
-                .iter()
-                .filter(|(node, runs)| probe_nodes.get(*node).map(|(_, r)| r) != Some(*runs))
-                .map(|(node, _)| node)
-                .collect();
-            if stale.is_empty() {
-                return Ok(probe_nodes.into_iter().map(|(n, (g, _))| (n, g)).collect());
-            }
-            if start.elapsed() > within {
-                bail!(
-                    "{} ProbeNodes not current within {within:?}, such as {}",
-                    stale.len(),
-                    stale[0]
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let deadline = tokio::time::Instant::now() + within;
+        let mut watch = ProbeNodeWatch::start(&self.client, deadline).await?;
+        watch.wait_current(expected, deadline).await
     }
 
     /// Sets a node's labels (the fleet's record too).
@@ -311,6 +298,117 @@ fn key(kind: AssignmentKind, resource: &impl ResourceExt) -> (AssignmentKind, St
         resource.namespace().unwrap_or_default(),
         resource.name_any(),
     )
+}
+
+/// The ProbeNodes as a watch shows them: one list, then their changes.
+/// Waiting on it rather than listing them again and again matters: a list
+/// of a thousand is seconds of the apiserver's time, which would slow
+/// what is being waited for; and a watch started before a change times
+/// that change alone.
+pub struct ProbeNodeWatch {
+    events: futures::stream::BoxStream<'static, Result<watcher::Event<ProbeNode>, watcher::Error>>,
+    seen: BTreeMap<String, (i64, Runs)>,
+    listing: Option<BTreeMap<String, (i64, Runs)>>,
+}
+
+impl ProbeNodeWatch {
+    /// Starts watching and returns once the first list is in.
+    pub async fn start(client: &Client, deadline: tokio::time::Instant) -> anyhow::Result<Self> {
+        let events = watcher::watcher(
+            Api::<ProbeNode>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .boxed();
+        let mut watch = Self {
+            events,
+            seen: BTreeMap::new(),
+            listing: None,
+        };
+        while watch.next(deadline).await?.is_none() {}
+        Ok(watch)
+    }
+
+    /// Applies the next event; returns the nodes it may have changed,
+    /// `None` while a list is in progress.
+    async fn next(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> anyhow::Result<Option<Vec<String>>> {
+        let event = match tokio::time::timeout_at(deadline, self.events.next()).await {
+            Ok(Some(event)) => event,
+            Ok(None) => bail!("the watch of ProbeNodes ended"),
+            Err(_) => bail!("timed out watching ProbeNodes"),
+        };
+        // A failed watch is retried with backoff.
+        let Ok(event) = event else {
+            return Ok(Some(Vec::new()));
+        };
+        Ok(match event {
+            watcher::Event::Init => {
+                self.listing = Some(BTreeMap::new());
+                None
+            }
+            watcher::Event::InitApply(pn) => {
+                let (node, state) = assigned(&pn);
+                self.listing.get_or_insert_default().insert(node, state);
+                None
+            }
+            watcher::Event::InitDone => {
+                self.seen = self.listing.take().unwrap_or_default();
+                Some(self.seen.keys().cloned().collect())
+            }
+            watcher::Event::Apply(pn) => {
+                let (node, state) = assigned(&pn);
+                self.seen.insert(node.clone(), state);
+                Some(vec![node])
+            }
+            watcher::Event::Delete(pn) => {
+                let node = pn.name_any();
+                self.seen.remove(&node);
+                Some(vec![node])
+            }
+        })
+    }
+
+    /// Waits until every ProbeNode assigns what `expected` says; returns
+    /// each node's generation then.
+    pub async fn wait_current(
+        &mut self,
+        expected: &Expected,
+        deadline: tokio::time::Instant,
+    ) -> anyhow::Result<BTreeMap<String, i64>> {
+        let is_stale = |seen: &BTreeMap<String, (i64, Runs)>, node: &String| {
+            seen.get(node).map(|(_, runs)| runs) != expected.get(node)
+        };
+        let mut stale: BTreeSet<String> = expected
+            .keys()
+            .filter(|node| is_stale(&self.seen, node))
+            .cloned()
+            .collect();
+        while !stale.is_empty() {
+            let changed = match self.next(deadline).await {
+                Ok(changed) => changed.unwrap_or_default(),
+                Err(e) => bail!(
+                    "{} ProbeNodes not current, such as {}: {e:#}",
+                    stale.len(),
+                    stale.first().map_or("", String::as_str)
+                ),
+            };
+            for node in changed.into_iter().filter(|n| expected.contains_key(n)) {
+                if is_stale(&self.seen, &node) {
+                    stale.insert(node);
+                } else {
+                    stale.remove(&node);
+                }
+            }
+        }
+        Ok(self
+            .seen
+            .iter()
+            .map(|(n, (g, _))| (n.clone(), *g))
+            .collect())
+    }
 }
 
 /// Nodes whose generation differs between two readings (or is new).
@@ -349,7 +447,11 @@ impl Operator {
         // directory, which is removed at the end.
         let log = std::env::var_os("SONDE_OPERATOR_LOG_FILE")
             .map_or_else(|| dir.join("operator.log"), PathBuf::from);
-        let child = Command::new(OPERATOR)
+        // SONDE_OPERATOR_BIN runs another build (to compare two).
+        let binary =
+            std::env::var_os("SONDE_OPERATOR_BIN").map_or_else(|| OPERATOR.into(), PathBuf::from);
+        // It dies with the bench or test, killed or not.
+        let child = e2e::die_with_parent(&binary)
             .args([
                 "--leader-elect=false",
                 "--metrics-addr",
@@ -411,9 +513,18 @@ impl Operator {
     /// The histogram of how long objects queued for `controller` waited
     /// for their reconcile: (upper bound in seconds, cumulative count).
     pub async fn queue_waits(&self, controller: &str) -> anyhow::Result<Vec<(f64, f64)>> {
+        self.buckets(
+            "sonde_operator_queue_wait_seconds",
+            &format!("controller=\"{controller}\","),
+        )
+        .await
+    }
+
+    /// A histogram's cumulative buckets, (upper bound, count); `labels`
+    /// are the ones before `le`, each followed by a comma.
+    pub async fn buckets(&self, histogram: &str, labels: &str) -> anyhow::Result<Vec<(f64, f64)>> {
         let body = self.metrics().await?;
-        let prefix =
-            format!("sonde_operator_queue_wait_seconds_bucket{{controller=\"{controller}\",le=\"");
+        let prefix = format!("{histogram}_bucket{{{labels}le=\"");
         Ok(body
             .lines()
             .filter_map(|line| {
@@ -464,16 +575,7 @@ impl Operator {
 
     /// CPU time used so far (user + system), from /proc (USER_HZ is 100).
     pub fn cpu_time(&self) -> anyhow::Result<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
-        // Fields after the command name, which ends with the last ')'.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .context("/proc stat")?
-            .1
-            .split_whitespace()
-            .collect();
-        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-        Ok(Duration::from_millis(ticks * 10))
+        e2e::cpu_time(self.pid()).context("the operator's CPU time")
     }
 }
 
