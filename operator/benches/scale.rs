@@ -46,7 +46,7 @@ const SETTLE: Duration = Duration::from_secs(600);
 const CHURN_EVENTS: usize = 1_000;
 const CHURN_SPAN: Duration = Duration::from_secs(60);
 /// The agent's default `--status-interval`.
-const STATUS_INTERVAL: Duration = Duration::from_secs(60);
+const STATUS_INTERVAL: Duration = Duration::from_secs(300);
 
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; numbers are the size.
