@@ -49,11 +49,18 @@ use kube::{
         watcher::{self, Event},
     },
 };
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        histogram::{Histogram, exponential_buckets},
+    },
+};
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 use crate::{
-    metrics::Metrics,
     queue::WorkQueue,
     state::{self, Liveness, PodFacts},
 };
@@ -142,6 +149,49 @@ pub struct Cache {
     /// Each node's latest heartbeat Lease renewal.
     leases: Arc<Mutex<HashMap<String, Timestamp>>>,
     grace: Duration,
+    watch_stats: Arc<WatchStats>,
+}
+
+/// What the watches delivered, for `/metrics`.
+#[derive(Debug)]
+pub struct WatchStats {
+    /// Events by kind, listed objects included.
+    pub events: Family<KindLabel, Counter>,
+    /// Full lists after the first, by kind.
+    pub relists: Family<KindLabel, Counter>,
+    /// From an agent writing its `ProbeNode` status to the watch
+    /// delivering it, in seconds.
+    pub report_delay: Histogram,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    kind: &'static str,
+}
+
+impl Default for WatchStats {
+    fn default() -> Self {
+        Self {
+            events: Family::default(),
+            relists: Family::default(),
+            // Whole seconds (a heartbeatTime has no fraction): 1 s to 64 s.
+            report_delay: Histogram::new(exponential_buckets(1.0, 2.0, 7)),
+        }
+    }
+}
+
+impl WatchStats {
+    fn watch_event(&self, kind: &'static str) {
+        self.events.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    fn relisted(&self, kind: &'static str) {
+        self.relists.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    fn report_seen(&self, delay: Duration) {
+        self.report_delay.observe(delay.as_secs_f64());
+    }
 }
 
 /// The pods, indexed.
@@ -220,13 +270,8 @@ impl Cache {
     /// Starts the watches (one per kind), filling the caches for as long as
     /// the runtime runs and retrying with backoff while the apiserver is
     /// away. `grace` is the agents' heartbeat grace period; their Leases
-    /// are watched in `lease_namespace`. `metrics` counts the events.
-    pub fn start(
-        client: &Client,
-        grace: Duration,
-        lease_namespace: &str,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// are watched in `lease_namespace`.
+    pub fn start(client: &Client, grace: Duration, lease_namespace: &str) -> Self {
         let (nodes, node_writer) = reflector::store();
         let (pods_ready_sender, pods_ready) = tokio::sync::watch::channel(false);
         let (tracepoints, tracepoint_writer) = reflector::store();
@@ -250,6 +295,7 @@ impl Cache {
             pods_ready,
             leases: Arc::default(),
             grace,
+            watch_stats: Arc::default(),
         };
         let writers = Writers {
             nodes: node_writer,
@@ -282,7 +328,7 @@ impl Cache {
             .map(Observed::Lease)
             .boxed(),
         ]);
-        tokio::spawn(cache.clone().follow(events, writers, metrics));
+        tokio::spawn(cache.clone().follow(events, writers));
         cache
     }
 
@@ -317,6 +363,11 @@ impl Cache {
             .wait_until_ready()
             .await
             .map_err(stopped("ProbeNode"))
+    }
+
+    /// What the watches delivered so far.
+    pub fn watch_stats(&self) -> &WatchStats {
+        &self.watch_stats
     }
 
     /// Objects in each cache, by kind.
@@ -440,12 +491,8 @@ impl Cache {
         self.specs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn follow(
-        self,
-        events: impl Stream<Item = Observed>,
-        mut writers: Writers,
-        metrics: Arc<Metrics>,
-    ) {
+    async fn follow(self, events: impl Stream<Item = Observed>, mut writers: Writers) {
+        let metrics = self.watch_stats.clone();
         let mut events = std::pin::pin!(events);
         while let Some(observed) = events.next().await {
             let kind = observed.kind();
@@ -1001,7 +1048,7 @@ where
 fn reported(
     reported: &mut HashMap<String, Timestamp>,
     event: &Event<ProbeNode>,
-    metrics: &Metrics,
+    metrics: &WatchStats,
 ) {
     let (pn, new) = match event {
         Event::Apply(pn) => (pn, true),

@@ -60,9 +60,6 @@ pub struct Metrics {
     in_flight: Family<ControllerLabels, Gauge>,
     probe_node_writes: Counter,
     status_writes: Family<KindLabels, Counter>,
-    watch_events: Family<KindLabels, Counter>,
-    relists: Family<KindLabels, Counter>,
-    report_delay: Histogram,
 }
 
 fn duration_histogram() -> Histogram {
@@ -79,10 +76,6 @@ impl Default for Metrics {
             in_flight: Family::default(),
             probe_node_writes: Counter::default(),
             status_writes: Family::default(),
-            watch_events: Family::default(),
-            relists: Family::default(),
-            // Whole seconds (a heartbeatTime has no fraction): 1 s to 64 s.
-            report_delay: Histogram::new(exponential_buckets(1.0, 2.0, 7)),
         }
     }
 }
@@ -123,23 +116,6 @@ impl Metrics {
     /// Counts a write of the status of a resource of `kind`.
     pub fn status_written(&self, kind: &'static str) {
         self.status_writes.get_or_create(&KindLabels { kind }).inc();
-    }
-
-    /// Counts an event of the watch of `kind` (a listed object included).
-    pub fn watch_event(&self, kind: &'static str) {
-        self.watch_events.get_or_create(&KindLabels { kind }).inc();
-    }
-
-    /// Counts a full list of `kind` after the first: its watch lost its
-    /// place and listed everything again.
-    pub fn relisted(&self, kind: &'static str) {
-        self.relists.get_or_create(&KindLabels { kind }).inc();
-    }
-
-    /// Records how long after an agent wrote its `ProbeNode` status the
-    /// operator saw it.
-    pub fn report_seen(&self, delay: Duration) {
-        self.report_delay.observe(delay.as_secs_f64());
     }
 
     /// Counts one reconcile of `controller` and its duration.
@@ -285,21 +261,22 @@ pub fn registry(metrics: &Arc<Metrics>, cache: Cache, grace: Duration) -> Regist
         "Writes of a resource's status, by kind",
         metrics.status_writes.clone(),
     );
+    let watches = cache.watch_stats();
     registry.register(
         "watch_events",
         "Events the operator's watches delivered, listed objects included, by kind",
-        metrics.watch_events.clone(),
+        watches.events.clone(),
     );
     registry.register(
         "relists",
         "Full lists after a watch lost its place (the first list of each kind not counted), by kind",
-        metrics.relists.clone(),
+        watches.relists.clone(),
     );
     registry.register_with_unit(
         "report_delay",
         "From an agent writing its ProbeNode status (its heartbeatTime, whole seconds) to the operator seeing it",
         Unit::Seconds,
-        metrics.report_delay.clone(),
+        watches.report_delay.clone(),
     );
     registry.register_collector(Box::new(CacheCollector { cache, grace }));
     registry

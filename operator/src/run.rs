@@ -126,12 +126,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics_addr = listener.local_addr()?;
 
     let metrics = Arc::new(Metrics::default());
-    let cache = Cache::start(
-        &client,
-        config.heartbeat_grace,
-        &config.namespace,
-        metrics.clone(),
-    );
+    let cache = Cache::start(&client, config.heartbeat_grace, &config.namespace);
     let registry = metrics::registry(&metrics, cache.clone(), config.heartbeat_grace);
     let (stop, stopped) = Shutdown::new();
     let metrics_task = tokio::spawn(metrics::serve(listener, registry, stopped.wait()));
